@@ -1,0 +1,1 @@
+"""Batch image-to-video generation through the Pixazo gateway."""

@@ -1,0 +1,5 @@
+"""``python -m pixazo_batch`` runs the command-line interface."""
+
+from pixazo_batch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,4 @@
+"""CLI."""
+
+def main() -> int:
+    return 0

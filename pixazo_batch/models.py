@@ -1,0 +1,192 @@
+"""Typed shapes of everything pixazo-batch exchanges: API payloads, manifest jobs and job states.
+
+The API payloads follow the Pixazo documentation for Luma Ray 2 Flash image-to-video exactly
+(field names, enum values, defaults). Responses are parsed leniently (unknown fields ignored,
+both timestamp formats the gateway emits accepted and read as UTC); requests are strict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+MODEL_ID = "luma-dream-machine-ray-2-flash-image-to-video"
+SUBMIT_PATH = f"/{MODEL_ID}/v1/{MODEL_ID}-request"
+STATUS_PATH_PREFIX = "/v2/requests/status/"
+CENTS_PER_SECOND = 4
+
+
+class AspectRatio(StrEnum):
+    """Aspect ratios the API accepts."""
+
+    WIDE = "16:9"
+    TALL = "9:16"
+    CLASSIC = "4:3"
+    CLASSIC_TALL = "3:4"
+    CINEMA = "21:9"
+    CINEMA_TALL = "9:21"
+
+
+class Resolution(StrEnum):
+    """Output resolutions; the price does not depend on them."""
+
+    P540 = "540p"
+    P720 = "720p"
+    P1080 = "1080p"
+
+
+class Duration(StrEnum):
+    """Output durations; the price is proportional to them."""
+
+    SHORT = "5s"
+    LONG = "9s"
+
+    @property
+    def seconds(self) -> int:
+        """Length of the video in whole seconds."""
+        return int(self.value.removesuffix("s"))
+
+
+class RemoteStatus(StrEnum):
+    """Status of one request as the universal status endpoint reports it."""
+
+    #: accepted, waiting for a generation slot
+    QUEUED = "QUEUED"
+    #: being generated
+    PROCESSING = "PROCESSING"
+    #: done; ``output.media_url`` holds the video
+    COMPLETED = "COMPLETED"
+    #: the model refused or failed; charged
+    FAILED = "FAILED"
+    #: system error; not charged
+    ERROR = "ERROR"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the request will never change status again."""
+        return self in {RemoteStatus.COMPLETED, RemoteStatus.FAILED, RemoteStatus.ERROR}
+
+
+class GenerationRequest(BaseModel):
+    """The submit body, with the documented defaults.
+
+    Usage: ``GenerationRequest(prompt="...", image_url="https://...").model_dump(mode="json")``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str = Field(min_length=1)
+    image_url: str = Field(min_length=1)
+    end_image_url: str = ""
+    aspect_ratio: AspectRatio = AspectRatio.WIDE
+    loop: bool = False
+    resolution: Resolution = Resolution.P540
+    duration: Duration = Duration.SHORT
+
+    @property
+    def price_cents(self) -> int:
+        """What one accepted submission of this request costs, in US cents."""
+        return CENTS_PER_SECOND * self.duration.seconds
+
+    def canonical_json(self) -> str:
+        """A byte-stable JSON form: every field present, keys sorted, no whitespace."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def request_hash(self) -> str:
+        """SHA-256 of the canonical JSON; equal requests hash equal whatever their spelling."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def _assume_utc(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+#: The gateway mixes ``2026-05-22T13:17:32.110Z`` and ``2026-05-22 13:19:23`` (zone-less, UTC).
+UtcTimestamp = Annotated[datetime | None, AfterValidator(_assume_utc)]
+
+
+class SubmitAccepted(BaseModel):
+    """The 202 answer to a submit."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    request_id: str = Field(min_length=1)
+    status: RemoteStatus = RemoteStatus.QUEUED
+    polling_url: str | None = None
+
+
+class MediaOutput(BaseModel):
+    """Where a finished video can be fetched."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    media_url: list[str] = Field(default_factory=list)
+    media_type: str | None = None
+
+
+class StatusResponse(BaseModel):
+    """The universal status answer (also the webhook callback body)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    request_id: str
+    status: RemoteStatus
+    model_id: str | None = None
+    error: str | None = None
+    output: MediaOutput | None = None
+    created_at: UtcTimestamp = None
+    updated_at: UtcTimestamp = None
+    completed_at: UtcTimestamp = None
+
+    @property
+    def media_url(self) -> str | None:
+        """The first media URL, when the request has one."""
+        if self.output is None or not self.output.media_url:
+            return None
+        return self.output.media_url[0]
+
+
+class ErrorBody(BaseModel):
+    """An error answer in any of the shapes the gateway uses.
+
+    Pixazo's service answers ``{error, message}``; the Azure API Management front answers
+    ``{statusCode, message}``; a proxy may answer plain text. ``from_text`` accepts all three.
+    """
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    error: str | None = None
+    message: str | None = None
+    status_code: int | None = Field(default=None, alias="statusCode")
+
+    @property
+    def from_api_front(self) -> bool:
+        """True for the API front's ``{statusCode, message}`` shape (its backend may be lost)."""
+        return self.status_code is not None and self.error is None
+
+    @property
+    def text(self) -> str:
+        """One human-readable line."""
+        parts = [p for p in (self.error, self.message) if p]
+        return ": ".join(parts) if parts else "(no error message)"
+
+    @classmethod
+    def from_text(cls, body: str) -> ErrorBody:
+        """Parse an error body leniently; never raises."""
+        try:
+            data: Any = json.loads(body)
+        except ValueError:
+            return cls(message=body.strip()[:500] or None)
+        if not isinstance(data, dict):
+            return cls(message=str(data)[:500])
+        try:
+            return cls.model_validate(data)
+        except ValueError:
+            return cls(message=body.strip()[:500])
