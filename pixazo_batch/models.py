@@ -190,3 +190,50 @@ class ErrorBody(BaseModel):
             return cls.model_validate(data)
         except ValueError:
             return cls(message=body.strip()[:500])
+
+
+class JobState(StrEnum):
+    """Where one manifest job stands; see DESIGN section 3."""
+
+    #: known, not yet sent
+    PENDING = "pending"
+    #: the POST is in flight; written durably before it leaves
+    SUBMITTING = "submitting"
+    #: the POST may or may not have been accepted; held until the operator decides
+    UNCERTAIN = "uncertain"
+    #: accepted (request_id known), remote QUEUED or PROCESSING
+    SUBMITTED = "submitted"
+    #: remote COMPLETED, media URL known
+    COMPLETED = "completed"
+    #: the verified video is at its final path
+    DOWNLOADED = "downloaded"
+    #: remote FAILED, rejected with 400, or retries exhausted
+    FAILED = "failed"
+    #: remote ERROR (not charged); resubmitted automatically up to the attempt limit
+    ERRORED = "errored"
+
+
+ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.SUBMITTING, JobState.FAILED}),
+    JobState.SUBMITTING: frozenset(
+        {JobState.SUBMITTED, JobState.UNCERTAIN, JobState.PENDING, JobState.FAILED}
+    ),
+    JobState.UNCERTAIN: frozenset({JobState.PENDING, JobState.SUBMITTED, JobState.FAILED}),
+    JobState.SUBMITTED: frozenset({JobState.COMPLETED, JobState.FAILED, JobState.ERRORED}),
+    JobState.COMPLETED: frozenset({JobState.DOWNLOADED, JobState.COMPLETED}),
+    JobState.DOWNLOADED: frozenset({JobState.COMPLETED}),
+    JobState.FAILED: frozenset({JobState.PENDING}),
+    JobState.ERRORED: frozenset({JobState.PENDING, JobState.FAILED}),
+}
+"""Every state change the store accepts (``DOWNLOADED -> COMPLETED`` when the file vanished)."""
+
+
+class JobSpec(BaseModel):
+    """One valid manifest line: a job id, its request, and where its video goes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    request: GenerationRequest
+    output: str
+    line: int

@@ -1,0 +1,68 @@
+"""Settings: every knob of a run, validated once, frozen, with the API key held as a secret."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+DEFAULT_BASE_URL = "https://gateway.pixazo.ai"
+STATE_FILE_NAME = ".pixazo-batch.db"
+RESULTS_FILE_NAME = "results.jsonl"
+
+
+class Settings(BaseModel):
+    """How one run behaves.
+
+    Usage: ``Settings(manifest=Path("jobs.jsonl"), out_dir=Path("out"), api_key="...")``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    manifest: Path
+    out_dir: Path
+    api_key: SecretStr
+    state_path: Path | None = None
+    base_url: str = DEFAULT_BASE_URL
+    #: HTTP requests to the gateway at once
+    concurrency: int = Field(default=8, ge=1, le=256)
+    #: jobs submitted and not yet terminal (the provider's queue)
+    max_in_flight: int = Field(default=20, ge=1)
+    #: ceiling of the shared request rate to the gateway
+    rps: float = Field(default=5.0, gt=0)
+    #: submissions per job, counting ERROR resubmissions and refused attempts (never 429s)
+    max_attempts: int = Field(default=3, ge=1)
+    #: floor between two status requests of one job, in seconds
+    poll_interval: float = Field(default=5.0, ge=0)
+    #: a job polled this long without a terminal status is reported as stalled
+    job_deadline: float = Field(default=1800.0, gt=0)
+    resubmit_uncertain: bool = False
+    abandon_uncertain: bool = False
+    retry_failed: bool = False
+    strict: bool = False
+    max_spend: Decimal | None = Field(default=None, ge=0)
+    retry_after_cap: float = Field(default=300.0, gt=0)
+    downloads: int = Field(default=4, ge=1)
+    download_tries: int = Field(default=5, ge=1)
+    submit_timeout: float = Field(default=120.0, gt=0)
+    #: after SIGINT/SIGTERM, how long in-flight POSTs may take to return
+    stop_deadline: float = Field(default=30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _exclusive_uncertain_choices(self) -> Settings:
+        if self.resubmit_uncertain and self.abandon_uncertain:
+            raise ValueError("choose --resubmit-uncertain or --abandon-uncertain, not both")
+        return self
+
+    @property
+    def state_file(self) -> Path:
+        """Where the state lives: ``--state``, else ``OUT/.pixazo-batch.db``."""
+        return self.state_path or self.out_dir / STATE_FILE_NAME
+
+    @property
+    def budget_cents(self) -> int | None:
+        """``max_spend`` in whole cents (rounded down: never a cent over the cap)."""
+        if self.max_spend is None:
+            return None
+        return int(self.max_spend * 100)

@@ -1,0 +1,205 @@
+"""Downloader: completed -> downloaded. A final path only ever holds a whole, verified video.
+
+Bytes stream into ``<output>.part`` while being hashed; an interrupted ``.part`` is resumed with
+``Range``. Before the rename the file must have the announced length, start with an MP4 ``ftyp``
+box and, where the CDN's ETag is a plain MD5, match it. The media host never sees the API key:
+this stage has its own HTTP session that carries none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiofiles
+import aiohttp
+import anyio
+import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from pixazo_batch.context import RunContext
+from pixazo_batch.errors import AuthRefusedError, GatewayError, QuotaExhaustedError
+from pixazo_batch.governor import BackoffPolicy
+from pixazo_batch.models import RemoteStatus
+from pixazo_batch.state import JobRow
+
+log = structlog.get_logger(__name__)
+
+CHUNK = 1 << 20
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+_PLAIN_MD5 = re.compile(r'^"?([0-9a-f]{32})"?$')
+
+
+class DownloadError(Exception):
+    """One download try failed; the ``.part`` file is kept when it is still good."""
+
+    def __init__(self, message: str, *, discard_part: bool = False, expired: bool = False) -> None:
+        super().__init__(message)
+        self.discard_part = discard_part
+        self.expired = expired
+
+
+def confined_path(out_dir: Path, relative: str) -> Path:
+    """``out_dir / relative``, refusing any path that leaves ``out_dir`` through a symlink.
+
+    Raises:
+        ValueError: the resolved location is outside the output folder.
+    """
+    root = out_dir.resolve()
+    target = (root / relative).resolve()
+    if not target.is_relative_to(root):
+        raise ValueError(f"{relative!r} resolves outside the output folder ({target})")
+    return target
+
+
+@dataclass
+class _Progress:
+    sha256: hashlib._Hash
+    md5: hashlib._Hash
+    size: int
+
+
+class Downloader:
+    """Fetches completed jobs' videos into the output folder."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.backoff = BackoffPolicy(base=0.5, cap=30.0)
+        self._rng = random.Random()
+
+    async def run(self, jobs: MemoryObjectReceiveStream[str]) -> None:
+        """Download each job id received until the stream ends."""
+        async with jobs:
+            async for job_id in jobs:
+                try:
+                    await self.download(job_id)
+                finally:
+                    self.ctx.ledger.leave()
+
+    async def download(self, job_id: str) -> bool:
+        """Bring one completed job's video to its final path; False if it must wait for a resume."""
+        ctx = self.ctx
+        row = ctx.store.get(job_id)
+        assert row is not None
+        try:
+            final = confined_path(ctx.settings.out_dir, row.output)
+        except ValueError as exc:
+            log.error("download_refused", job_id=job_id, error=str(exc))
+            return False
+        final.parent.mkdir(parents=True, exist_ok=True)
+        part = final.with_name(final.name + ".part")
+        for attempt in range(1, ctx.settings.download_tries + 1):
+            try:
+                size, sha256 = await self._fetch(row, part)
+            except DownloadError as exc:
+                log.warning("download_retry", job_id=job_id, attempt=attempt, error=str(exc))
+                if exc.discard_part:
+                    part.unlink(missing_ok=True)
+                if exc.expired:
+                    row = await self._refresh_url(row)
+                else:
+                    await anyio.sleep(self.backoff.delay(attempt, self._rng))
+                continue
+            await anyio.to_thread.run_sync(_commit_file, part, final)
+            ctx.store.downloaded(job_id, size, sha256)
+            log.info("downloaded", job_id=job_id, request_id=row.request_id, bytes=size,
+                     state="downloaded")
+            return True
+        log.error("download_gave_up", job_id=job_id, tries=ctx.settings.download_tries)
+        return False
+
+    async def _refresh_url(self, row: JobRow) -> JobRow:
+        """Ask the status endpoint for a fresh media URL (the old one expired)."""
+        assert row.request_id is not None
+        try:
+            status = await self.ctx.gateway.status(row.request_id, row.polling_url)
+        except (AuthRefusedError, QuotaExhaustedError):
+            raise
+        except GatewayError as exc:
+            log.warning("media_refresh_failed", job_id=row.id, error=str(exc))
+            return row
+        if status.status is RemoteStatus.COMPLETED and status.media_url:
+            self.ctx.store.refresh_media(row.id, status.media_url)
+        fresh = self.ctx.store.get(row.id)
+        assert fresh is not None
+        return fresh
+
+    async def _fetch(self, row: JobRow, part: Path) -> tuple[int, str]:
+        assert row.media_url is not None
+        progress = await anyio.to_thread.run_sync(_hash_existing, part)
+        headers = {"Range": f"bytes={progress.size}-"} if progress.size else {}
+        try:
+            async with self.ctx.media.get(row.media_url, headers=headers) as response:
+                total, etag = self._check_answer(response, progress.size)
+                if response.status == 200 and progress.size:
+                    progress = _Progress(hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0)
+                mode = "ab" if progress.size else "wb"
+                async with aiofiles.open(part, mode) as sink:
+                    async for chunk in response.content.iter_chunked(CHUNK):
+                        await sink.write(chunk)
+                        progress.sha256.update(chunk)
+                        progress.md5.update(chunk)
+                        progress.size += len(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise DownloadError(f"{type(exc).__name__}: {exc}") from exc
+        await anyio.to_thread.run_sync(_verify, part, progress, total, etag)
+        return progress.size, progress.sha256.hexdigest()
+
+    @staticmethod
+    def _check_answer(response: aiohttp.ClientResponse, offset: int) -> tuple[int, str | None]:
+        """The full file size and ETag the answer announces, or why this try cannot go on."""
+        status = response.status
+        if status in (403, 404, 410):
+            raise DownloadError(f"media URL answered {status}", expired=True)
+        if status == 416:
+            raise DownloadError("the saved part no longer fits the file", discard_part=True)
+        if status == 206:
+            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+            if match is None or int(match.group(1)) != offset:
+                raise DownloadError("unexpected Content-Range", discard_part=True)
+            return int(match.group(3)), response.headers.get("ETag")
+        if status == 200 and response.content_length is not None:
+            return response.content_length, response.headers.get("ETag")
+        raise DownloadError(f"media URL answered {status}")
+
+
+def _hash_existing(part: Path) -> _Progress:
+    """Hashes of the bytes already saved in ``part`` (none when there is no part)."""
+    progress = _Progress(hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0)
+    try:
+        with open(part, "rb") as saved:
+            while piece := saved.read(CHUNK):
+                progress.sha256.update(piece)
+                progress.md5.update(piece)
+                progress.size += len(piece)
+    except FileNotFoundError:
+        pass
+    return progress
+
+
+def _verify(part: Path, progress: _Progress, total: int, etag: str | None) -> None:
+    if progress.size != total:
+        raise DownloadError(f"got {progress.size} of {total} bytes")
+    with open(part, "rb") as saved:
+        head = saved.read(12)
+    if head[4:8] != b"ftyp":
+        raise DownloadError("not an MP4 file (no ftyp box)", discard_part=True)
+    match = _PLAIN_MD5.match(etag or "")
+    if match is not None and match.group(1) != progress.md5.hexdigest():
+        raise DownloadError("content does not match the CDN's ETag", discard_part=True)
+
+
+def _commit_file(part: Path, final: Path) -> None:
+    """fsync the part, rename it over the final path, fsync the folder: all or nothing."""
+    with open(part, "rb") as saved:
+        os.fsync(saved.fileno())
+    os.replace(part, final)
+    folder = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)

@@ -1,0 +1,310 @@
+"""run_batch(): one run of the pipeline, from manifest to verified files, resumable at any instant.
+
+The state file decides what is finished (jobs already submitted are polled, completed ones are
+downloaded, never paid for again); the manifest decides what may be (re)submitted. Stages run in
+one task group, joined by memory streams of job ids; when the manifest is read through and no job
+is moving, the group is cancelled and the summary is derived from the state file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import aiohttp
+import anyio
+import structlog
+
+from pixazo_batch.config import RESULTS_FILE_NAME, Settings
+from pixazo_batch.context import Queues, RunContext
+from pixazo_batch.downloader import Downloader
+from pixazo_batch.errors import (
+    EXIT_AUTH,
+    EXIT_FAILED_JOBS,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_USAGE,
+    AuthRefusedError,
+    ManifestError,
+    QuotaExhaustedError,
+)
+from pixazo_batch.gateway import GatewayClient
+from pixazo_batch.governor import RateGovernor
+from pixazo_batch.manifest import ManifestIssue, read_manifest
+from pixazo_batch.models import JobState
+from pixazo_batch.poller import CompletionEstimator, Poller
+from pixazo_batch.results import write_results
+from pixazo_batch.state import JobRow, StateStore
+from pixazo_batch.submitter import Submitter
+
+log = structlog.get_logger(__name__)
+_E = TypeVar("_E", bound=BaseException)
+
+_UNFINISHED = (
+    JobState.PENDING,
+    JobState.SUBMITTING,
+    JobState.UNCERTAIN,
+    JobState.SUBMITTED,
+    JobState.COMPLETED,
+    JobState.ERRORED,
+)
+
+
+@dataclass
+class RunSummary:
+    """What a run did and how it ended; ``exit_code`` follows DESIGN section 6."""
+
+    exit_code: int
+    counts: dict[str, int]
+    committed_usd: str
+    spent_usd: str
+    manifest_issues: list[str] = field(default_factory=list)
+    uncertain: list[str] = field(default_factory=list)
+    stalled: list[str] = field(default_factory=list)
+    stop_reason: str | None = None
+
+
+async def run_batch(
+    settings: Settings,
+    *,
+    handle_signals: bool = False,
+    on_issue: Callable[[ManifestIssue], None] | None = None,
+) -> RunSummary:
+    """Run the manifest to completion (or to a clean stop) and return the summary.
+
+    Raises:
+        StateLockedError: another run holds the state file.
+        ManifestError: the manifest cannot be read, or ``strict`` and a line is bad.
+    """
+    if not settings.manifest.is_file():
+        raise ManifestError(f"{settings.manifest}: no such manifest file")
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    with StateStore.open(settings.state_file) as store:
+        store.begin_run()
+        recovered = store.recover_interrupted()
+        if recovered:
+            log.warning("recovered_uncertain", count=recovered, state="uncertain")
+        summary = await _run(settings, store, handle_signals, on_issue)
+        write_results(store, settings.out_dir / RESULTS_FILE_NAME)
+        store.end_run(summary.exit_code)
+        return summary
+
+
+async def _run(
+    settings: Settings,
+    store: StateStore,
+    handle_signals: bool,
+    on_issue: Callable[[ManifestIssue], None] | None,
+) -> RunSummary:
+    issues: list[str] = []
+    auth_error: AuthRefusedError | None = None
+    manifest_error: ManifestError | None = None
+    governor = RateGovernor(settings.rps)
+    submit_send, submit_receive = anyio.create_memory_object_stream[str](0)
+    poll_send, poll_receive = anyio.create_memory_object_stream[str](math.inf)
+    download_send, download_receive = anyio.create_memory_object_stream[str](math.inf)
+    gateway = GatewayClient(
+        settings.base_url,
+        settings.api_key.get_secret_value(),
+        governor,
+        concurrency=settings.concurrency,
+        submit_timeout=settings.submit_timeout,
+        retry_after_cap=settings.retry_after_cap,
+    )
+    async with (
+        gateway,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_read=60, connect=30)) as media,
+        submit_send,
+        poll_send,
+        download_send,
+    ):
+        ctx = RunContext(
+            settings=settings,
+            store=store,
+            gateway=gateway,
+            media=media,
+            queues=Queues(submit_send, poll_send, download_send),
+            in_flight=anyio.CapacityLimiter(settings.max_in_flight),
+        )
+        estimator = _learned_estimator(store)
+        try:
+            async with anyio.create_task_group() as group:
+                if handle_signals:
+                    group.start_soon(_watch_signals, ctx, group.cancel_scope)
+                for _ in range(settings.concurrency):
+                    group.start_soon(Submitter(ctx).run, submit_receive.clone())
+                group.start_soon(Poller(ctx, estimator=estimator).run, poll_receive.clone())
+                for _ in range(settings.downloads):
+                    group.start_soon(Downloader(ctx).run, download_receive.clone())
+                for stream in (submit_receive, poll_receive, download_receive):
+                    stream.close()
+                group.start_soon(_feed, ctx, issues, on_issue)
+                await ctx.ledger.settled.wait()
+                group.cancel_scope.cancel()
+        except* AuthRefusedError as group_error:
+            auth_error = _first(group_error, AuthRefusedError)
+            log.error("auth_refused", http_status=auth_error.status, error=str(auth_error))
+        except* QuotaExhaustedError as group_error:
+            quota = _first(group_error, QuotaExhaustedError)
+            ctx.flags.stop(f"{quota} (returns in about {quota.retry_after or '?'} s)")
+            log.error("quota_exhausted", http_status=403, error=str(quota))
+        except* ManifestError as group_error:
+            manifest_error = _first(group_error, ManifestError)
+    if manifest_error is not None:
+        raise manifest_error
+    return _summarise(ctx, issues, auth_error)
+
+
+def _first(group: BaseExceptionGroup[_E], kind: type[_E]) -> _E:
+    """The first exception of ``kind`` in a (possibly nested) exception group."""
+    matched, _ = group.split(kind)
+    assert matched is not None
+    leaves: list[BaseException] = list(matched.exceptions)
+    while isinstance(leaves[0], BaseExceptionGroup):
+        leaves = list(leaves[0].exceptions)
+    first = leaves[0]
+    assert isinstance(first, kind)
+    return first
+
+
+def _learned_estimator(store: StateStore) -> CompletionEstimator:
+    estimator = CompletionEstimator()
+    rows = store.db.execute(
+        "SELECT json_extract(request_json, '$.resolution'), json_extract(request_json, '$.duration'),"
+        " AVG(finished_at - submitted_at), COUNT(*) FROM jobs"
+        " WHERE state IN ('completed', 'downloaded') AND finished_at IS NOT NULL"
+        " AND submitted_at IS NOT NULL GROUP BY 1, 2"
+    ).fetchall()
+    for resolution, duration, mean, count in rows:
+        estimator.seed((resolution, duration), float(mean), int(count))
+    return estimator
+
+
+async def _feed(
+    ctx: RunContext, issues: list[str], on_issue: Callable[[ManifestIssue], None] | None
+) -> None:
+    """Seed the stages: first the paid-for work the state file holds, then the manifest."""
+    await _resume_paid_work(ctx)
+    settings = ctx.settings
+    try:
+        for number, item in enumerate(read_manifest(settings.manifest)):
+            if number % 256 == 0:
+                await anyio.lowlevel.checkpoint()
+            if isinstance(item, ManifestIssue):
+                _report(item, issues, on_issue, strict=settings.strict)
+                continue
+            row = ctx.store.register(item)
+            if isinstance(row, str):
+                issue = ManifestIssue(str(settings.manifest), item.line, "id", row)
+                _report(issue, issues, on_issue, strict=settings.strict)
+                continue
+            await _offer(ctx, row)
+    except OSError as exc:
+        raise ManifestError(f"{settings.manifest}: {exc.strerror or exc}") from exc
+    finally:
+        ctx.ledger.close_intake()
+
+
+def _report(
+    issue: ManifestIssue,
+    issues: list[str],
+    on_issue: Callable[[ManifestIssue], None] | None,
+    *,
+    strict: bool,
+) -> None:
+    issues.append(str(issue))
+    if on_issue is not None:
+        on_issue(issue)
+    log.warning("manifest_issue", line=issue.line, field=issue.field, error=issue.message)
+    if strict:
+        raise ManifestError(f"{issue} (--strict stops at the first bad line)")
+
+
+async def _resume_paid_work(ctx: RunContext) -> None:
+    """Jobs already submitted are polled and completed ones downloaded, manifest or not."""
+    store = ctx.store
+    for row in store.iter_jobs(JobState.SUBMITTED):
+        await ctx.in_flight.acquire_on_behalf_of(row.id)
+        ctx.ledger.enter()
+        await ctx.queues.poll.send(row.id)
+    for row in store.iter_jobs(JobState.DOWNLOADED):
+        if not (ctx.settings.out_dir / row.output).is_file():
+            log.warning("output_missing", job_id=row.id, output=row.output)
+            store.file_missing(row.id)
+    for row in store.iter_jobs(JobState.COMPLETED):
+        ctx.ledger.enter()
+        await ctx.queues.download.send(row.id)
+
+
+async def _offer(ctx: RunContext, row: JobRow) -> None:
+    """Send a manifest job to the submitter if its state and the flags say it may go."""
+    settings, store = ctx.settings, ctx.store
+    state = row.state
+    if state is JobState.UNCERTAIN:
+        if settings.resubmit_uncertain:
+            store.requeue(row.id, reason="resubmitted by --resubmit-uncertain")
+        elif settings.abandon_uncertain:
+            store.give_up(row.id, "abandoned by --abandon-uncertain")
+            return
+        else:
+            return
+    elif state is JobState.FAILED and settings.retry_failed:
+        store.requeue(row.id, reason="retried by --retry-failed")
+    elif state is JobState.ERRORED:
+        if row.attempts >= settings.max_attempts:
+            store.give_up(row.id, f"remote ERROR on all {row.attempts} attempts: {row.error}")
+            return
+        store.requeue(row.id, reason=row.error)
+    elif state is not JobState.PENDING:
+        return
+    ctx.ledger.enter()
+    await ctx.queues.submit.send(row.id)
+
+
+async def _watch_signals(ctx: RunContext, scope: anyio.CancelScope) -> None:
+    """First SIGINT/SIGTERM: stop submitting, give in-flight POSTs the stop deadline, cancel.
+    Second: leave at once (every transition is already committed, so the file is consistent)."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for received in signals:
+            if ctx.flags.interrupted:
+                log.error("second_signal", signal=received)
+                os._exit(EXIT_INCOMPLETE)
+            ctx.flags.interrupted = True
+            ctx.flags.stop(f"stopped by signal {signal.Signals(received).name}")
+            log.warning("stopping", signal=received, posts_in_flight=len(ctx.open_posts))
+            deadline = anyio.current_time() + ctx.settings.stop_deadline
+            for post in ctx.open_posts:
+                post.deadline = deadline
+            scope.cancel()
+
+
+def _summarise(ctx: RunContext, issues: list[str], auth_error: AuthRefusedError | None) -> RunSummary:
+    store, flags = ctx.store, ctx.flags
+    counts = store.counts()
+    uncertain = [row.id for row in store.iter_jobs(JobState.UNCERTAIN)]
+    unfinished = any(counts.get(state, 0) for state in _UNFINISHED)
+    if auth_error is not None:
+        code = EXIT_AUTH
+    elif flags.stop_submitting or unfinished:
+        code = EXIT_INCOMPLETE
+    elif issues:
+        code = EXIT_USAGE
+    elif counts.get(JobState.FAILED, 0):
+        code = EXIT_FAILED_JOBS
+    else:
+        code = EXIT_OK
+    return RunSummary(
+        exit_code=code,
+        counts={state.value: counts.get(state, 0) for state in JobState},
+        committed_usd=f"{store.committed_cents() / 100:.2f}",
+        spent_usd=f"{store.spent_cents() / 100:.2f}",
+        manifest_issues=issues,
+        uncertain=uncertain,
+        stalled=list(flags.stalled),
+        stop_reason=(str(auth_error) if auth_error else flags.stop_submitting),
+    )
+

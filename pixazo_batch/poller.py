@@ -1,0 +1,159 @@
+"""Poller: submitted -> completed | failed | errored, polling as rarely as the answer allows.
+
+The first status request of a job is timed for when jobs like it (same resolution and duration)
+have been seen to finish; later ones follow every ``poll_interval`` with jitter. Status reads cost
+nothing, so network and 5xx trouble is retried with back-off until the job's deadline.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+
+import anyio
+import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from pixazo_batch.context import RunContext
+from pixazo_batch.errors import AuthRefusedError, GatewayError, HttpStatusError, QuotaExhaustedError
+from pixazo_batch.governor import BackoffPolicy
+from pixazo_batch.models import JobState, RemoteStatus, StatusResponse
+from pixazo_batch.state import JobRow
+
+log = structlog.get_logger(__name__)
+
+#: weight of the newest observation in the running estimate of completion time
+SMOOTHING = 0.2
+#: aim the first poll a little before the estimate: an early miss costs one poll, a late one
+#: costs waiting time
+FIRST_POLL_FRACTION = 0.9
+
+
+class CompletionEstimator:
+    """Learns how long jobs of each resolution and duration take from submit to completion."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[tuple[str, str], float] = {}
+        self._seen: defaultdict[tuple[str, str], int] = defaultdict(int)
+
+    def seed(self, kind: tuple[str, str], mean_seconds: float, count: int) -> None:
+        """Start from what earlier runs measured."""
+        self._seconds[kind] = mean_seconds
+        self._seen[kind] = count
+
+    def observe(self, kind: tuple[str, str], seconds: float) -> None:
+        """Fold in one finished job's submit-to-terminal time."""
+        previous = self._seconds.get(kind)
+        self._seconds[kind] = seconds if previous is None else (
+            (1 - SMOOTHING) * previous + SMOOTHING * seconds
+        )
+        self._seen[kind] += 1
+
+    def expected(self, kind: tuple[str, str]) -> float | None:
+        """Expected seconds from submit to a terminal status, or None before any evidence."""
+        return self._seconds.get(kind)
+
+
+def job_kind(row: JobRow) -> tuple[str, str]:
+    """The (resolution, duration) pair completion times are learned per."""
+    request = row.request
+    return request.resolution.value, request.duration.value
+
+
+class Poller:
+    """Tracks every submitted job until the gateway reports a terminal status."""
+
+    def __init__(self, ctx: RunContext, *, estimator: CompletionEstimator | None = None) -> None:
+        self.ctx = ctx
+        self.estimator = estimator or CompletionEstimator()
+        self.backoff = BackoffPolicy(base=1.0, cap=60.0)
+        self._rng = random.Random()
+
+    async def run(self, jobs: MemoryObjectReceiveStream[str]) -> None:
+        """Track each job id received, concurrently, until the stream ends and all are done."""
+        async with anyio.create_task_group() as group, jobs:
+            async for job_id in jobs:
+                group.start_soon(self.track, job_id)
+
+    async def track(self, job_id: str) -> None:
+        """Poll one job to a terminal status (or its deadline) and hand it on."""
+        ctx = self.ctx
+        try:
+            row, status = await self._poll_until_terminal(job_id)
+        finally:
+            # Free the slot before handing on: a resubmission may need it.
+            ctx.in_flight.release_on_behalf_of(job_id)
+        if status is None:
+            ctx.ledger.leave()
+        else:
+            await self._settle(row, status)
+
+    async def _poll_until_terminal(self, job_id: str) -> tuple[JobRow, StatusResponse | None]:
+        """The terminal status, or None once the job was stalled or found unknown."""
+        ctx = self.ctx
+        row = ctx.store.get(job_id)
+        assert row is not None and row.request_id is not None and row.submitted_at is not None
+        kind = job_kind(row)
+        interval = ctx.settings.poll_interval
+        expected = self.estimator.expected(kind)
+        elapsed = time.time() - row.submitted_at
+        first = interval if expected is None else max(interval, FIRST_POLL_FRACTION * expected)
+        await anyio.sleep(max(0.0, first - elapsed))
+        failures = 0
+        while True:
+            if time.time() - row.submitted_at > ctx.settings.job_deadline:
+                ctx.flags.stalled.append(job_id)
+                log.warning("stalled", job_id=job_id, request_id=row.request_id, state="submitted")
+                return row, None
+            try:
+                status = await ctx.gateway.status(row.request_id, row.polling_url)
+            except (AuthRefusedError, QuotaExhaustedError):
+                raise
+            except GatewayError as exc:
+                if isinstance(exc, HttpStatusError) and exc.status == 404:
+                    error = f"the gateway does not know request {row.request_id}: {exc}"
+                    self._record(row, JobState.FAILED, "NOT_FOUND", error=error)
+                    return row, None
+                failures += 1
+                log.info("poll_retry", job_id=job_id, request_id=row.request_id, error=str(exc))
+                await anyio.sleep(self.backoff.delay(failures, self._rng))
+                continue
+            failures = 0
+            if status.status.is_terminal:
+                self.estimator.observe(kind, time.time() - row.submitted_at)
+                return row, status
+            await anyio.sleep(interval * self._rng.uniform(1.0, 1.25))
+
+    async def _settle(self, row: JobRow, status: StatusResponse) -> None:
+        """Record the terminal status and send the job on: to download, to resubmit, or to rest."""
+        ctx = self.ctx
+        remote = status.status
+        if remote is RemoteStatus.COMPLETED and status.media_url:
+            self._record(row, JobState.COMPLETED, remote.value, media_url=status.media_url)
+            await ctx.queues.download.send(row.id)
+            return
+        error = status.error or (
+            "COMPLETED without a media URL" if remote is RemoteStatus.COMPLETED else remote.value
+        )
+        if remote is not RemoteStatus.ERROR:
+            self._record(row, JobState.FAILED, remote.value, error=error)
+            ctx.ledger.leave()
+            return
+        # A remote ERROR is not charged: submit again while attempts remain.
+        self._record(row, JobState.ERRORED, remote.value, error=error)
+        if row.attempts >= ctx.settings.max_attempts:
+            ctx.store.give_up(row.id, f"remote ERROR on all {row.attempts} attempts: {error}")
+            ctx.ledger.leave()
+        elif ctx.flags.stop_submitting:
+            ctx.ledger.leave()
+        else:
+            ctx.store.requeue(row.id, reason=error)
+            await ctx.queues.submit.send(row.id)
+
+    def _record(self, row: JobRow, state: JobState, remote: str, *, media_url: str | None = None,
+                error: str | None = None) -> None:
+        self.ctx.store.remote_finished(row.id, state, media_url=media_url, error=error,
+                                       remote_status=remote)
+        log.info("remote_finished", job_id=row.id, request_id=row.request_id, state=state.value,
+                 attempt=row.attempts, error=error)

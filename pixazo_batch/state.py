@@ -1,0 +1,420 @@
+"""StateStore: the SQLite file that remembers every job, every attempt and every cent.
+
+Each transition is one transaction, checked against ``ALLOWED_TRANSITIONS`` and committed before
+the caller acts on it. The file runs in WAL mode with ``synchronous=NORMAL`` (a commit survives the
+process being killed at any instant); the transitions that decide whether money may be spent
+twice (``submitting``, ``submitted``, ``uncertain``) are committed with ``synchronous=FULL`` so
+they also survive a power cut. A lock file beside the database keeps a second run out; the kernel
+drops the lock when its holder dies, so a stale lock is taken over without ceremony.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from pixazo_batch.errors import InvalidTransitionError, StateLockedError
+from pixazo_batch.models import ALLOWED_TRANSITIONS, GenerationRequest, JobSpec, JobState
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    request_hash TEXT NOT NULL,
+    request_json TEXT NOT NULL,
+    price_cents INTEGER NOT NULL,
+    output TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    request_id TEXT,
+    polling_url TEXT,
+    remote_status TEXT,
+    media_url TEXT,
+    bytes INTEGER,
+    sha256 TEXT,
+    error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    submitted_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    request_id TEXT,
+    outcome TEXT NOT NULL,
+    price_cents INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    PRIMARY KEY (job_id, n)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    exit_code INTEGER
+);
+"""
+
+#: attempt outcomes that may have cost money (in flight, unknown, or known charged)
+CHARGEABLE = ("submitting", "accepted", "uncertain", "failed", "completed")
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """One job as the state file knows it."""
+
+    id: str
+    request_hash: str
+    request_json: str
+    price_cents: int
+    output: str
+    state: JobState
+    attempts: int
+    request_id: str | None
+    polling_url: str | None
+    remote_status: str | None
+    media_url: str | None
+    bytes: int | None
+    sha256: str | None
+    error: str | None
+    created_at: float
+    updated_at: float
+    submitted_at: float | None
+    finished_at: float | None
+
+    @property
+    def request(self) -> GenerationRequest:
+        """The request body this job submits."""
+        return GenerationRequest.model_validate_json(self.request_json)
+
+
+_COLUMNS = ", ".join(JobRow.__slots__)
+
+
+class StateStore:
+    """Durable job states for one output folder.
+
+    Usage: ``with StateStore.open(path) as store: store.register(spec, run_id)``.
+
+    Raises:
+        StateLockedError: from ``open`` when another live run holds the file.
+    """
+
+    def __init__(self, path: Path, lock_file: IO[str]) -> None:
+        self.path = path
+        self._lock_file = lock_file
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self.run_id = 0
+
+    @classmethod
+    @contextmanager
+    def open(cls, path: Path, *, lock: bool = True) -> Iterator[StateStore]:
+        """Open (creating if needed) and lock the state file for the duration of the block."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = path.with_name(path.name + ".lock")
+        with open(lock_path, "a+", encoding="utf-8") as lock_file:
+            if lock:
+                _take_lock(lock_file, lock_path)
+            store = cls(path, lock_file)
+            try:
+                yield store
+            finally:
+                store.db.close()
+
+    # --- runs ---------------------------------------------------------------------------------
+
+    def begin_run(self) -> int:
+        """Record a new run; returns its id."""
+        with self._transaction():
+            cursor = self.db.execute(
+                "INSERT INTO runs (pid, started_at) VALUES (?, ?)", (os.getpid(), time.time())
+            )
+        self.run_id = int(cursor.lastrowid or 0)
+        return self.run_id
+
+    def end_run(self, exit_code: int) -> None:
+        """Record how the current run ended."""
+        with self._transaction():
+            self.db.execute(
+                "UPDATE runs SET ended_at = ?, exit_code = ? WHERE id = ?",
+                (time.time(), exit_code, self.run_id),
+            )
+
+    # --- registering manifest jobs ------------------------------------------------------------
+
+    def register(self, spec: JobSpec) -> JobRow | str:
+        """Record a manifest job (new ones as ``pending``). Returns its row, or why it conflicts
+        with what earlier runs recorded: an id whose request changed, or an output path in use."""
+        request_hash = spec.request.request_hash()
+        row = self.get(spec.id)
+        if row is not None:
+            if row.request_hash != request_hash:
+                return (
+                    f"id {spec.id!r} was first recorded with a different request; give the "
+                    "changed job a new id (the old one may already be paid for)"
+                )
+            if row.output != spec.output:
+                return f"id {spec.id!r} was recorded with output {row.output!r}"
+            return row
+        now = time.time()
+        try:
+            with self._transaction():
+                self.db.execute(
+                    "INSERT INTO jobs (id, request_hash, request_json, price_cents, output, state,"
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        spec.id,
+                        request_hash,
+                        spec.request.canonical_json(),
+                        spec.request.price_cents,
+                        spec.output,
+                        JobState.PENDING.value,
+                        now,
+                        now,
+                    ),
+                )
+        except sqlite3.IntegrityError:
+            other = self.db.execute("SELECT id FROM jobs WHERE output = ?", (spec.output,)).fetchone()
+            return f"output {spec.output!r} is already the output of job {other[0]!r}"
+        row = self.get(spec.id)
+        assert row is not None
+        return row
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRow | None:
+        """The job's row, or None."""
+        found = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()  # noqa: S608
+        return None if found is None else _row(found)
+
+    def iter_jobs(self, *states: JobState, batch: int = 1000) -> Iterator[JobRow]:
+        """Jobs in ``states`` (all when none given), in insertion order, in constant memory."""
+        last = 0
+        where = ""
+        params: list[Any] = []
+        if states:
+            where = f" AND state IN ({', '.join('?' * len(states))})"
+            params = [s.value for s in states]
+        query = f"SELECT rowid, {_COLUMNS} FROM jobs WHERE rowid > ?{where} ORDER BY rowid LIMIT ?"  # noqa: S608
+        while True:
+            rows = self.db.execute(query, [last, *params, batch]).fetchall()
+            for found in rows:
+                yield _row(found[1:])
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
+
+    def counts(self) -> dict[JobState, int]:
+        """How many jobs are in each state."""
+        rows = self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        return {JobState(state): n for state, n in rows}
+
+    def committed_cents(self) -> int:
+        """Money that may have been taken: attempts in flight, uncertain, or known charged."""
+        marks = ", ".join("?" * len(CHARGEABLE))
+        (total,) = self.db.execute(
+            f"SELECT COALESCE(SUM(price_cents), 0) FROM attempts WHERE outcome IN ({marks})",  # noqa: S608
+            CHARGEABLE,
+        ).fetchone()
+        return int(total)
+
+    def job_committed_cents(self, job_id: str) -> int:
+        """What one job may have cost so far, over all its attempts."""
+        marks = ", ".join("?" * len(CHARGEABLE))
+        (total,) = self.db.execute(
+            f"SELECT COALESCE(SUM(price_cents), 0) FROM attempts"  # noqa: S608
+            f" WHERE job_id = ? AND outcome IN ({marks})",
+            (job_id, *CHARGEABLE),
+        ).fetchone()
+        return int(total)
+
+    def spent_cents(self) -> int:
+        """Money known to be charged: accepted attempts not refunded by a remote ERROR."""
+        (total,) = self.db.execute(
+            "SELECT COALESCE(SUM(price_cents), 0) FROM attempts"
+            " WHERE outcome IN ('accepted', 'failed', 'completed')"
+        ).fetchone()
+        return int(total)
+
+    def request_ids(self, job_id: str) -> list[str]:
+        """Every request_id the job was given, oldest first."""
+        rows = self.db.execute(
+            "SELECT request_id FROM attempts WHERE job_id = ? AND request_id IS NOT NULL ORDER BY n",
+            (job_id,),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    # --- transitions --------------------------------------------------------------------------
+
+    def begin_submit(self, job_id: str, budget_cents: int | None) -> bool:
+        """``pending -> submitting``, durably, unless the job's price would take the committed
+        spend past ``budget_cents``. Returns False (and changes nothing) in that case."""
+        with self._transaction(full=True):
+            row = self._current(job_id)
+            if budget_cents is not None and self.committed_cents() + row.price_cents > budget_cents:
+                return False
+            self._move(row, JobState.SUBMITTING, attempts=row.attempts + 1, error=None)
+            self.db.execute(
+                "INSERT INTO attempts (job_id, n, outcome, price_cents, started_at)"
+                " VALUES (?, ?, 'submitting', ?, ?)",
+                (job_id, row.attempts + 1, row.price_cents, time.time()),
+            )
+        return True
+
+    def submit_accepted(self, job_id: str, request_id: str, polling_url: str | None) -> None:
+        """``submitting|uncertain -> submitted``: the gateway gave the job a request_id."""
+        with self._transaction(full=True):
+            row = self._current(job_id)
+            self._move(
+                row,
+                JobState.SUBMITTED,
+                request_id=request_id,
+                polling_url=polling_url,
+                remote_status="QUEUED",
+                submitted_at=time.time(),
+                error=None,
+            )
+            self._end_attempt(row, "accepted", request_id)
+
+    def submit_uncertain(self, job_id: str, reason: str) -> None:
+        """``submitting -> uncertain``: the POST may have been accepted and charged."""
+        with self._transaction(full=True):
+            row = self._current(job_id)
+            self._move(row, JobState.UNCERTAIN, error=reason)
+            self._end_attempt(row, "uncertain")
+
+    def submit_refused(self, job_id: str, reason: str, *, final: bool) -> None:
+        """``submitting -> pending`` (to retry) or ``-> failed`` (``final``): not charged."""
+        with self._transaction():
+            row = self._current(job_id)
+            self._move(row, JobState.FAILED if final else JobState.PENDING, error=reason)
+            self._end_attempt(row, "refused")
+
+    def submit_withdrawn(self, job_id: str) -> None:
+        """``submitting -> pending`` without an attempt: the POST never started (run stopping)."""
+        with self._transaction():
+            row = self._current(job_id)
+            self._move(row, JobState.PENDING, attempts=row.attempts - 1)
+            self.db.execute(
+                "DELETE FROM attempts WHERE job_id = ? AND n = ?", (job_id, row.attempts)
+            )
+
+    def remote_finished(self, job_id: str, state: JobState, *, media_url: str | None = None,
+                        error: str | None = None, remote_status: str) -> None:
+        """``submitted -> completed | failed | errored`` as the status endpoint reported."""
+        outcome = {JobState.COMPLETED: "completed", JobState.FAILED: "failed"}.get(state, "errored")
+        with self._transaction():
+            row = self._current(job_id)
+            self._move(row, state, media_url=media_url, error=error,
+                       remote_status=remote_status, finished_at=time.time())
+            self._end_attempt(row, outcome, row.request_id)
+
+    def refresh_media(self, job_id: str, media_url: str) -> None:
+        """``completed -> completed`` with a fresh media URL."""
+        with self._transaction():
+            self._move(self._current(job_id), JobState.COMPLETED, media_url=media_url)
+
+    def downloaded(self, job_id: str, size: int, sha256: str) -> None:
+        """``completed -> downloaded``: the verified file is at its final path."""
+        with self._transaction():
+            self._move(self._current(job_id), JobState.DOWNLOADED, bytes=size, sha256=sha256)
+
+    def file_missing(self, job_id: str) -> None:
+        """``downloaded -> completed``: the file vanished from disk; fetch it again."""
+        with self._transaction():
+            self._move(self._current(job_id), JobState.COMPLETED, bytes=None, sha256=None)
+
+    def requeue(self, job_id: str, *, reason: str | None = None) -> None:
+        """``failed | errored | uncertain -> pending``: submit again (the caller decided)."""
+        with self._transaction(full=True):
+            # An uncertain attempt keeps counting as committed spend: it may have been charged.
+            self._move(self._current(job_id), JobState.PENDING, error=reason)
+
+    def give_up(self, job_id: str, reason: str) -> None:
+        """``errored | uncertain | pending -> failed`` with ``reason`` (retries exhausted)."""
+        with self._transaction():
+            self._move(self._current(job_id), JobState.FAILED, error=reason)
+
+    def recover_interrupted(self) -> int:
+        """After a crash: every job left ``submitting`` becomes ``uncertain``. Returns how many."""
+        ids = [r.id for r in self.iter_jobs(JobState.SUBMITTING)]
+        for job_id in ids:
+            self.submit_uncertain(job_id, "the run stopped while this job's POST was in flight")
+        return len(ids)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, *, full: bool = False) -> Iterator[None]:
+        if full:
+            self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+        finally:
+            if full:
+                self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def _current(self, job_id: str) -> JobRow:
+        row = self.get(job_id)
+        if row is None:
+            raise InvalidTransitionError(f"unknown job {job_id!r}")
+        return row
+
+    def _move(self, row: JobRow, target: JobState, **fields: Any) -> None:
+        if target not in ALLOWED_TRANSITIONS[row.state]:
+            raise InvalidTransitionError(f"job {row.id!r}: {row.state} -> {target} is not allowed")
+        fields["state"] = target.value
+        fields["updated_at"] = time.time()
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self.db.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = ?",  # noqa: S608
+            [*fields.values(), row.id],
+        )
+
+    def _end_attempt(self, row: JobRow, outcome: str, request_id: str | None = None) -> None:
+        self.db.execute(
+            "UPDATE attempts SET outcome = ?, request_id = COALESCE(?, request_id), ended_at = ?"
+            " WHERE job_id = ? AND n = ?",
+            (outcome, request_id, time.time(), row.id, row.attempts),
+        )
+
+
+def _row(found: tuple[Any, ...]) -> JobRow:
+    values = list(found)
+    values[5] = JobState(values[5])
+    return JobRow(*values)
+
+
+def _take_lock(lock_file: IO[str], lock_path: Path) -> None:
+    try:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "unknown"
+        raise StateLockedError(
+            f"another pixazo-batch run holds {lock_path} ({holder}); wait for it to finish"
+        ) from None
+    lock_file.seek(0)
+    lock_file.truncate()
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    lock_file.write(json.dumps({"pid": os.getpid(), "started": started}))
+    lock_file.flush()
