@@ -1,4 +1,7 @@
-"""The ``pixazo-batch`` command: argv -> Settings -> engine; errors -> exit codes. No business logic."""
+"""The ``pixazo-batch`` command: argv -> Settings -> engine; errors -> exit codes.
+
+No business logic lives here.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from pixazo_batch.config import DEFAULT_BASE_URL, STATE_FILE_NAME, Settings
 from pixazo_batch.engine import RunSummary, run_batch
@@ -46,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Batch-generate videos with Luma Ray 2 Flash (image-to-video) through the "
         "Pixazo gateway: resumable, budget-safe, never paying twice for a job.",
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     parser.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -54,20 +59,43 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("manifest", type=Path, help="JSONL manifest, one job a line")
     run.add_argument("--out", type=Path, required=True, help="output folder")
     run.add_argument("--state", type=Path, help=f"state file (default OUT/{STATE_FILE_NAME})")
-    run.add_argument("--base-url", help=f"gateway base URL (env {BASE_URL_ENV}, default {DEFAULT_BASE_URL})")
+    run.add_argument(
+        "--base-url", help=f"gateway base URL (env {BASE_URL_ENV}, default {DEFAULT_BASE_URL})"
+    )
     run.add_argument("--concurrency", type=int, default=8, help="HTTP requests at once (8)")
-    run.add_argument("--max-in-flight", type=int, default=20, help="jobs submitted, not finished (20)")
-    run.add_argument("--rps", type=float, default=5.0, help="ceiling of gateway requests per second (5)")
+    run.add_argument(
+        "--max-in-flight", type=int, default=20, help="jobs submitted, not finished (20)"
+    )
+    run.add_argument(
+        "--rps", type=float, default=5.0, help="ceiling of gateway requests per second (5)"
+    )
     run.add_argument("--max-attempts", type=int, default=3, help="submissions per job (3)")
-    run.add_argument("--poll-interval", type=float, default=5.0, help="seconds between polls of a job (5)")
-    run.add_argument("--job-deadline", type=float, default=1800.0, help="seconds before a job is reported stalled")
-    run.add_argument("--max-spend", type=_money, help="USD cap on committed spend in this state file")
-    run.add_argument("--resubmit-uncertain", action="store_true", help="submit uncertain jobs again (may pay twice)")
+    run.add_argument(
+        "--poll-interval", type=float, default=5.0, help="seconds between polls of a job (5)"
+    )
+    run.add_argument(
+        "--job-deadline",
+        type=float,
+        default=1800.0,
+        help="seconds before a job is reported stalled",
+    )
+    run.add_argument(
+        "--max-spend", type=_money, help="USD cap on committed spend in this state file"
+    )
+    run.add_argument(
+        "--resubmit-uncertain",
+        action="store_true",
+        help="submit uncertain jobs again (may pay twice)",
+    )
     run.add_argument("--abandon-uncertain", action="store_true", help="give up uncertain jobs")
     run.add_argument("--retry-failed", action="store_true", help="submit failed jobs again")
     run.add_argument("--strict", action="store_true", help="stop at the first bad manifest line")
-    run.add_argument("--sandbox", action="store_true", help="run against an embedded local simulator")
-    run.add_argument("--sandbox-scenario", default="demo", help="simulator scenario for --sandbox (demo)")
+    run.add_argument(
+        "--sandbox", action="store_true", help="run against an embedded local simulator"
+    )
+    run.add_argument(
+        "--sandbox-scenario", default="demo", help="simulator scenario for --sandbox (demo)"
+    )
 
     validate = commands.add_parser("validate", help="check a manifest and price it; no network")
     validate.add_argument("manifest", type=Path)
@@ -115,7 +143,7 @@ def _settings(args: argparse.Namespace, base_url: str, key: str) -> Settings:
         return Settings(
             manifest=args.manifest,
             out_dir=args.out,
-            api_key=key,
+            api_key=SecretStr(key),
             state_path=args.state,
             base_url=base_url,
             concurrency=args.concurrency,
@@ -131,7 +159,9 @@ def _settings(args: argparse.Namespace, base_url: str, key: str) -> Settings:
             strict=args.strict,
         )
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
         raise UsageError(problems) from None
 
 
@@ -164,8 +194,11 @@ async def _run_in_sandbox(args: argparse.Namespace) -> int:
     from pixazo_batch.sim import Simulator, scenario_named  # noqa: PLC0415  (only for --sandbox)
 
     key = secrets.token_urlsafe(16)
-    configure_logging(secrets=[key], level=args.log_level,
-                      json_lines={"auto": None, "json": True, "console": False}[args.log_format])
+    configure_logging(
+        secrets=[key],
+        level=args.log_level,
+        json_lines={"auto": None, "json": True, "console": False}[args.log_format],
+    )
     try:
         scenario = scenario_named(args.sandbox_scenario)
     except KeyError as exc:
@@ -221,12 +254,16 @@ def _status(args: argparse.Namespace) -> int:
             for r in store.iter_jobs()
             if r.error and r.state.value in ("failed", "uncertain", "errored")
         ]
-        print(json.dumps({
-            "counts": counts,
-            "committed_usd": f"{store.committed_cents() / 100:.2f}",
-            "spent_usd": f"{store.spent_cents() / 100:.2f}",
-            "problems": failures,
-        }))
+        print(
+            json.dumps(
+                {
+                    "counts": counts,
+                    "committed_usd": f"{store.committed_cents() / 100:.2f}",
+                    "spent_usd": f"{store.spent_cents() / 100:.2f}",
+                    "problems": failures,
+                }
+            )
+        )
     return EXIT_OK
 
 

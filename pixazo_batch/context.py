@@ -1,4 +1,4 @@
-"""What the pipeline stages share during one run: the store, the client, the queues and the flags."""
+"""What the pipeline stages share during one run: store, client, queues and flags."""
 
 from __future__ import annotations
 

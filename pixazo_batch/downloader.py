@@ -14,6 +14,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import aiofiles
 import aiohttp
@@ -106,8 +107,13 @@ class Downloader:
                 continue
             await anyio.to_thread.run_sync(_commit_file, part, final)
             ctx.store.downloaded(job_id, size, sha256)
-            log.info("downloaded", job_id=job_id, request_id=row.request_id, bytes=size,
-                     state="downloaded")
+            log.info(
+                "downloaded",
+                job_id=job_id,
+                request_id=row.request_id,
+                bytes=size,
+                state="downloaded",
+            )
             return True
         log.error("download_gave_up", job_id=job_id, tries=ctx.settings.download_tries)
         return False
@@ -137,7 +143,7 @@ class Downloader:
                 total, etag = self._check_answer(response, progress.size)
                 if response.status == 200 and progress.size:
                     progress = _Progress(hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0)
-                mode = "ab" if progress.size else "wb"
+                mode: Literal["ab", "wb"] = "ab" if progress.size else "wb"
                 async with aiofiles.open(part, mode) as sink:
                     async for chunk in response.content.iter_chunked(CHUNK):
                         await sink.write(chunk)

@@ -174,7 +174,8 @@ def _first(group: BaseExceptionGroup[_E], kind: type[_E]) -> _E:
 def _learned_estimator(store: StateStore) -> CompletionEstimator:
     estimator = CompletionEstimator()
     rows = store.db.execute(
-        "SELECT json_extract(request_json, '$.resolution'), json_extract(request_json, '$.duration'),"
+        "SELECT json_extract(request_json, '$.resolution'),"
+        " json_extract(request_json, '$.duration'),"
         " AVG(finished_at - submitted_at), COUNT(*) FROM jobs"
         " WHERE state IN ('completed', 'downloaded') AND finished_at IS NOT NULL"
         " AND submitted_at IS NOT NULL GROUP BY 1, 2"
@@ -282,7 +283,9 @@ async def _watch_signals(ctx: RunContext, scope: anyio.CancelScope) -> None:
             scope.cancel()
 
 
-def _summarise(ctx: RunContext, issues: list[str], auth_error: AuthRefusedError | None) -> RunSummary:
+def _summarise(
+    ctx: RunContext, issues: list[str], auth_error: AuthRefusedError | None
+) -> RunSummary:
     store, flags = ctx.store, ctx.flags
     counts = store.counts()
     uncertain = [row.id for row in store.iter_jobs(JobState.UNCERTAIN)]
@@ -307,4 +310,3 @@ def _summarise(ctx: RunContext, issues: list[str], auth_error: AuthRefusedError 
         stalled=list(flags.stalled),
         stop_reason=(str(auth_error) if auth_error else flags.stop_submitting),
     )
-

@@ -9,11 +9,11 @@
     │   ├── StateLockedError        another run holds the state file (exit 75)
     │   └── InvalidTransitionError  a state change DESIGN does not allow (a bug, never expected)
     └── GatewayError                talking to the gateway went wrong
-        ├── NotSentError            failed before the request left (DNS, refused, TLS): safe to retry
+        ├── NotSentError            never left (DNS, refused, TLS handshake): safe to retry
         ├── AnswerLostError         the request may have arrived (timeout, reset, 502/504, the API
         │                           front's 5xx): a submit may have been accepted and charged
         └── HttpStatusError         the gateway answered with an error status
-            ├── AuthRefusedError    401, or a 403 that is not about quota (exit 4)
+            ├── AuthRefusedError    401, or a 403 not about quota (exit 4)
             ├── QuotaExhaustedError 403 "Out of call volume quota" (exit 3, temporary)
             └── BalanceError        402 insufficient balance (exit 3)
 

@@ -8,7 +8,6 @@ It sends the key to the gateway's origin and nowhere else (redirects are not fol
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from dataclasses import dataclass
@@ -51,7 +50,9 @@ _TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?) seconds?", re.IGNORECASE)
 _REPLENISHED = re.compile(r"replenished in (?:(\d+)\.)?(\d+):(\d+):(\d+)", re.IGNORECASE)
 
 
-def parse_retry_after(header: str | None, body: str = "", *, now: float | None = None) -> float | None:
+def parse_retry_after(
+    header: str | None, body: str = "", *, now: float | None = None
+) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (seconds, HTTP date or ISO-8601 timestamp),
     else from the API front's "Try again in N seconds" body; None when neither says."""
     wall = time.time() if now is None else now
@@ -144,7 +145,9 @@ class GatewayClient:
         if self.healthy.is_set():
             self.healthy = anyio.Event()
 
-    async def submit(self, request: GenerationRequest, *, webhook_url: str | None = None) -> SubmitAccepted:
+    async def submit(
+        self, request: GenerationRequest, *, webhook_url: str | None = None
+    ) -> SubmitAccepted:
         """POST one job. Returns the 202 answer.
 
         Raises:
@@ -157,7 +160,9 @@ class GatewayClient:
         if webhook_url is not None:
             headers["X-Webhook-URL"] = webhook_url
         body = request.model_dump_json().encode()
-        answer = await self._send("POST", self._url(SUBMIT_PATH), headers, body, self._submit_timeout)
+        answer = await self._send(
+            "POST", self._url(SUBMIT_PATH), headers, body, self._submit_timeout
+        )
         if answer.status in (200, 201, 202):
             try:
                 return SubmitAccepted.model_validate_json(answer.text)
@@ -203,7 +208,7 @@ class GatewayClient:
         url: URL,
         headers: dict[str, str],
         body: bytes | None,
-        timeout: aiohttp.ClientTimeout,
+        client_timeout: aiohttp.ClientTimeout,
     ) -> Answer:
         session = self._session
         if session is None:
@@ -212,7 +217,7 @@ class GatewayClient:
         while True:
             await self.governor.acquire()
             async with self._limiter:
-                answer = await self._exchange(session, method, url, headers, body, timeout)
+                answer = await self._exchange(session, method, url, headers, body, client_timeout)
             if answer.status != 429:
                 self.governor.on_success()
                 return answer
@@ -229,23 +234,28 @@ class GatewayClient:
         log.info("rate_limited", http_status=429, pause_s=round(paused, 3), rps=self.governor.rate)
 
     @staticmethod
-    async def _exchange(
+    async def _exchange(  # noqa: PLR0917  (private, called once)
         session: aiohttp.ClientSession,
         method: str,
         url: URL,
         headers: dict[str, str],
         body: bytes | None,
-        timeout: aiohttp.ClientTimeout,
+        client_timeout: aiohttp.ClientTimeout,
     ) -> Answer:
         try:
             async with session.request(
-                method, url, headers=headers, data=body, timeout=timeout, allow_redirects=False
+                method,
+                url,
+                headers=headers,
+                data=body,
+                timeout=client_timeout,
+                allow_redirects=False,
             ) as response:
                 text = await response.text(errors="replace")
                 return Answer(response.status, text, response.headers)
         except aiohttp.ClientConnectorError as exc:
             raise NotSentError(f"{method} {url.host}: could not connect: {exc.os_error}") from exc
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise AnswerLostError(f"{method} {url.host}: {type(exc).__name__}: {exc}") from exc
 
     @staticmethod
@@ -262,4 +272,3 @@ class GatewayClient:
         if answer.status == 402:
             return BalanceError(402, body)
         return HttpStatusError(answer.status, body, retry_after)
-

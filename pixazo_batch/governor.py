@@ -15,6 +15,8 @@ from typing import Protocol
 
 import anyio
 
+#: float slack, so rounding never leaves a waiter sleeping for a vanishing fraction forever
+_EPSILON = 1e-9
 #: successes needed to climb back from a halved rate to the rate that was cut (about 1.5% 429s)
 RECOVERY_STEPS = 64
 
@@ -100,8 +102,8 @@ class RateGovernor:
                     await self.clock.sleep(self._paused_until - now)
                     continue
                 self._refill(now)
-                if self._tokens >= 1:
-                    self._tokens -= 1
+                if self._tokens >= 1 - _EPSILON:
+                    self._tokens = max(0.0, self._tokens - 1)
                     return
                 await self.clock.sleep((1 - self._tokens) / self.rate)
 

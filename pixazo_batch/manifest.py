@@ -82,7 +82,11 @@ def safe_output(value: str) -> str:
         raise ValueError("must be relative to the output folder, not absolute")
     if ".." in path.parts:
         raise ValueError("must stay inside the output folder ('..' is not allowed)")
-    if path.name in RESERVED_NAMES or path.name.startswith(".pixazo-batch") or path.suffix == ".part":
+    if (
+        path.name in RESERVED_NAMES
+        or path.name.startswith(".pixazo-batch")
+        or path.suffix == ".part"
+    ):
         raise ValueError(f"{path.name!r} is a name pixazo-batch uses itself")
     return str(path)
 
@@ -103,7 +107,9 @@ class _DuplicateIndex:
         self.db = sqlite3.connect(Path(folder) / "seen.db", isolation_level=None)
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute("CREATE TABLE seen (kind TEXT, value TEXT, line INTEGER, PRIMARY KEY (kind, value))")
+        self.db.execute(
+            "CREATE TABLE seen (kind TEXT, value TEXT, line INTEGER, PRIMARY KEY (kind, value))"
+        )
 
     def first_line(self, kind: str, value: str, line: int) -> int | None:
         """The earlier line that used ``value`` as ``kind``, or None (and remember this one)."""
@@ -125,7 +131,10 @@ def read_manifest(path: Path) -> Iterator[JobSpec | ManifestIssue]:
         OSError: the file cannot be opened or read.
     """
     name = str(path)
-    with tempfile.TemporaryDirectory(prefix="pixazo-manifest-") as scratch, open(path, "rb") as lines:
+    with (
+        tempfile.TemporaryDirectory(prefix="pixazo-manifest-") as scratch,
+        open(path, "rb") as lines,
+    ):
         seen = _DuplicateIndex(scratch)
         try:
             for number, raw in enumerate(lines, start=1):
@@ -173,6 +182,8 @@ def _parse_line(
         return
     earlier = seen.first_line("output", output, number)
     if earlier is not None:
-        yield ManifestIssue(name, number, "output", f"{output!r} is already the output of line {earlier}")
+        yield ManifestIssue(
+            name, number, "output", f"{output!r} is already the output of line {earlier}"
+        )
         return
     yield JobSpec(id=job_id, request=request, output=output, line=number)

@@ -45,8 +45,8 @@ class CompletionEstimator:
     def observe(self, kind: tuple[str, str], seconds: float) -> None:
         """Fold in one finished job's submit-to-terminal time."""
         previous = self._seconds.get(kind)
-        self._seconds[kind] = seconds if previous is None else (
-            (1 - SMOOTHING) * previous + SMOOTHING * seconds
+        self._seconds[kind] = (
+            seconds if previous is None else ((1 - SMOOTHING) * previous + SMOOTHING * seconds)
         )
         self._seen[kind] += 1
 
@@ -93,7 +93,9 @@ class Poller:
         """The terminal status, or None once the job was stalled or found unknown."""
         ctx = self.ctx
         row = ctx.store.get(job_id)
-        assert row is not None and row.request_id is not None and row.submitted_at is not None
+        assert row is not None
+        assert row.request_id is not None
+        assert row.submitted_at is not None
         kind = job_kind(row)
         interval = ctx.settings.poll_interval
         expected = self.estimator.expected(kind)
@@ -151,9 +153,23 @@ class Poller:
             ctx.store.requeue(row.id, reason=error)
             await ctx.queues.submit.send(row.id)
 
-    def _record(self, row: JobRow, state: JobState, remote: str, *, media_url: str | None = None,
-                error: str | None = None) -> None:
-        self.ctx.store.remote_finished(row.id, state, media_url=media_url, error=error,
-                                       remote_status=remote)
-        log.info("remote_finished", job_id=row.id, request_id=row.request_id, state=state.value,
-                 attempt=row.attempts, error=error)
+    def _record(
+        self,
+        row: JobRow,
+        state: JobState,
+        remote: str,
+        *,
+        media_url: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.ctx.store.remote_finished(
+            row.id, state, media_url=media_url, error=error, remote_status=remote
+        )
+        log.info(
+            "remote_finished",
+            job_id=row.id,
+            request_id=row.request_id,
+            state=state.value,
+            attempt=row.attempts,
+            error=error,
+        )

@@ -187,7 +187,9 @@ class StateStore:
                     ),
                 )
         except sqlite3.IntegrityError:
-            other = self.db.execute("SELECT id FROM jobs WHERE output = ?", (spec.output,)).fetchone()
+            other = self.db.execute(
+                "SELECT id FROM jobs WHERE output = ?", (spec.output,)
+            ).fetchone()
             return f"output {spec.output!r} is already the output of job {other[0]!r}"
         row = self.get(spec.id)
         assert row is not None
@@ -252,7 +254,8 @@ class StateStore:
     def request_ids(self, job_id: str) -> list[str]:
         """Every request_id the job was given, oldest first."""
         rows = self.db.execute(
-            "SELECT request_id FROM attempts WHERE job_id = ? AND request_id IS NOT NULL ORDER BY n",
+            "SELECT request_id FROM attempts"
+            " WHERE job_id = ? AND request_id IS NOT NULL ORDER BY n",
             (job_id,),
         ).fetchall()
         return [r[0] for r in rows]
@@ -312,14 +315,27 @@ class StateStore:
                 "DELETE FROM attempts WHERE job_id = ? AND n = ?", (job_id, row.attempts)
             )
 
-    def remote_finished(self, job_id: str, state: JobState, *, media_url: str | None = None,
-                        error: str | None = None, remote_status: str) -> None:
+    def remote_finished(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        media_url: str | None = None,
+        error: str | None = None,
+        remote_status: str,
+    ) -> None:
         """``submitted -> completed | failed | errored`` as the status endpoint reported."""
         outcome = {JobState.COMPLETED: "completed", JobState.FAILED: "failed"}.get(state, "errored")
         with self._transaction():
             row = self._current(job_id)
-            self._move(row, state, media_url=media_url, error=error,
-                       remote_status=remote_status, finished_at=time.time())
+            self._move(
+                row,
+                state,
+                media_url=media_url,
+                error=error,
+                remote_status=remote_status,
+                finished_at=time.time(),
+            )
             self._end_attempt(row, outcome, row.request_id)
 
     def refresh_media(self, job_id: str, media_url: str) -> None:

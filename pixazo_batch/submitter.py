@@ -89,8 +89,13 @@ class Submitter:
             except (BalanceError, QuotaExhaustedError) as exc:
                 ctx.store.submit_refused(job_id, str(exc), final=False)
                 ctx.flags.stop(str(exc))
-                log.error("submissions_stopped", job_id=job_id, http_status=exc.status, error=str(exc),
-                          retry_after_s=exc.retry_after)
+                log.error(
+                    "submissions_stopped",
+                    job_id=job_id,
+                    http_status=exc.status,
+                    error=str(exc),
+                    retry_after_s=exc.retry_after,
+                )
                 return False
             except AuthRefusedError as exc:
                 ctx.store.submit_refused(job_id, str(exc), final=False)
@@ -100,8 +105,13 @@ class Submitter:
                 retry = self._refused(job_id, row.attempts, str(exc), retryable=retryable)
             else:
                 ctx.store.submit_accepted(job_id, accepted.request_id, accepted.polling_url)
-                log.info("submitted", job_id=job_id, request_id=accepted.request_id,
-                         attempt=row.attempts, state="submitted")
+                log.info(
+                    "submitted",
+                    job_id=job_id,
+                    request_id=accepted.request_id,
+                    attempt=row.attempts,
+                    state="submitted",
+                )
                 await ctx.queues.poll.send(job_id)
                 return True
             if not retry:
@@ -113,8 +123,13 @@ class Submitter:
         """Record a refusal that cost nothing; returns whether to try the job again."""
         final = not retryable or attempts >= self.ctx.settings.max_attempts
         self.ctx.store.submit_refused(job_id, reason, final=final)
-        log.warning("submit_refused", job_id=job_id, attempt=attempts, error=reason,
-                    state="failed" if final else "pending")
+        log.warning(
+            "submit_refused",
+            job_id=job_id,
+            attempt=attempts,
+            error=reason,
+            state="failed" if final else "pending",
+        )
         return not final
 
     async def _post(self, job_id: str) -> SubmitAccepted:

@@ -1,4 +1,6 @@
-"""A faithful local stand-in for the Pixazo gateway and its media CDN, for tests, demo and benchmarks.
+"""A faithful local stand-in for the Pixazo gateway and its media CDN.
+
+For tests, the demo and the benchmarks.
 
 Usage::
 

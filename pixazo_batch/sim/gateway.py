@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from pixazo_batch.models import SUBMIT_PATH, GenerationRequest, RemoteStatus
+from pixazo_batch.models import MODEL_ID, SUBMIT_PATH, GenerationRequest, RemoteStatus
 from pixazo_batch.sim.jobs import SimJob, status_body
 from pixazo_batch.sim.state import KEY_HEADER, SimState
 from pixazo_batch.sim.webhooks import WebhookSender
@@ -98,8 +98,10 @@ class GatewayApp:
             return _front_error(401, _APIM_401_MISSING)
         if key in scenario.quota_keys:
             return web.json_response(
-                {"statusCode": 403, "message": "Out of call volume quota. "
-                 "Quota will be replenished in 00:00:42."},
+                {
+                    "statusCode": 403,
+                    "message": "Out of call volume quota. Quota will be replenished in 00:00:42.",
+                },
                 status=403,
                 headers={"Retry-After": "42"},
             )
@@ -110,13 +112,16 @@ class GatewayApp:
         return self.state.rate_limit(key)
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
-        """``POST /{model}/v1/{model}-request``: validate, charge, queue; or fail as scenario says."""
+        """``POST /{model}/v1/{model}-request``: validate, charge, queue; or fail as told."""
         state = self.state
         state.stats.submit_requests += 1
         await state.pause(state.scenario.response_delay)
         refusal = self._admit(request)
         if refusal is not None:
             return refusal
+        if state.scenario.model_disabled:
+            message = f"Model '{MODEL_ID}' not found or is disabled"
+            return _service_error(400, "Model not found", message)
         raw = await request.read()
         try:
             data = json.loads(raw)
@@ -159,7 +164,9 @@ class GatewayApp:
         if url is None:
             return None
         mode = request.headers.get("X-Webhook-Mode", "terminal")
-        allowed = ("https://", "http://") if self.state.scenario.webhook_allow_http else ("https://",)
+        allowed = (
+            ("https://", "http://") if self.state.scenario.webhook_allow_http else ("https://",)
+        )
         if not url.startswith(allowed):
             return _service_error(400, "Bad Request", "X-Webhook-URL: must be an https URL")
         if mode not in ("terminal", "sync"):

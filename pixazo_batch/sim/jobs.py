@@ -154,7 +154,9 @@ class JobBook:
         if s.media_bitrate is None:
             base = float(s.media_bytes)
         else:
-            base = s.media_bitrate.get(request.resolution.value, 2.5e6) / 8 * request.duration.seconds
+            base = (
+                s.media_bitrate.get(request.resolution.value, 2.5e6) / 8 * request.duration.seconds
+            )
         jitter = self.rng.uniform(-s.media_size_jitter, s.media_size_jitter)
         return max(4096, int(base * (1 + jitter)))
 

@@ -126,6 +126,8 @@ async def _send(request: web.Request, state: SimState, job: SimJob) -> web.Strea
     start, end, status = 0, media.size, 200
     header = request.headers.get("Range")
     if_range = request.headers.get("If-Range")
+    if header is not None:
+        state.stats.media_range_requests += 1
     if header is not None and (if_range is None or if_range == media.etag):
         try:
             wanted = parse_range(header, media.size)

@@ -54,8 +54,13 @@ class Scenario:
     rate_limit: int | None = None
     rate_window: float = 60.0
     retry_after: RetryAfterStyle = "seconds"
+    #: a request arriving this soon after a 429 was sent was already on the wire (the client
+    #: could not have known): it is not counted as a request inside the announced window
+    retry_window_grace: float = 0.25
 
     # --- faults on the gateway -------------------------------------------------------------
+    #: every submit answers the documented 400 "Model not found" (a model switched off)
+    model_disabled: bool = False
     #: 500 in the service's own {error, message} shape; the job is not created
     submit_refused_rate: float = 0.0
     #: 504 / APIM 500 after ``lost_answer_delay``; the job IS created and charged
@@ -153,9 +158,7 @@ _HOSTILE = Scenario(
 
 _BROKE = dataclasses.replace(_DEMO, name="broke", balance_cents=60)
 
-SCENARIOS: dict[str, Scenario] = {
-    s.name: s for s in (_DEMO, _FAST, _REALISTIC, _HOSTILE, _BROKE)
-}
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (_DEMO, _FAST, _REALISTIC, _HOSTILE, _BROKE)}
 
 
 def scenario_named(name: str, *, time_scale: float | None = None) -> Scenario:

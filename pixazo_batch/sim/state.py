@@ -1,4 +1,4 @@
-"""Mutable state shared by the simulator's two origins: jobs, counters, rate windows, fault draws."""
+"""State shared by the simulator's two origins: jobs, counters, rate windows, fault draws."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ class SimStats:
     requests_in_retry_window: int = 0
     faults: Counter[str] = field(default_factory=Counter)
     media_requests: int = 0
+    media_range_requests: int = 0
     media_bytes: int = 0
     media_truncated: int = 0
     media_expired: int = 0
@@ -59,6 +60,7 @@ class SimStats:
             "requests_in_retry_window": self.requests_in_retry_window,
             "faults": dict(self.faults),
             "media_requests": self.media_requests,
+            "media_range_requests": self.media_range_requests,
             "media_bytes": self.media_bytes,
             "media_truncated": self.media_truncated,
             "media_expired": self.media_expired,
@@ -83,7 +85,8 @@ class SimState:
         self.fault_rng = random.Random(self.scenario.seed + 1)
         self._bursts: Counter[str] = Counter()
         self._windows: dict[str, deque[float]] = {}
-        self._blocked_until: dict[str, float] = {}
+        #: per key: when the last 429 was sent, and the end of the window it announced
+        self._announced: dict[str, tuple[float, float]] = {}
         self._media: dict[str, MediaFile] = {}
 
     @staticmethod
@@ -129,14 +132,17 @@ class SimState:
         """The generation of media URL to hand out now; the first may be born expired."""
         if job.media_generation in job.expired_generations:
             job.media_generation += 1
-        elif job.media_generation == 0 and self.draw("media_expire", self.scenario.media_expire_rate):
+        elif job.media_generation == 0 and self.draw(
+            "media_expire", self.scenario.media_expire_rate
+        ):
             job.expired_generations.add(0)
         return job.media_generation
 
     def rate_limit(self, key: str) -> web.Response | None:
         """Count one request from ``key``; the 429 answer when it is over the limit."""
         now = self.now()
-        if now < self._blocked_until.get(key, -math.inf):
+        announced_at, until = self._announced.get(key, (math.inf, -math.inf))
+        if announced_at + self.scenario.retry_window_grace <= now < until:
             self.stats.requests_in_retry_window += 1
         limit = self.scenario.rate_limit
         if limit is None:
@@ -155,17 +161,23 @@ class SimState:
         wall_now = time.time()
         headers: dict[str, str] = {}
         style = self.scenario.retry_after
-        if style == "seconds":
+        if style in ("seconds", "absent"):
+            # "absent" still announces the wait, in the body's "Try again in N seconds"
             until_wall = wall_now + wait
-            headers["Retry-After"] = str(wait)
+            if style == "seconds":
+                headers["Retry-After"] = str(wait)
         else:
             # A date has whole seconds: announce the next whole second at or after the wait.
             until_wall = float(math.ceil(wall_now + wait))
             moment = datetime.fromtimestamp(until_wall, UTC)
             if style == "http-date":
                 headers["Retry-After"] = format_datetime(moment, usegmt=True)
-            elif style == "iso":
+            else:
                 headers["Retry-After"] = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-        self._blocked_until[key] = self.now() + (until_wall - wall_now)
-        body = {"statusCode": 429, "message": f"Rate limit is exceeded. Try again in {wait} seconds."}
+        now = self.now()
+        self._announced[key] = (now, now + (until_wall - wall_now))
+        body = {
+            "statusCode": 429,
+            "message": f"Rate limit is exceeded. Try again in {wait} seconds.",
+        }
         return web.json_response(body, status=429, headers=headers)

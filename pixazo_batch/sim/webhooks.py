@@ -53,7 +53,9 @@ class WebhookSender:
                 wake = terminal_at
             await asyncio.sleep(max(0.0, wake - now))
             body = status_body(job, state.now(), self.media_url(job))
-            copies = 2 if state.draw("webhook_duplicate", state.scenario.webhook_duplicate_rate) else 1
+            copies = (
+                2 if state.draw("webhook_duplicate", state.scenario.webhook_duplicate_rate) else 1
+            )
             for _ in range(copies):
                 failures = 0 if await self._post(job, body) else failures + 1
             if job.status_at(state.now()).is_terminal:

@@ -1,0 +1,124 @@
+"""Shared fixtures: the simulator on loopback, manifests, and settings for engine runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from pydantic import SecretStr
+
+from pixazo_batch.config import Settings
+from pixazo_batch.models import SUBMIT_PATH
+from pixazo_batch.sim import Scenario, Simulator, scenario_named
+
+TEST_KEY = "test-key-5f2a9c"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def fast(**changes: Any) -> Scenario:
+    """The near-zero-latency scenario with the test key and the given changes."""
+    return dataclasses.replace(scenario_named("fast"), keys=frozenset({TEST_KEY}), **changes)
+
+
+@asynccontextmanager
+async def simulator(scenario: Scenario | None = None) -> AsyncIterator[Simulator]:
+    async with Simulator(scenario or fast()) as sim:
+        yield sim
+
+
+def job_line(index: int, **fields: Any) -> dict[str, Any]:
+    line: dict[str, Any] = {
+        "id": f"job-{index:03d}",
+        "prompt": f"A lighthouse at dusk, waves rolling in, take {index}",
+        "image_url": f"https://images.example.com/{index}.jpg",
+    }
+    line.update(fields)
+    return line
+
+
+def write_manifest(path: Path, lines: Iterable[dict[str, Any] | str]) -> Path:
+    text = "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines)
+    path.write_text(text + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    def build(sim: Simulator, manifest: Path, **changes: Any) -> Settings:
+        values: dict[str, Any] = {
+            "manifest": manifest,
+            "out_dir": tmp_path / "out",
+            "api_key": SecretStr(TEST_KEY),
+            "base_url": sim.base_url,
+            "poll_interval": 0.02,
+            "rps": 500.0,
+            "max_in_flight": 50,
+        }
+        values.update(changes)
+        return Settings(**values)
+
+    return build
+
+
+async def post_submit(
+    session: aiohttp.ClientSession, sim: Simulator, body: Any, key: str | None = TEST_KEY
+) -> aiohttp.ClientResponse:
+    headers = {"Content-Type": "application/json", "Cache-Control": "no-cache"}
+    if key is not None:
+        headers["Ocp-Apim-Subscription-Key"] = key
+    data = body if isinstance(body, str) else json.dumps(body)
+    return await session.post(sim.base_url + SUBMIT_PATH, data=data, headers=headers)
+
+
+class LogTap:
+    """Captures rendered log lines and can act when an event has been logged N times."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.events: list[dict[str, Any]] = []
+        self._triggers: list[tuple[str, int, Callable[[], None]]] = []
+
+    def on(self, event: str, count: int, action: Callable[[], None]) -> None:
+        self._triggers.append((event, count, action))
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == event]
+
+    def processor(self, logger: object, method: str, event: Any) -> Any:
+        self.events.append(dict(event))
+        seen = len(self.named(event.get("event")))
+        for name, count, action in self._triggers:
+            if name == event.get("event") and seen == count:
+                action()
+        return event
+
+    def write(self, text: str) -> None:
+        self.lines.append(text)
+
+
+@pytest.fixture
+def log_tap() -> LogTap:
+    """structlog routed through the project's own set-up (with redaction), into memory."""
+    import io
+
+    import structlog
+
+    from pixazo_batch.logs import configure_logging
+
+    tap = LogTap()
+    sink = io.StringIO()
+    configure_logging(secrets=[TEST_KEY], level="debug", json_lines=True, stream=sink)
+    config = structlog.get_config()
+    structlog.configure(processors=[tap.processor, *config["processors"]])
+    tap.sink = sink  # type: ignore[attr-defined]
+    return tap

@@ -1,0 +1,395 @@
+"""End-to-end runs of the engine against the simulator over real sockets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from pixazo_batch.config import Settings
+from pixazo_batch.engine import RunSummary, run_batch
+from pixazo_batch.errors import ManifestError, StateLockedError
+from pixazo_batch.sim import Simulator
+from pixazo_batch.sim.media import MediaFile
+from pixazo_batch.state import StateStore
+from tests.conftest import TEST_KEY, LogTap, fast, job_line, simulator, write_manifest
+
+pytestmark = pytest.mark.anyio
+
+MakeSettings = Callable[..., Settings]
+
+
+def manifest_of(tmp_path: Path, count: int, **fields: Any) -> Path:
+    return write_manifest(tmp_path / "jobs.jsonl", [job_line(i, **fields) for i in range(count)])
+
+
+def results(settings: Settings) -> list[dict[str, Any]]:
+    text = (settings.out_dir / "results.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def assert_all_served_files_intact(sim: Simulator, settings: Settings) -> None:
+    """Every downloaded job's file is byte-identical to what the simulator serves."""
+    for record in results(settings):
+        if record["state"] != "downloaded":
+            continue
+        job = sim.state.book.jobs[record["request_id"]]
+        media = MediaFile(job.request_id, job.media_size)
+        expected = hashlib.sha256(b"".join(media.chunks(0, media.size, 1 << 20))).hexdigest()
+        data = (settings.out_dir / record["output"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == expected == record["sha256"]
+        assert record["bytes"] == len(data)
+    assert not list(settings.out_dir.rglob("*.part"))
+
+
+async def test_happy_path_downloads_every_video(tmp_path: Path, make_settings: MakeSettings) -> None:
+    manifest = manifest_of(tmp_path, 5)
+    async with simulator() as sim:
+        settings = make_settings(sim, manifest)
+        summary = await run_batch(settings)
+        stats = sim.stats()
+        assert_all_served_files_intact(sim, settings)
+    assert summary.exit_code == 0
+    assert summary.counts["downloaded"] == 5
+    assert summary.committed_usd == summary.spent_usd == "1.00"
+    assert stats["accepted"] == 5 and stats["duplicate_charges"] == 0
+    assert stats["key_leaks"] == 0
+    assert [r["state"] for r in results(settings)] == ["downloaded"] * 5
+
+
+async def test_rerunning_a_finished_manifest_sends_nothing(tmp_path: Path, make_settings: MakeSettings) -> None:
+    manifest = manifest_of(tmp_path, 3)
+    async with simulator() as sim:
+        settings = make_settings(sim, manifest)
+        await run_batch(settings)
+        before = sim.stats()
+        summary = await run_batch(settings)
+        after = sim.stats()
+    assert summary.exit_code == 0
+    assert after["gateway_requests"] == before["gateway_requests"]
+    assert after["media_requests"] == before["media_requests"]
+
+
+async def test_a_vanished_output_is_downloaded_again_without_resubmitting(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    manifest = manifest_of(tmp_path, 2)
+    async with simulator() as sim:
+        settings = make_settings(sim, manifest)
+        await run_batch(settings)
+        (settings.out_dir / "job-000.mp4").unlink()
+        summary = await run_batch(settings)
+        stats = sim.stats()
+    assert summary.exit_code == 0
+    assert (settings.out_dir / "job-000.mp4").is_file()
+    assert stats["accepted"] == 2
+
+
+async def test_rejected_submission_fails_the_job_with_the_server_message(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    async with simulator(fast(model_disabled=True)) as sim:
+        summary = await run_batch(make_settings(sim, manifest_of(tmp_path, 2)))
+    assert summary.exit_code == 1
+    assert summary.counts["failed"] == 2
+    assert summary.committed_usd == "0.00"
+    records = results(make_settings(sim, tmp_path / "jobs.jsonl"))
+    assert all("Model not found" in r["error"] for r in records)
+
+
+@pytest.mark.parametrize("key", ["wrong-key", "forbidden-key"])
+async def test_refused_key_stops_the_run_with_exit_4(
+    tmp_path: Path, make_settings: MakeSettings, key: str
+) -> None:
+    from pydantic import SecretStr
+
+    async with simulator(fast(forbidden_keys=frozenset({"forbidden-key"}))) as sim:
+        settings = make_settings(sim, manifest_of(tmp_path, 3), api_key=SecretStr(key))
+        summary = await run_batch(settings)
+        stats = sim.stats()
+    assert summary.exit_code == 4
+    assert stats["accepted"] == 0
+    assert summary.counts["pending"] == 3
+
+
+async def test_insufficient_balance_finishes_accepted_jobs_and_resumes_after_top_up(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    async with simulator(fast(balance_cents=50)) as sim:
+        settings = make_settings(sim, manifest_of(tmp_path, 4), concurrency=1)
+        first = await run_batch(settings)
+        sim.state.book.balance_cents = 100
+        second = await run_batch(settings)
+        stats = sim.stats()
+    assert first.exit_code == 3
+    assert first.counts["downloaded"] == 2 and first.counts["pending"] == 2
+    assert "Insufficient Balance" in (first.stop_reason or "")
+    assert second.exit_code == 0 and second.counts["downloaded"] == 4
+    assert stats["duplicate_charges"] == 0
+
+
+async def test_refused_500_is_retried_and_counted_in_attempts(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    async with simulator(fast(submit_refused_rate=0.5, seed=11)) as sim:
+        settings = make_settings(sim, manifest_of(tmp_path, 6), max_attempts=10)
+        summary = await run_batch(settings)
+        stats = sim.stats()
+    assert summary.exit_code == 0
+    assert stats["faults"]["submit_refused"] >= 1
+    assert sum(r["attempts"] for r in results(settings)) == 6 + stats["faults"]["submit_refused"]
+    assert stats["duplicate_charges"] == 0
+
+
+@pytest.mark.parametrize("fault", ["submit_lost_answer_rate", "submit_reset_rate"])
+async def test_a_lost_answer_makes_the_job_uncertain_and_it_is_never_resubmitted_silently(
+    tmp_path: Path, make_settings: MakeSettings, fault: str
+) -> None:
+    manifest = manifest_of(tmp_path, 3)
+    async with simulator(fast(**{fault: 1.0}, lost_answer_delay=0.0)) as sim:
+        settings = make_settings(sim, manifest)
+        first = await run_batch(settings)
+        second = await run_batch(settings)
+        stats = sim.stats()
+    assert first.exit_code == second.exit_code == 3
+    assert sorted(first.uncertain) == ["job-000", "job-001", "job-002"]
+    assert stats["accepted"] == 3, "each job charged once, none submitted again"
+    assert first.committed_usd == "0.60"
+
+
+async def test_uncertain_jobs_are_resubmitted_or_abandoned_only_when_asked(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    manifest = manifest_of(tmp_path, 2)
+    async with simulator(fast(submit_reset_rate=1.0)) as lossy:
+        settings = make_settings(lossy, manifest)
+        await run_batch(settings)
+    async with simulator() as sim:
+        resubmitted = await run_batch(make_settings(sim, manifest, resubmit_uncertain=True))
+    assert resubmitted.exit_code == 0 and resubmitted.counts["downloaded"] == 2
+    assert resubmitted.committed_usd == "0.80", "both the lost and the new attempt count"
+
+    other = tmp_path / "other"
+    async with simulator(fast(submit_reset_rate=1.0)) as lossy:
+        await run_batch(make_settings(lossy, manifest, out_dir=other))
+        abandoned = await run_batch(make_settings(lossy, manifest, out_dir=other, abandon_uncertain=True))
+    assert abandoned.counts["failed"] == 2 and abandoned.exit_code == 1
+
+
+async def test_remote_error_is_resubmitted_up_to_max_attempts(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    async with simulator(fast(error_rate=1.0)) as sim:
+        settings = make_settings(sim, manifest_of(tmp_path, 2), max_attempts=3)
+        summary = await run_batch(settings)
+        stats = sim.stats()
+    assert summary.exit_code == 1
+    assert summary.counts["failed"] == 2
+    assert set(stats["accepted_by_hash"].values()) == {3}
+    assert summary.committed_usd == "0.00", "ERROR is not charged"
+    assert all(len(r["request_ids"]) == 3 for r in results(settings))
+
+
+async def test_remote_error_then_success_downloads(tmp_path: Path, make_settings: MakeSettings) -> None:
+    async with simulator(fast(error_rate=0.5, seed=5)) as sim:
+        summary = await run_batch(make_settings(sim, manifest_of(tmp_path, 6), max_attempts=10))
+    assert summary.exit_code == 0 and summary.counts["downloaded"] == 6
+
+
+async def test_remote_failed_is_kept_until_retry_failed(tmp_path: Path, make_settings: MakeSettings) -> None:
+    manifest = manifest_of(tmp_path, 2)
+    async with simulator(fast(failed_rate=1.0)) as sim:
+        settings = make_settings(sim, manifest)
+        failed = await run_batch(settings)
+        again = await run_batch(settings)
+        stats = sim.stats()
+    assert failed.exit_code == again.exit_code == 1
+    assert stats["accepted"] == 2
+    async with simulator() as sim:
+        retried = await run_batch(make_settings(sim, manifest, retry_failed=True))
+    assert retried.exit_code == 0 and retried.counts["downloaded"] == 2
+
+
+@pytest.mark.parametrize("style", ["seconds", "http-date", "iso", "absent"])
+async def test_retry_after_is_honoured_in_every_form(
+    tmp_path: Path, make_settings: MakeSettings, style: str
+) -> None:
+    scenario = fast(rate_limit=4, rate_window=1.0, retry_after=style)  # type: ignore[arg-type]
+    async with simulator(scenario) as sim:
+        summary = await run_batch(make_settings(sim, manifest_of(tmp_path, 4)))
+        stats = sim.stats()
+    assert summary.exit_code == 0
+    assert stats["rate_limited"] >= 1
+    assert stats["requests_in_retry_window"] == 0
+
+
+async def test_truncated_downloads_resume_with_range(tmp_path: Path, make_settings: MakeSettings) -> None:
+    scenario = fast(media_bytes=1_500_000, media_truncate_rate=0.5, media_chunk=65_536, seed=3)
+    async with simulator(scenario) as sim:
+        settings = make_settings(sim, manifest_of(tmp_path, 4), download_tries=10)
+        summary = await run_batch(settings)
+        stats = sim.stats()
+        assert_all_served_files_intact(sim, settings)
+    assert summary.exit_code == 0
+    assert stats["media_truncated"] >= 1
+    assert stats["media_range_requests"] >= 1
+
+
+async def test_expired_media_urls_are_refreshed_from_the_status(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    async with simulator(fast(media_expire_rate=1.0)) as sim:
+        settings = make_settings(sim, manifest_of(tmp_path, 3))
+        summary = await run_batch(settings)
+        stats = sim.stats()
+        assert_all_served_files_intact(sim, settings)
+    assert summary.exit_code == 0
+    assert stats["media_expired"] == 3
+
+
+async def test_the_key_reaches_only_the_gateway_and_is_never_written(
+    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
+) -> None:
+    scenario = fast(media_expire_rate=1.0, submit_refused_rate=0.3, status_error_rate=0.3)
+    async with simulator(scenario) as sim:
+        settings = make_settings(sim, manifest_of(tmp_path, 4), max_attempts=10)
+        await run_batch(settings)
+        stats = sim.stats()
+    assert stats["key_leaks"] == 0
+    assert log_tap.events, "logs were captured"
+    for path in settings.out_dir.rglob("*"):
+        if path.is_file() and not path.name.endswith(".mp4"):
+            assert TEST_KEY.encode() not in path.read_bytes(), path
+    assert TEST_KEY not in log_tap.sink.getvalue()  # type: ignore[attr-defined]
+
+
+async def test_a_job_past_its_deadline_is_stalled_and_polled_again_next_run(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    slow = fast(processing_median={"540p": 600.0}, processing_sigma=0.0)
+    async with simulator(slow) as sim:
+        settings = make_settings(sim, manifest_of(tmp_path, 1), job_deadline=0.05)
+        stalled = await run_batch(settings)
+        for job in sim.state.book.jobs.values():  # the simulated job finishes now
+            job.started = job.finished = job.created
+        resumed = await run_batch(make_settings(sim, tmp_path / "jobs.jsonl"))
+        stats = sim.stats()
+    assert stalled.exit_code == 3 and stalled.stalled == ["job-000"]
+    assert stalled.counts["submitted"] == 1
+    assert resumed.exit_code == 0
+    assert stats["accepted"] == 1
+
+
+@pytest.mark.parametrize(("event", "count"), [("submitted", 2), ("remote_finished", 2), ("downloaded", 1)])
+async def test_a_run_cancelled_inside_any_stage_resumes_without_paying_twice(
+    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap, event: str, count: int
+) -> None:
+    manifest = manifest_of(tmp_path, 6)
+    async with simulator() as sim:
+        settings = make_settings(sim, manifest, concurrency=2)
+        with anyio.CancelScope() as scope:
+            log_tap.on(event, count, scope.cancel)
+            await run_batch(settings)
+        assert scope.cancelled_caught
+        summary = await run_batch(settings)
+        stats = sim.stats()
+        assert_all_served_files_intact(sim, settings)
+    assert summary.exit_code == 0 and summary.counts["downloaded"] == 6
+    assert stats["duplicate_charges"] == 0
+
+
+async def test_budget_caps_committed_spend_across_runs(tmp_path: Path, make_settings: MakeSettings) -> None:
+    from decimal import Decimal
+
+    manifest = manifest_of(tmp_path, 5)
+    async with simulator() as sim:
+        settings = make_settings(sim, manifest, max_spend=Decimal("0.50"), concurrency=1)
+        first = await run_batch(settings)
+        second = await run_batch(settings)
+        stats = sim.stats()
+    assert first.exit_code == second.exit_code == 3
+    assert stats["accepted"] == 2
+    assert first.committed_usd == second.committed_usd == "0.40"
+
+
+async def test_bad_lines_are_reported_and_good_lines_still_run(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    manifest = write_manifest(
+        tmp_path / "jobs.jsonl",
+        [
+            job_line(0),
+            '{"id": "broken", ',
+            job_line(1, resolution="4k"),
+            "# a comment",
+            "",
+            job_line(2, colour="blue"),
+            job_line(3),
+        ],
+    )
+    async with simulator() as sim:
+        summary = await run_batch(make_settings(sim, manifest))
+    assert summary.exit_code == 2
+    assert summary.counts["downloaded"] == 2
+    assert summary.manifest_issues[0].startswith(f"{manifest}:2: (line): invalid JSON")
+    assert summary.manifest_issues[1].startswith(f"{manifest}:3: resolution: ")
+    assert summary.manifest_issues[2].startswith(f"{manifest}:6: colour: unknown field")
+
+
+async def test_strict_stops_at_the_first_bad_line(tmp_path: Path, make_settings: MakeSettings) -> None:
+    manifest = write_manifest(tmp_path / "jobs.jsonl", [job_line(0, duration="7s"), job_line(1)])
+    async with simulator() as sim:
+        with pytest.raises(ManifestError, match=":1: duration:"):
+            await run_batch(make_settings(sim, manifest, strict=True))
+        assert sim.stats()["submit_requests"] == 0
+
+
+async def test_a_changed_request_under_a_known_id_is_refused(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    manifest = manifest_of(tmp_path, 1)
+    async with simulator() as sim:
+        await run_batch(make_settings(sim, manifest))
+        write_manifest(manifest, [job_line(0, prompt="A different lighthouse entirely")])
+        summary = await run_batch(make_settings(sim, manifest))
+        stats = sim.stats()
+    assert summary.exit_code == 2
+    assert "different request" in summary.manifest_issues[0]
+    assert stats["accepted"] == 1
+
+
+async def test_an_output_folder_symlink_cannot_lead_outside(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "escape").symlink_to(outside, target_is_directory=True)
+    manifest = write_manifest(tmp_path / "jobs.jsonl", [job_line(0, output="escape/x.mp4")])
+    async with simulator() as sim:
+        summary = await run_batch(make_settings(sim, manifest))
+    assert summary.exit_code == 3
+    assert list(outside.iterdir()) == []
+
+
+async def test_a_second_run_on_the_same_state_file_is_locked_out(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    async with simulator() as sim:
+        settings = make_settings(sim, manifest_of(tmp_path, 1))
+        with StateStore.open(settings.state_file):
+            with pytest.raises(StateLockedError, match="pid"):
+                await run_batch(settings)
+            assert StateLockedError.exit_code == 75
+
+
+async def test_summary_type(tmp_path: Path, make_settings: MakeSettings) -> None:
+    async with simulator() as sim:
+        summary = await run_batch(make_settings(sim, manifest_of(tmp_path, 1)))
+    assert isinstance(summary, RunSummary)
