@@ -47,7 +47,9 @@ def assert_all_served_files_intact(sim: Simulator, settings: Settings) -> None:
     assert not list(settings.out_dir.rglob("*.part"))
 
 
-async def test_happy_path_downloads_every_video(tmp_path: Path, make_settings: MakeSettings) -> None:
+async def test_happy_path_downloads_every_video(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
     manifest = manifest_of(tmp_path, 5)
     async with simulator() as sim:
         settings = make_settings(sim, manifest)
@@ -62,7 +64,9 @@ async def test_happy_path_downloads_every_video(tmp_path: Path, make_settings: M
     assert [r["state"] for r in results(settings)] == ["downloaded"] * 5
 
 
-async def test_rerunning_a_finished_manifest_sends_nothing(tmp_path: Path, make_settings: MakeSettings) -> None:
+async def test_rerunning_a_finished_manifest_sends_nothing(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
     manifest = manifest_of(tmp_path, 3)
     async with simulator() as sim:
         settings = make_settings(sim, manifest)
@@ -177,7 +181,9 @@ async def test_uncertain_jobs_are_resubmitted_or_abandoned_only_when_asked(
     other = tmp_path / "other"
     async with simulator(fast(submit_reset_rate=1.0)) as lossy:
         await run_batch(make_settings(lossy, manifest, out_dir=other))
-        abandoned = await run_batch(make_settings(lossy, manifest, out_dir=other, abandon_uncertain=True))
+        abandoned = await run_batch(
+            make_settings(lossy, manifest, out_dir=other, abandon_uncertain=True)
+        )
     assert abandoned.counts["failed"] == 2 and abandoned.exit_code == 1
 
 
@@ -195,13 +201,17 @@ async def test_remote_error_is_resubmitted_up_to_max_attempts(
     assert all(len(r["request_ids"]) == 3 for r in results(settings))
 
 
-async def test_remote_error_then_success_downloads(tmp_path: Path, make_settings: MakeSettings) -> None:
+async def test_remote_error_then_success_downloads(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
     async with simulator(fast(error_rate=0.5, seed=5)) as sim:
         summary = await run_batch(make_settings(sim, manifest_of(tmp_path, 6), max_attempts=10))
     assert summary.exit_code == 0 and summary.counts["downloaded"] == 6
 
 
-async def test_remote_failed_is_kept_until_retry_failed(tmp_path: Path, make_settings: MakeSettings) -> None:
+async def test_remote_failed_is_kept_until_retry_failed(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
     manifest = manifest_of(tmp_path, 2)
     async with simulator(fast(failed_rate=1.0)) as sim:
         settings = make_settings(sim, manifest)
@@ -219,7 +229,7 @@ async def test_remote_failed_is_kept_until_retry_failed(tmp_path: Path, make_set
 async def test_retry_after_is_honoured_in_every_form(
     tmp_path: Path, make_settings: MakeSettings, style: str
 ) -> None:
-    scenario = fast(rate_limit=4, rate_window=1.0, retry_after=style)  # type: ignore[arg-type]
+    scenario = fast(rate_limit=4, rate_window=1.0, retry_after=style)
     async with simulator(scenario) as sim:
         summary = await run_batch(make_settings(sim, manifest_of(tmp_path, 4)))
         stats = sim.stats()
@@ -228,7 +238,9 @@ async def test_retry_after_is_honoured_in_every_form(
     assert stats["requests_in_retry_window"] == 0
 
 
-async def test_truncated_downloads_resume_with_range(tmp_path: Path, make_settings: MakeSettings) -> None:
+async def test_truncated_downloads_resume_with_range(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
     scenario = fast(media_bytes=1_500_000, media_truncate_rate=0.5, media_chunk=65_536, seed=3)
     async with simulator(scenario) as sim:
         settings = make_settings(sim, manifest_of(tmp_path, 4), download_tries=10)
@@ -285,7 +297,9 @@ async def test_a_job_past_its_deadline_is_stalled_and_polled_again_next_run(
     assert stats["accepted"] == 1
 
 
-@pytest.mark.parametrize(("event", "count"), [("submitted", 2), ("remote_finished", 2), ("downloaded", 1)])
+@pytest.mark.parametrize(
+    ("event", "count"), [("submitted", 2), ("remote_finished", 2), ("downloaded", 1)]
+)
 async def test_a_run_cancelled_inside_any_stage_resumes_without_paying_twice(
     tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap, event: str, count: int
 ) -> None:
@@ -303,7 +317,9 @@ async def test_a_run_cancelled_inside_any_stage_resumes_without_paying_twice(
     assert stats["duplicate_charges"] == 0
 
 
-async def test_budget_caps_committed_spend_across_runs(tmp_path: Path, make_settings: MakeSettings) -> None:
+async def test_budget_caps_committed_spend_across_runs(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
     from decimal import Decimal
 
     manifest = manifest_of(tmp_path, 5)
@@ -341,7 +357,9 @@ async def test_bad_lines_are_reported_and_good_lines_still_run(
     assert summary.manifest_issues[2].startswith(f"{manifest}:6: colour: unknown field")
 
 
-async def test_strict_stops_at_the_first_bad_line(tmp_path: Path, make_settings: MakeSettings) -> None:
+async def test_strict_stops_at_the_first_bad_line(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
     manifest = write_manifest(tmp_path / "jobs.jsonl", [job_line(0, duration="7s"), job_line(1)])
     async with simulator() as sim:
         with pytest.raises(ManifestError, match=":1: duration:"):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from email.utils import format_datetime
 from datetime import UTC, datetime
+from email.utils import format_datetime
 
 import pytest
 
@@ -24,15 +24,21 @@ from tests.conftest import TEST_KEY, fast, simulator
 
 pytestmark = pytest.mark.anyio
 
-REQUEST = GenerationRequest(prompt="A lighthouse at dusk", image_url="https://img.example.com/a.jpg")
+REQUEST = GenerationRequest(
+    prompt="A lighthouse at dusk", image_url="https://img.example.com/a.jpg"
+)
 
 
 def test_retry_after_in_seconds_date_iso_and_body() -> None:
     now = time.time()
     later = datetime.fromtimestamp(now + 30, UTC)
     assert parse_retry_after("12") == 12.0
-    assert parse_retry_after(format_datetime(later, usegmt=True), now=now) == pytest.approx(30, abs=1)
-    assert parse_retry_after(later.strftime("%Y-%m-%dT%H:%M:%SZ"), now=now) == pytest.approx(30, abs=1)
+    assert parse_retry_after(format_datetime(later, usegmt=True), now=now) == pytest.approx(
+        30, abs=1
+    )
+    assert parse_retry_after(later.strftime("%Y-%m-%dT%H:%M:%SZ"), now=now) == pytest.approx(
+        30, abs=1
+    )
     assert parse_retry_after(None, "Rate limit is exceeded. Try again in 60 seconds.") == 60.0
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
@@ -45,7 +51,10 @@ def test_quota_wait_reads_days_hours_minutes_seconds() -> None:
 
 
 async def submit_with(scenario: Scenario, key: str = TEST_KEY) -> object:
-    async with simulator(scenario) as sim, GatewayClient(sim.base_url, key, RateGovernor(1000)) as gw:
+    async with (
+        simulator(scenario) as sim,
+        GatewayClient(sim.base_url, key, RateGovernor(1000)) as gw,
+    ):
         return await gw.submit(REQUEST)
 
 
@@ -87,7 +96,10 @@ async def test_quota_error_reports_when_the_quota_returns() -> None:
 
 async def test_429_is_waited_out_without_requests_inside_the_window() -> None:
     scenario = fast(rate_limit=1, rate_window=1.0, retry_after="seconds")
-    async with simulator(scenario) as sim, GatewayClient(sim.base_url, TEST_KEY, RateGovernor(1000)) as gw:
+    async with (
+        simulator(scenario) as sim,
+        GatewayClient(sim.base_url, TEST_KEY, RateGovernor(1000)) as gw,
+    ):
         first = await gw.submit(REQUEST)
         second = await gw.submit(REQUEST)
         stats = sim.stats()

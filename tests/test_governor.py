@@ -63,7 +63,9 @@ async def test_rate_halves_on_429_and_recovers_additively() -> None:
 
 
 async def test_missing_retry_after_uses_growing_jittered_backoff() -> None:
-    governor = RateGovernor(8.0, clock=VirtualClock(), backoff=BackoffPolicy(base=1.0, cap=60.0), seed=3)
+    governor = RateGovernor(
+        8.0, clock=VirtualClock(), backoff=BackoffPolicy(base=1.0, cap=60.0), seed=3
+    )
     waits = [governor.on_rate_limited(None) for _ in range(8)]
     assert all(0 <= wait <= 60 for wait in waits)
     assert max(waits[5:]) > max(waits[:2]), "the ceiling of the jitter grows"

@@ -24,7 +24,12 @@ def test_request_defaults_follow_the_documentation() -> None:
 def test_nine_seconds_cost_36_cents_at_every_resolution() -> None:
     for resolution in ("540p", "720p", "1080p"):
         request = GenerationRequest.model_validate(
-            {"prompt": "p", "image_url": "https://x/a.jpg", "duration": "9s", "resolution": resolution}
+            {
+                "prompt": "p",
+                "image_url": "https://x/a.jpg",
+                "duration": "9s",
+                "resolution": resolution,
+            }
         )
         assert request.price_cents == 36
 
@@ -32,7 +37,12 @@ def test_nine_seconds_cost_36_cents_at_every_resolution() -> None:
 def test_request_hash_ignores_spelling_of_defaults() -> None:
     short = GenerationRequest(prompt="a tree", image_url="https://x.example/a.jpg")
     explicit = GenerationRequest.model_validate(
-        {"prompt": "a tree", "image_url": "https://x.example/a.jpg", "resolution": "540p", "loop": False}
+        {
+            "prompt": "a tree",
+            "image_url": "https://x.example/a.jpg",
+            "resolution": "540p",
+            "loop": False,
+        }
     )
     other = GenerationRequest(prompt="a tree!", image_url="https://x.example/a.jpg")
     assert short.request_hash() == explicit.request_hash()
@@ -69,7 +79,9 @@ def test_error_status_has_no_output() -> None:
 
 def test_error_bodies_in_every_shape() -> None:
     service = ErrorBody.from_text('{"error": "Insufficient Balance", "message": "Your wallet..."}')
-    front = ErrorBody.from_text('{"statusCode": 500, "message": "Internal server error", "activityId": "a"}')
+    front = ErrorBody.from_text(
+        '{"statusCode": 500, "message": "Internal server error", "activityId": "a"}'
+    )
     plain = ErrorBody.from_text("Bad Gateway")
     odd = ErrorBody.from_text("[1, 2]")
     assert service.text == "Insufficient Balance: Your wallet..." and not service.from_api_front

@@ -23,7 +23,7 @@ from tests.conftest import TEST_KEY, fast, post_submit, simulator
 pytestmark = pytest.mark.anyio
 
 DOC_BODY = {
-    "prompt": "Create a magical timelapse transition. The snow melts rapidly to reveal green grass.",
+    "prompt": "Create a magical timelapse transition. The snow melts to reveal green grass.",
     "image_url": "https://pub-582b7213209642b9b995c96c95a30381.r2.dev/luma.jpg",
     "end_image_url": "",
     "aspect_ratio": "16:9",
@@ -103,7 +103,9 @@ async def test_auth_failures_answer_in_the_api_front_shape(
         ({"loop": "yes"}, "loop"),
     ],
 )
-async def test_invalid_body_answers_400_naming_the_field(change: dict[str, object], field: str) -> None:
+async def test_invalid_body_answers_400_naming_the_field(
+    change: dict[str, object], field: str
+) -> None:
     async with simulator() as sim, aiohttp.ClientSession() as session:
         response = await post_submit(session, sim, {**DOC_BODY, **change})
         body = await response.json()
@@ -126,7 +128,10 @@ async def test_balance_too_small_answers_402_and_charges_nothing_more() -> None:
         stats = sim.stats()
     assert first.status == 202
     assert second.status == 402
-    assert body == {"error": "Insufficient Balance", "message": "Your wallet does not have enough balance."}
+    assert body == {
+        "error": "Insufficient Balance",
+        "message": "Your wallet does not have enough balance.",
+    }
     assert stats["spent_cents"] == 20
     assert stats["balance_cents"] == 10
 
@@ -145,15 +150,22 @@ async def test_unknown_request_id_answers_404() -> None:
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        ({"loop": True, "end_image_url": "https://img.example.com/b.jpg"}, "Loop is not supported for keyframes"),
+        (
+            {"loop": True, "end_image_url": "https://img.example.com/b.jpg"},
+            "Loop is not supported for keyframes",
+        ),
         ({"image_url": "https://gone.invalid/a.jpg"}, "Failed to read user input frames"),
     ],
 )
-async def test_requests_the_model_cannot_run_end_failed(change: dict[str, object], reason: str) -> None:
+async def test_requests_the_model_cannot_run_end_failed(
+    change: dict[str, object], reason: str
+) -> None:
     async with simulator() as sim, aiohttp.ClientSession() as session:
         submitted = await (await post_submit(session, sim, {**DOC_BODY, **change})).json()
         status = await (
-            await session.get(submitted["polling_url"], headers={"Ocp-Apim-Subscription-Key": TEST_KEY})
+            await session.get(
+                submitted["polling_url"], headers={"Ocp-Apim-Subscription-Key": TEST_KEY}
+            )
         ).json()
     assert status["status"] == "FAILED"
     assert status["error"] == reason
@@ -168,7 +180,9 @@ def test_job_clock_moves_through_queued_processing_and_terminal_on_gateway_ticks
     assert job.status_at(100.0) is RemoteStatus.QUEUED
     assert job.started > 100.0 and job.finished > job.started
     # a change shows only on the job's own gateway tick
-    assert job.status_at(job.started) is RemoteStatus.QUEUED or job.visible(job.started) == job.started
+    assert (
+        job.status_at(job.started) is RemoteStatus.QUEUED or job.visible(job.started) == job.started
+    )
     assert job.status_at(job.visible(job.started)) is RemoteStatus.PROCESSING
     assert job.status_at(job.visible(job.finished)) is job.outcome
     assert 10.0 <= job.tick <= 30.0
@@ -195,8 +209,10 @@ def test_jobs_queue_for_the_shared_generation_slots() -> None:
 
 
 @pytest.mark.parametrize("style", ["seconds", "http-date", "iso", "absent"])
-async def test_rate_limit_answers_429_and_counts_requests_inside_the_announced_window(style: str) -> None:
-    scenario = fast(rate_limit=2, rate_window=30.0, retry_after=style, retry_window_grace=0.0)  # type: ignore[arg-type]
+async def test_rate_limit_answers_429_and_counts_requests_inside_the_announced_window(
+    style: str,
+) -> None:
+    scenario = fast(rate_limit=2, rate_window=30.0, retry_after=style, retry_window_grace=0.0)
     async with simulator(scenario) as sim, aiohttp.ClientSession() as session:
         for _ in range(2):
             assert (await post_submit(session, sim, DOC_BODY)).status == 202
