@@ -1,4 +1,4 @@
-"""The command line as a user meets it: real subprocesses, real signals, the simulator on loopback."""
+"""The command line as a user meets it: real subprocesses, real signals, loopback simulator."""
 
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ async def test_sigkill_at_any_stage_then_rerun_finishes_without_paying_twice(
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_a_signal_stops_submitting_and_exits_3_without_uncertain_jobs(
-    tmp_path: Path, signum: int
+    tmp_path: Path, signum: signal.Signals
 ) -> None:
     manifest = write_manifest(tmp_path / "m.jsonl", [job_line(i) for i in range(8)])
     out = tmp_path / "out"
