@@ -1,0 +1,118 @@
+"""Helpers shared by the benchmark scripts: a simulator subprocess, manifests, child rusage."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+BENCH_KEY = "bench-key"
+
+
+@dataclass
+class SimProcess:
+    """A simulator running in its own process."""
+
+    base_url: str
+    media_url: str
+
+    def stats(self) -> dict[str, Any]:
+        """The simulator's counters."""
+        with urllib.request.urlopen(f"{self.base_url}/_sim/stats") as answer:
+            stats: dict[str, Any] = json.load(answer)
+        return stats
+
+
+@contextmanager
+def sim_process(
+    scenario: str, *, time_scale: float | None = None, **overrides: Any
+) -> Iterator[SimProcess]:
+    """Start ``bench/sim_server.py`` and yield its URLs; stop it afterwards."""
+    command = [
+        PYTHON,
+        str(ROOT / "bench" / "sim_server.py"),
+        "--scenario",
+        scenario,
+        "--key",
+        BENCH_KEY,
+        "--set",
+        json.dumps(overrides),
+    ]
+    if time_scale is not None:
+        command += ["--time-scale", str(time_scale)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        base_url = process.stdout.readline().split()[1]
+        media_url = process.stdout.readline().split()[1]
+        yield SimProcess(base_url, media_url)
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def write_manifest(path: Path, count: int, **fields: Any) -> Path:
+    """A manifest of ``count`` distinct jobs."""
+    with open(path, "w", encoding="utf-8") as sink:
+        for index in range(count):
+            line = {
+                "id": f"j{index:07d}",
+                "prompt": f"A lighthouse at dusk, take {index}",
+                "image_url": f"https://images.example.com/{index}.jpg",
+                **fields,
+            }
+            sink.write(json.dumps(line) + "\n")
+    return path
+
+
+@dataclass
+class ChildCost:
+    """What one child process cost."""
+
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float
+    returncode: int
+
+
+def run_child(command: list[str], env: dict[str, str] | None = None) -> ChildCost:
+    """Run a command to completion and measure it (CPU from rusage, peak RSS via wait4)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return ChildCost(
+        wall_s=wall,
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        peak_rss_mb=usage.ru_maxrss / 1024,
+        returncode=process.returncode,
+    )
+
+
+def engine_env() -> dict[str, str]:
+    """The environment for an engine child: the bench key and nothing from PIXAZO_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXAZO_")}
+    env["PIXAZO_API_KEY"] = BENCH_KEY
+    return env
+
+
+def table(title: str, rows: list[tuple[str, str, str, str]]) -> None:
+    """Print a small table: figure, pixazo-batch, baseline, target."""
+    print(f"\n{title}")
+    header = ("figure", "pixazo-batch", "baseline", "target")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))

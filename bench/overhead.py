@@ -1,0 +1,103 @@
+"""Benchmark 1: the engine's own cost per job on the near-zero-latency simulator.
+
+Prints jobs per second, CPU seconds per job and peak RSS for pixazo-batch and the naive baseline,
+and peak RSS of ``validate`` on a large manifest. Usage: ``python bench/overhead.py [--jobs N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from common import PYTHON, ChildCost, engine_env, run_child, sim_process, table, write_manifest
+
+
+def run_engine(manifest: Path, out: Path, base_url: str) -> ChildCost:
+    """One pixazo-batch run as a child process."""
+    return run_child(
+        [
+            PYTHON,
+            "-m",
+            "pixazo_batch",
+            "--log-level",
+            "warning",
+            "run",
+            str(manifest),
+            "--out",
+            str(out),
+            "--base-url",
+            base_url,
+            "--rps",
+            "100000",
+            "--concurrency",
+            "32",
+            "--max-in-flight",
+            "1000",
+            "--poll-interval",
+            "0",
+        ],
+        env=engine_env(),
+    )
+
+
+def main() -> None:
+    """Measure and print."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--validate-lines", type=int, default=1_000_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pixazo-bench-") as scratch:
+        folder = Path(scratch)
+        manifest = write_manifest(folder / "jobs.jsonl", args.jobs)
+        with sim_process("fast", media_bytes=4096, media_size_jitter=0.0) as sim:
+            engine = run_engine(manifest, folder / "engine", sim.base_url)
+            stats = sim.stats()
+        with sim_process("fast", media_bytes=4096, media_size_jitter=0.0) as sim:
+            naive = run_child(
+                [
+                    PYTHON,
+                    str(Path(__file__).with_name("naive.py")),
+                    str(manifest),
+                    str(folder / "naive"),
+                    sim.base_url,
+                    "--poll",
+                    "0.001",
+                    "--concurrency",
+                    "32",
+                ],
+                env=engine_env(),
+            )
+        big = write_manifest(folder / "big.jsonl", args.validate_lines)
+        validate = run_child([PYTHON, "-m", "pixazo_batch", "validate", str(big)])
+    jobs = args.jobs
+    table(
+        f"Overhead: {jobs} jobs, fast scenario, 4 KiB media (engine exit {engine.returncode}, "
+        f"{stats['accepted']} accepted, {stats['duplicate_charges']} duplicate charges)",
+        [
+            ("jobs per second", f"{jobs / engine.wall_s:.0f}", f"{jobs / naive.wall_s:.0f}", "-"),
+            (
+                "CPU ms per job",
+                f"{1000 * engine.cpu_s / jobs:.2f}",
+                f"{1000 * naive.cpu_s / jobs:.2f}",
+                "<= 1",
+            ),
+            ("peak RSS MB", f"{engine.peak_rss_mb:.0f}", f"{naive.peak_rss_mb:.0f}", "<= 150"),
+            (
+                f"validate {args.validate_lines:,} lines: peak RSS MB",
+                f"{validate.peak_rss_mb:.0f}",
+                "-",
+                "<= 150",
+            ),
+            (
+                f"validate {args.validate_lines:,} lines: seconds",
+                f"{validate.wall_s:.1f}",
+                "-",
+                "-",
+            ),
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Benchmark 2: gateway requests per completed job on the realistic scenario, time-scaled.
+
+The floor is 2 (one submit, one poll that sees COMPLETED). The baseline polls every 5 s (the
+documentation's typical workflow), time-scaled like the simulator. Usage:
+``python bench/requests_per_job.py [--jobs N] [--time-scale F]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from common import PYTHON, engine_env, run_child, sim_process, table, write_manifest
+
+
+def per_job(stats: dict[str, Any]) -> float:
+    """Submits and polls per accepted job."""
+    return float(stats["gateway_requests"]) / max(1, int(stats["accepted"]))
+
+
+def main() -> None:
+    """Measure and print."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=60)
+    parser.add_argument("--time-scale", type=float, default=0.02)
+    args = parser.parse_args()
+    scale = args.time_scale
+    # Rate limit off: this figure is about polling, benchmark 3 is about the limit.
+    settings = {
+        "rate_limit": None,
+        "failed_rate": 0.0,
+        "error_rate": 0.0,
+        "straggler_rate": 0.0,
+        "media_bitrate": None,
+        "media_bytes": 4096,
+    }
+    poll = 5.0 * scale
+    with tempfile.TemporaryDirectory(prefix="pixazo-bench-") as scratch:
+        folder = Path(scratch)
+        manifest = write_manifest(folder / "jobs.jsonl", args.jobs)
+        with sim_process("realistic", time_scale=scale, **settings) as sim:
+            engine = run_child(
+                [
+                    PYTHON,
+                    "-m",
+                    "pixazo_batch",
+                    "--log-level",
+                    "warning",
+                    "run",
+                    str(manifest),
+                    "--out",
+                    str(folder / "engine"),
+                    "--base-url",
+                    sim.base_url,
+                    "--rps",
+                    "1000",
+                    "--max-in-flight",
+                    "10",
+                    "--poll-interval",
+                    str(poll),
+                ],
+                env=engine_env(),
+            )
+            engine_stats = sim.stats()
+        with sim_process("realistic", time_scale=scale, **settings) as sim:
+            naive = run_child(
+                [
+                    PYTHON,
+                    str(Path(__file__).with_name("naive.py")),
+                    str(manifest),
+                    str(folder / "naive"),
+                    sim.base_url,
+                    "--poll",
+                    str(poll),
+                    "--concurrency",
+                    "10",
+                ],
+                env=engine_env(),
+            )
+            naive_stats = sim.stats()
+    table(
+        f"Requests per job: {args.jobs} jobs, realistic scenario x{scale} "
+        f"(engine exit {engine.returncode}, {engine_stats['accepted']} accepted)",
+        [
+            (
+                "gateway requests per job",
+                f"{per_job(engine_stats):.2f}",
+                f"{per_job(naive_stats):.2f}",
+                "<= 2.6",
+            ),
+            ("makespan s", f"{engine.wall_s:.1f}", f"{naive.wall_s:.1f}", "-"),
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Benchmark 5: resuming a finished state file of many jobs, and reading its status.
+
+Builds a state file of N downloaded jobs (directly, without the network), then times ``run`` on
+the same manifest (it must send zero requests) and ``status``. Usage:
+``python bench/resume.py [--jobs N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from common import PYTHON, engine_env, run_child, sim_process, table, write_manifest
+
+from pixazo_batch.manifest import read_manifest
+from pixazo_batch.models import JobSpec
+from pixazo_batch.state import StateStore
+
+
+def build_finished_state(manifest: Path, out: Path) -> None:
+    """Record every manifest job as downloaded, with a tiny file in place."""
+    out.mkdir(parents=True, exist_ok=True)
+    with StateStore.open(out / ".pixazo-batch.db") as store:
+        store.db.execute("BEGIN")
+        now = time.time()
+        for item in read_manifest(manifest):
+            assert isinstance(item, JobSpec)
+            store.db.execute(
+                "INSERT INTO jobs (id, request_hash, request_json, price_cents, output, state,"
+                " attempts, request_id, bytes, sha256, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, 'downloaded', 1, ?, 4, 'x', ?, ?)",
+                (
+                    item.id,
+                    item.request.request_hash(),
+                    item.request.canonical_json(),
+                    item.request.price_cents,
+                    item.output,
+                    f"r-{item.id}",
+                    now,
+                    now,
+                ),
+            )
+            (out / item.output).write_bytes(b"\0\0\0\0")
+        store.db.execute("COMMIT")
+
+
+def main() -> None:
+    """Measure and print."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=100_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pixazo-bench-") as scratch:
+        folder = Path(scratch)
+        manifest = write_manifest(folder / "jobs.jsonl", args.jobs)
+        out = folder / "out"
+        build_finished_state(manifest, out)
+        with sim_process("fast") as sim:
+            resumed = run_child(
+                [
+                    PYTHON,
+                    "-m",
+                    "pixazo_batch",
+                    "--log-level",
+                    "warning",
+                    "run",
+                    str(manifest),
+                    "--out",
+                    str(out),
+                    "--base-url",
+                    sim.base_url,
+                ],
+                env=engine_env(),
+            )
+            requests = sim.stats()["gateway_requests"]
+        status = run_child([PYTHON, "-m", "pixazo_batch", "status", "--out", str(out)])
+    table(
+        f"Resume: {args.jobs:,} downloaded jobs (run exit {resumed.returncode})",
+        [
+            ("run on a finished state file, s", f"{resumed.wall_s:.2f}", "-", "<= 3"),
+            ("gateway requests during that run", str(requests), "-", "0"),
+            ("status, s", f"{status.wall_s:.2f}", "-", "<= 1"),
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""``make bench``: every benchmark with defaults that finish in a few minutes on 2 cores.
+
+Pass ``--full`` for the sizes the targets are stated at (20,000 jobs, 1,000,000 lines).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    """Run each benchmark script in turn; their tables go to stdout."""
+    full = "--full" in sys.argv
+    runs = [
+        [
+            "overhead.py",
+            "--jobs",
+            "20000" if full else "2000",
+            "--validate-lines",
+            "1000000" if full else "200000",
+        ],
+        ["requests_per_job.py", "--jobs", "100" if full else "40"],
+        ["resume.py", "--jobs", "100000" if full else "20000"],
+    ]
+    for script, *args in runs:
+        subprocess.run([sys.executable, str(HERE / script), *args], check=True)
+
+
+if __name__ == "__main__":
+    main()
