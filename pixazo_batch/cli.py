@@ -89,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--abandon-uncertain", action="store_true", help="give up uncertain jobs")
     run.add_argument("--retry-failed", action="store_true", help="submit failed jobs again")
+    run.add_argument("--downloads", type=int, default=4, help="downloads at once (4)")
+    run.add_argument(
+        "--download-tries", type=int, default=5, help="tries per download in one run (5)"
+    )
+    run.add_argument(
+        "--stop-deadline",
+        type=float,
+        default=30.0,
+        help="seconds in-flight POSTs get after a signal",
+    )
     run.add_argument("--strict", action="store_true", help="stop at the first bad manifest line")
     run.add_argument(
         "--sandbox", action="store_true", help="run against an embedded local simulator"
@@ -157,6 +167,9 @@ def _settings(args: argparse.Namespace, base_url: str, key: str) -> Settings:
             abandon_uncertain=args.abandon_uncertain,
             retry_failed=args.retry_failed,
             strict=args.strict,
+            downloads=args.downloads,
+            download_tries=args.download_tries,
+            stop_deadline=args.stop_deadline,
         )
     except ValidationError as exc:
         problems = "; ".join(
