@@ -14,9 +14,8 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO
 
-import aiofiles
 import aiohttp
 import anyio
 import structlog
@@ -59,9 +58,18 @@ def confined_path(out_dir: Path, relative: str) -> Path:
 
 @dataclass
 class _Progress:
+    """Bytes saved so far and their running hashes."""
+
     sha256: hashlib._Hash
     md5: hashlib._Hash
     size: int
+
+    def append(self, sink: BinaryIO, chunk: bytes) -> None:
+        """Write ``chunk`` to ``sink`` and fold it into the hashes."""
+        sink.write(chunk)
+        self.sha256.update(chunk)
+        self.md5.update(chunk)
+        self.size += len(chunk)
 
 
 class Downloader:
@@ -136,22 +144,26 @@ class Downloader:
 
     async def _fetch(self, row: JobRow, part: Path) -> tuple[int, str]:
         assert row.media_url is not None
-        progress = await anyio.to_thread.run_sync(_hash_existing, part)
+        try:
+            progress = await anyio.to_thread.run_sync(_hash_existing, part)
+        except OSError as exc:
+            raise DownloadError(f"cannot read {part.name}: {exc}", discard_part=True) from exc
         headers = {"Range": f"bytes={progress.size}-"} if progress.size else {}
         try:
             async with self.ctx.media.get(row.media_url, headers=headers) as response:
                 total, etag = self._check_answer(response, progress.size)
                 if response.status == 200 and progress.size:
                     progress = _Progress(hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0)
-                mode: Literal["ab", "wb"] = "ab" if progress.size else "wb"
-                async with aiofiles.open(part, mode) as sink:
+                # A plain file opened and closed on the loop cannot leak when the task is
+                # cancelled (aiofiles' threaded open/close can); writing and hashing run in a
+                # worker thread that a cancellation waits for, so a chunk is never half-recorded.
+                with open(part, "ab" if progress.size else "wb") as sink:  # noqa: ASYNC230
                     async for chunk in response.content.iter_chunked(CHUNK):
-                        await sink.write(chunk)
-                        progress.sha256.update(chunk)
-                        progress.md5.update(chunk)
-                        progress.size += len(chunk)
+                        await anyio.to_thread.run_sync(progress.append, sink, chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DownloadError(f"{type(exc).__name__}: {exc}") from exc
+        except OSError as exc:
+            raise DownloadError(f"cannot write {part.name}: {exc.strerror or exc}") from exc
         await anyio.to_thread.run_sync(_verify, part, progress, total, etag)
         return progress.size, progress.sha256.hexdigest()
 

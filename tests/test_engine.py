@@ -236,6 +236,9 @@ async def test_retry_after_is_honoured_in_every_form(
     assert summary.exit_code == 0
     assert stats["rate_limited"] >= 1
     assert stats["requests_in_retry_window"] == 0
+    assert {r["attempts"] for r in results(make_settings(sim, tmp_path / "jobs.jsonl"))} == {1}, (
+        "a 429 never uses up an attempt"
+    )
 
 
 async def test_truncated_downloads_resume_with_range(

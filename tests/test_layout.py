@@ -1,0 +1,18 @@
+"""Package boundaries: the engine never imports the simulator."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_engine_modules_do_not_import_the_simulator() -> None:
+    code = (
+        "import sys, pixazo_batch.engine, pixazo_batch.cli;"
+        "leaked = [m for m in sys.modules if m.startswith('pixazo_batch.sim')];"
+        "print(leaked); sys.exit(1 if leaked else 0)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout
