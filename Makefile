@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test demo bench clean
+.PHONY: install lint test torture demo bench clean
 
 install: $(STAMP)
 
@@ -21,6 +21,9 @@ lint: install
 
 test: lint
 	$(BIN)/pytest
+
+torture: install
+	PIXAZO_TORTURE=full $(BIN)/pytest tests/test_torture.py tests/test_cli.py tests/test_manifest.py
 
 demo: install
 	rm -rf out

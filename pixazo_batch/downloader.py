@@ -81,13 +81,12 @@ class Downloader:
         self._rng = random.Random()
 
     async def run(self, jobs: MemoryObjectReceiveStream[str]) -> None:
-        """Download each job id received until the stream ends."""
-        async with jobs:
-            async for job_id in jobs:
-                try:
-                    await self.download(job_id)
-                finally:
-                    self.ctx.ledger.leave()
+        """Download each job id received until the run ends (the engine owns the stream)."""
+        async for job_id in jobs:
+            try:
+                await self.download(job_id)
+            finally:
+                self.ctx.ledger.leave()
 
     async def download(self, job_id: str) -> bool:
         """Bring one completed job's video to its final path; False if it must wait for a resume."""

@@ -8,6 +8,7 @@ is moving, the group is cancelled and the summary is derived from the state file
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -91,6 +92,7 @@ async def run_batch(
         summary = await _run(settings, store, handle_signals, on_issue)
         write_results(store, settings.out_dir / RESULTS_FILE_NAME)
         store.end_run(summary.exit_code)
+        log.info("summary", **dataclasses.asdict(summary))
         return summary
 
 
@@ -131,29 +133,36 @@ async def _run(
             in_flight=anyio.CapacityLimiter(settings.max_in_flight),
         )
         estimator = _learned_estimator(store)
-        try:
-            async with anyio.create_task_group() as group:
-                if handle_signals:
-                    group.start_soon(_watch_signals, ctx, group.cancel_scope)
-                for _ in range(settings.concurrency):
-                    group.start_soon(Submitter(ctx).run, submit_receive.clone())
-                group.start_soon(Poller(ctx, estimator=estimator).run, poll_receive.clone())
-                for _ in range(settings.downloads):
-                    group.start_soon(Downloader(ctx).run, download_receive.clone())
-                for stream in (submit_receive, poll_receive, download_receive):
-                    stream.close()
-                group.start_soon(_feed, ctx, issues, on_issue)
-                await ctx.ledger.settled.wait()
-                group.cancel_scope.cancel()
-        except* AuthRefusedError as group_error:
-            auth_error = _first(group_error, AuthRefusedError)
-            log.error("auth_refused", http_status=auth_error.status, error=str(auth_error))
-        except* QuotaExhaustedError as group_error:
-            quota = _first(group_error, QuotaExhaustedError)
-            ctx.flags.stop(f"{quota} (returns in about {quota.retry_after or '?'} s)")
-            log.error("quota_exhausted", http_status=403, error=str(quota))
-        except* ManifestError as group_error:
-            manifest_error = _first(group_error, ManifestError)
+        # The signal watcher lives outside the pipeline's scope, so it still hears a second
+        # signal while the first one's cancellation waits for in-flight POSTs.
+        async with anyio.create_task_group() as guard:
+            pipeline = anyio.CancelScope()
+            if handle_signals:
+                guard.start_soon(_watch_signals, ctx, pipeline)
+            try:
+                # The engine, not the stages, owns the receive ends: a stage that fails must not
+                # close its queue under a sender and bury the real error under a broken stream.
+                with pipeline, submit_receive, poll_receive, download_receive:
+                    async with anyio.create_task_group() as group:
+                        for _ in range(settings.concurrency):
+                            group.start_soon(Submitter(ctx).run, submit_receive)
+                        group.start_soon(Poller(ctx, estimator=estimator).run, poll_receive)
+                        for _ in range(settings.downloads):
+                            group.start_soon(Downloader(ctx).run, download_receive)
+                        group.start_soon(_feed, ctx, issues, on_issue)
+                        await ctx.ledger.settled.wait()
+                        group.cancel_scope.cancel()
+            except* AuthRefusedError as group_error:
+                auth_error = _first(group_error, AuthRefusedError)
+                log.error("auth_refused", http_status=auth_error.status, error=str(auth_error))
+            except* QuotaExhaustedError as group_error:
+                quota = _first(group_error, QuotaExhaustedError)
+                ctx.flags.stop(f"{quota} (returns in about {quota.retry_after or '?'} s)")
+                log.error("quota_exhausted", http_status=403, error=str(quota))
+            except* ManifestError as group_error:
+                manifest_error = _first(group_error, ManifestError)
+            finally:
+                guard.cancel_scope.cancel()
     if manifest_error is not None:
         raise manifest_error
     return _summarise(ctx, issues, auth_error)

@@ -71,8 +71,9 @@ class Poller:
         self._rng = random.Random()
 
     async def run(self, jobs: MemoryObjectReceiveStream[str]) -> None:
-        """Track each job id received, concurrently, until the stream ends and all are done."""
-        async with anyio.create_task_group() as group, jobs:
+        """Track each job id received, concurrently, until the run ends (the engine owns the
+        stream)."""
+        async with anyio.create_task_group() as group:
             async for job_id in jobs:
                 group.start_soon(self.track, job_id)
 

@@ -42,10 +42,9 @@ class Submitter:
         self._rng = random.Random()
 
     async def run(self, jobs: MemoryObjectReceiveStream[str]) -> None:
-        """Submit every job id received until the stream ends."""
-        async with jobs:
-            async for job_id in jobs:
-                await self.submit(job_id)
+        """Submit every job id received until the run ends (the engine owns the stream)."""
+        async for job_id in jobs:
+            await self.submit(job_id)
 
     async def submit(self, job_id: str) -> None:
         """Take one pending job to ``submitted`` (and on to the poller) or to a resting state."""

@@ -111,6 +111,8 @@ def media_routes(state: SimState) -> web.RouteTableDef:
         if not generation.isdigit() or int(generation) in job.expired_generations:
             state.stats.media_expired += 1
             return _xml_error(403, "AccessDenied")
+        if state.draw("media_error", state.scenario.media_error_rate):
+            return _xml_error(503, "ServiceUnavailable")
         return await _send(request, state, job)
 
     return routes

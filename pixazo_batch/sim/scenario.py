@@ -84,6 +84,8 @@ class Scenario:
     media_size_jitter: float = 0.3
     #: a media body cut off half way (connection reset mid-body)
     media_truncate_rate: float = 0.0
+    #: a 503 from the CDN instead of the body
+    media_error_rate: float = 0.0
     #: a media URL handed out already expired (403) until the status is polled again
     media_expire_rate: float = 0.0
     #: per-connection throughput cap in bytes per second (None = unlimited)
@@ -154,6 +156,7 @@ _HOSTILE = Scenario(
     media_bytes=512 * 1024,
     media_truncate_rate=0.2,
     media_expire_rate=0.2,
+    media_error_rate=0.05,
 )
 
 _BROKE = dataclasses.replace(_DEMO, name="broke", balance_cents=60)

@@ -1,0 +1,140 @@
+"""The manifest reader: every bad line reported with its line and field, good lines kept."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pixazo_batch.manifest import ManifestIssue, read_manifest, safe_output
+from pixazo_batch.models import JobSpec
+from tests.conftest import job_line
+
+ISSUE = re.compile(r"^.+:\d+: [^:]+: .+$")
+
+
+def read(path: Path, lines: list[bytes]) -> list[JobSpec | ManifestIssue]:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return list(read_manifest(path))
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "message"),
+    [
+        (b"\xff\xfe not utf-8", "(line)", "not valid UTF-8"),
+        (b'{"prompt": "abc", ', "(line)", "invalid JSON"),
+        (b"[1, 2]", "(line)", "expected a JSON object"),
+        (json.dumps(job_line(0, colour="red")).encode(), "colour", "unknown field"),
+        (json.dumps(job_line(0, prompt=7)).encode(), "prompt", "string"),
+        (json.dumps(job_line(0, prompt="hi")).encode(), "prompt", "at least 3"),
+        (json.dumps(job_line(0, prompt="x" * 5001)).encode(), "prompt", "at most 5000"),
+        (json.dumps(job_line(0, loop="true")).encode(), "loop", "boolean"),
+        (json.dumps(job_line(0, aspect_ratio="1:1")).encode(), "aspect_ratio", "16:9"),
+        (json.dumps(job_line(0, image_url="ftp://x/a.jpg")).encode(), "image_url", "http"),
+        (json.dumps(job_line(0, output="/etc/x.mp4")).encode(), "output", "not absolute"),
+        (json.dumps(job_line(0, output="a/../../x.mp4")).encode(), "output", "'..'"),
+        (json.dumps(job_line(0, output="results.jsonl")).encode(), "output", "uses itself"),
+        (json.dumps(job_line(0, id="../evil")).encode(), "id", "pattern"),
+    ],
+)
+def test_each_kind_of_bad_line_names_line_and_field(
+    tmp_path: Path, line: bytes, field: str, message: str
+) -> None:
+    items = read(tmp_path / "m.jsonl", [json.dumps(job_line(9)).encode(), line])
+    assert isinstance(items[0], JobSpec)
+    issue = items[1]
+    assert isinstance(issue, ManifestIssue)
+    assert (issue.line, issue.field) == (2, field)
+    assert message in issue.message
+    assert str(issue).startswith(f"{tmp_path / 'm.jsonl'}:2: {field}: ")
+
+
+def test_duplicates_blank_lines_and_comments(tmp_path: Path) -> None:
+    items = read(
+        tmp_path / "m.jsonl",
+        [
+            b"# comment",
+            json.dumps(job_line(0)).encode(),
+            b"   ",
+            json.dumps(job_line(0, prompt="Another prompt here")).encode(),
+            json.dumps(job_line(1, output="job-000.mp4")).encode(),
+            json.dumps({"prompt": "same", "image_url": "https://x.example/a.jpg"}).encode(),
+            json.dumps({"prompt": "same", "image_url": "https://x.example/a.jpg"}).encode(),
+        ],
+    )
+    issues = [i for i in items if isinstance(i, ManifestIssue)]
+    jobs = [i for i in items if isinstance(i, JobSpec)]
+    assert [str(i).split(": ", 1)[0].rsplit(":", 1)[1] for i in issues] == ["4", "5", "7"]
+    assert "first on line 2" in issues[0].message
+    assert "output of line 2" in issues[1].message
+    assert "give each line its own id" in issues[2].message
+    assert [j.line for j in jobs] == [2, 6]
+    assert jobs[1].id.startswith("job-") and jobs[1].output == f"{jobs[1].id}.mp4"
+
+
+def test_default_id_is_stable_for_the_same_request(tmp_path: Path) -> None:
+    line = json.dumps({"prompt": "a stable one", "image_url": "https://x.example/a.jpg"}).encode()
+    first = read(tmp_path / "a.jsonl", [line])[0]
+    spelled = json.dumps(
+        {"image_url": "https://x.example/a.jpg", "prompt": "a stable one", "resolution": "540p"}
+    ).encode()
+    second = read(tmp_path / "b.jsonl", [spelled])[0]
+    assert isinstance(first, JobSpec) and isinstance(second, JobSpec)
+    assert first.id == second.id
+
+
+def test_safe_output_normalises() -> None:
+    assert safe_output("spring//tree-01.mp4") == "spring/tree-01.mp4"
+    assert safe_output("./a.mp4") == "a.mp4"
+    with pytest.raises(ValueError, match="relative"):
+        safe_output("C:/x.mp4")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+mutated_jobs = st.builds(
+    lambda index, key, value: json.dumps({**job_line(index), key: value}).encode(),
+    st.integers(0, 10_000),
+    st.sampled_from(
+        [
+            "id",
+            "prompt",
+            "image_url",
+            "end_image_url",
+            "aspect_ratio",
+            "loop",
+            "resolution",
+            "duration",
+            "output",
+            "extra",
+        ]
+    ),
+    json_values,
+)
+any_line = st.one_of(st.binary(max_size=80), mutated_jobs, st.text(max_size=80).map(str.encode))
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(noise=st.lists(any_line, max_size=12))
+def test_random_input_never_raises_and_good_lines_survive(
+    tmp_path: Path, noise: list[bytes]
+) -> None:
+    good = [json.dumps(job_line(100_000 + i)).encode() for i in range(3)]
+    lines = [line.replace(b"\n", b" ") for line in [*noise, *good]]
+    items = read(tmp_path / "fuzz.jsonl", lines)
+    for item in items:
+        if isinstance(item, ManifestIssue):
+            assert ISSUE.match(str(item).replace("\n", " ")), str(item)
+    kept = {item.id for item in items if isinstance(item, JobSpec)}
+    assert {f"job-{100_000 + i:03d}" for i in range(3)} <= kept
