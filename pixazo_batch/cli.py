@@ -1,6 +1,7 @@
 """The ``pixazo-batch`` command: argv -> Settings -> engine; errors -> exit codes.
 
-No business logic lives here.
+No business logic lives here. Standard output carries only results (the run summary, reports);
+everything else is a log line on standard error.
 """
 
 from __future__ import annotations
@@ -11,35 +12,52 @@ import json
 import os
 import secrets
 import sys
+import tomllib
 from collections.abc import Sequence
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import anyio
 from pydantic import SecretStr, ValidationError
 
-from pixazo_batch.config import DEFAULT_BASE_URL, STATE_FILE_NAME, Settings
-from pixazo_batch.engine import RunSummary, run_batch
+from pixazo_batch.config import (
+    DEFAULT_BASE_URL,
+    ENV_PREFIX,
+    STATE_FILE_NAME,
+    Settings,
+    load_settings,
+)
+from pixazo_batch.engine import RunSummary, plan_run, run_batch
 from pixazo_batch.errors import EXIT_OK, EXIT_USAGE, PixazoBatchError, UsageError
 from pixazo_batch.logs import configure_logging
 from pixazo_batch.manifest import ManifestIssue, read_manifest
 from pixazo_batch.models import JobSpec
-from pixazo_batch.results import iter_results
+from pixazo_batch.progress import TerminalProgress
+from pixazo_batch.results import iter_results, status_summary, write_csv
 from pixazo_batch.state import StateStore
 
-KEY_ENV = "PIXAZO_API_KEY"
-BASE_URL_ENV = "PIXAZO_BASE_URL"
+KEY_ENV = f"{ENV_PREFIX}API_KEY"
 
-
-def _money(value: str) -> Decimal:
-    try:
-        amount = Decimal(value)
-    except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"not an amount in USD: {value!r}") from None
-    if amount < 0 or not amount.is_finite():
-        raise argparse.ArgumentTypeError("must be zero or more")
-    return amount
+#: run flags that map one to one onto Settings fields (defaults live in Settings)
+_RUN_OPTIONS: dict[str, tuple[type, str]] = {
+    "concurrency": (int, "HTTP requests to the gateway at once"),
+    "max_in_flight": (int, "jobs submitted and not yet finished"),
+    "rps": (float, "ceiling of gateway requests per second, submits and polls together"),
+    "max_attempts": (int, "submissions per job (remote ERROR and refusals count; 429 never)"),
+    "poll_interval": (float, "seconds between two polls of one job"),
+    "job_deadline": (float, "seconds before an unfinished job is reported stalled"),
+    "max_spend": (str, "USD cap on the committed spend recorded in the state file"),
+    "downloads": (int, "downloads at once"),
+    "download_tries": (int, "tries per download in one run"),
+    "stop_deadline": (float, "seconds in-flight POSTs get to return after SIGINT/SIGTERM"),
+    "retry_after_cap": (float, "longest Retry-After honoured, in seconds"),
+}
+_RUN_SWITCHES: dict[str, str] = {
+    "resubmit_uncertain": "submit uncertain jobs again (each may then be paid twice)",
+    "abandon_uncertain": "give up uncertain jobs (mark them failed)",
+    "retry_failed": "submit jobs that ended FAILED again",
+    "strict": "stop at the first bad manifest line",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,79 +66,63 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pixazo-batch",
         description="Batch-generate videos with Luma Ray 2 Flash (image-to-video) through the "
         "Pixazo gateway: resumable, budget-safe, never paying twice for a job.",
+        epilog=f"The API key is read from {KEY_ENV} (or a --config file), never from the "
+        "command line. Exit codes: 0 done, 1 jobs failed, 2 usage or manifest error, "
+        "3 incomplete (resume later), 4 key refused, 75 state file locked.",
     )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
-    parser.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
+    parser.add_argument(
+        "--log-format", default="auto", choices=["auto", "json", "console"],
+        help="auto: readable on a terminal, JSON lines otherwise (as under cron)",
+    )  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="only warnings and the summary")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run a manifest to verified MP4 files (resumable)")
     run.add_argument("manifest", type=Path, help="JSONL manifest, one job a line")
-    run.add_argument("--out", type=Path, required=True, help="output folder")
-    run.add_argument("--state", type=Path, help=f"state file (default OUT/{STATE_FILE_NAME})")
+    run.add_argument("--out", type=Path, dest="out_dir", help="output folder (required)")
+    run.add_argument("--state", type=Path, dest="state_path", help=f"default OUT/{STATE_FILE_NAME}")
+    run.add_argument("--config", type=Path, help="TOML file of settings (flags and env win)")
     run.add_argument(
-        "--base-url", help=f"gateway base URL (env {BASE_URL_ENV}, default {DEFAULT_BASE_URL})"
+        "--base-url",
+        help=f"gateway base URL (env {ENV_PREFIX}BASE_URL; default {DEFAULT_BASE_URL})",
     )
-    run.add_argument("--concurrency", type=int, default=8, help="HTTP requests at once (8)")
+    for name, (kind, text) in _RUN_OPTIONS.items():
+        default = Settings.model_fields[name].default
+        run.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} ({default})")
+    for name, text in _RUN_SWITCHES.items():
+        run.add_argument(
+            f"--{name.replace('_', '-')}", action="store_true", default=None, help=text
+        )
     run.add_argument(
-        "--max-in-flight", type=int, default=20, help="jobs submitted, not finished (20)"
+        "--dry-run", action="store_true", help="print what would be submitted; send nothing"
     )
-    run.add_argument(
-        "--rps", type=float, default=5.0, help="ceiling of gateway requests per second (5)"
-    )
-    run.add_argument("--max-attempts", type=int, default=3, help="submissions per job (3)")
-    run.add_argument(
-        "--poll-interval", type=float, default=5.0, help="seconds between polls of a job (5)"
-    )
-    run.add_argument(
-        "--job-deadline",
-        type=float,
-        default=1800.0,
-        help="seconds before a job is reported stalled",
-    )
-    run.add_argument(
-        "--max-spend", type=_money, help="USD cap on committed spend in this state file"
-    )
-    run.add_argument(
-        "--resubmit-uncertain",
-        action="store_true",
-        help="submit uncertain jobs again (may pay twice)",
-    )
-    run.add_argument("--abandon-uncertain", action="store_true", help="give up uncertain jobs")
-    run.add_argument("--retry-failed", action="store_true", help="submit failed jobs again")
-    run.add_argument("--downloads", type=int, default=4, help="downloads at once (4)")
-    run.add_argument(
-        "--download-tries", type=int, default=5, help="tries per download in one run (5)"
-    )
-    run.add_argument(
-        "--stop-deadline",
-        type=float,
-        default=30.0,
-        help="seconds in-flight POSTs get after a signal",
-    )
-    run.add_argument("--strict", action="store_true", help="stop at the first bad manifest line")
     run.add_argument(
         "--sandbox", action="store_true", help="run against an embedded local simulator"
     )
-    run.add_argument(
-        "--sandbox-scenario", default="demo", help="simulator scenario for --sandbox (demo)"
+    run.add_argument("--sandbox-scenario", default="demo", help="simulator scenario for --sandbox")
+
+    validate = commands.add_parser("validate", help="check a manifest and price it (no network)")
+    validate.add_argument("manifest", type=Path)
+    validate.add_argument(
+        "--check-urls", action="store_true", help="also ask each image URL with HEAD (network)"
     )
 
-    validate = commands.add_parser("validate", help="check a manifest and price it; no network")
-    validate.add_argument("manifest", type=Path)
-
-    status = commands.add_parser("status", help="counts, spend and failures from a state file")
-    status.add_argument("--out", type=Path, required=True)
-    status.add_argument("--state", type=Path)
-
-    report = commands.add_parser("report", help="one line per job, from the state file")
-    report.add_argument("--out", type=Path, required=True)
-    report.add_argument("--state", type=Path)
+    for name, text in (("status", "counts, spend and problems from a state file"),
+                       ("report", "one row per job from a state file")):  # fmt: skip
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--out", type=Path, required=True, help="output folder")
+        sub.add_argument("--state", type=Path, help=f"default OUT/{STATE_FILE_NAME}")
+        if name == "report":
+            sub.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
 
     simulate = commands.add_parser("simulate", help="serve the local gateway simulator")
-    simulate.add_argument("--port", type=int, default=8080)
-    simulate.add_argument("--scenario", default="demo")
+    simulate.add_argument("--port", type=int, default=8080, help="gateway port (0: any free one)")
+    simulate.add_argument(
+        "--scenario", default="demo", help="demo, fast, realistic, hostile, broke"
+    )
     simulate.add_argument("--key", default="sandbox", help="the API key it accepts (sandbox)")
     simulate.add_argument("--time-scale", type=float, help="multiply every duration by this")
     return parser
@@ -129,18 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (DESIGN section 6)."""
     args = build_parser().parse_args(argv)
-    json_lines = {"auto": None, "json": True, "console": False}[args.log_format]
-    key = os.environ.get(KEY_ENV, "")
-    configure_logging(secrets=[key], level=args.log_level, json_lines=json_lines)
+    args.sandbox_key = secrets.token_urlsafe(16)
+    _configure_logs(args)
+    handlers = {"run": _run, "validate": _validate, "status": _status, "report": _report,
+                "simulate": _simulate}  # fmt: skip
     try:
-        handler = {
-            "run": _run,
-            "validate": _validate,
-            "status": _status,
-            "report": _report,
-            "simulate": _simulate,
-        }[args.command]
-        return handler(args)
+        return handlers[args.command](args)
     except PixazoBatchError as exc:
         print(f"pixazo-batch: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -148,34 +144,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _settings(args: argparse.Namespace, base_url: str, key: str) -> Settings:
+def _configure_logs(args: argparse.Namespace, *more_secrets: str) -> None:
+    level = "warning" if args.quiet else args.log_level
+    json_lines = {"auto": None, "json": True, "console": False}[args.log_format]
+    known = [os.environ.get(KEY_ENV, ""), args.sandbox_key, *more_secrets]
+    configure_logging(secrets=[s for s in known if s], level=level, json_lines=json_lines)
+
+
+def _settings(args: argparse.Namespace, **forced: Any) -> Settings:
+    flags = {name: getattr(args, name) for name in (*_RUN_OPTIONS, *_RUN_SWITCHES)}
+    flags.update(manifest=args.manifest, out_dir=args.out_dir, state_path=args.state_path,
+                 base_url=args.base_url)  # fmt: skip
+    flags.update(forced)
     try:
-        return Settings(
-            manifest=args.manifest,
-            out_dir=args.out,
-            api_key=SecretStr(key),
-            state_path=args.state,
-            base_url=base_url,
-            concurrency=args.concurrency,
-            max_in_flight=args.max_in_flight,
-            rps=args.rps,
-            max_attempts=args.max_attempts,
-            poll_interval=args.poll_interval,
-            job_deadline=args.job_deadline,
-            max_spend=args.max_spend,
-            resubmit_uncertain=args.resubmit_uncertain,
-            abandon_uncertain=args.abandon_uncertain,
-            retry_failed=args.retry_failed,
-            strict=args.strict,
-            downloads=args.downloads,
-            download_tries=args.download_tries,
-            stop_deadline=args.stop_deadline,
-        )
+        settings = load_settings(flags, config_file=args.config)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(_field_problem(error) for error in exc.errors())
         raise UsageError(problems) from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"--config {args.config}: {exc}") from None
+    _configure_logs(args, settings.api_key.get_secret_value())  # the key may come from --config
+    return settings
+
+
+def _field_problem(error: Any) -> str:
+    field = ".".join(map(str, error["loc"])) or "settings"
+    if field == "api_key" and error["type"] == "missing":
+        return f"set the API key in the environment variable {KEY_ENV}"
+    if field == "out_dir" and error["type"] == "missing":
+        return "--out DIR is required"
+    return f"{field}: {error['msg']}"
 
 
 def _print_issue(issue: ManifestIssue) -> None:
@@ -183,49 +181,53 @@ def _print_issue(issue: ManifestIssue) -> None:
 
 
 def _print_summary(summary: RunSummary) -> None:
-    print(json.dumps({"event": "summary", **dataclasses.asdict(summary)}))
+    print(json.dumps({"event": "summary", **dataclasses.asdict(summary)}), flush=True)
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.sandbox:
         return anyio.run(_run_in_sandbox, args)
-    key = os.environ.get(KEY_ENV, "")
-    if not key:
-        raise UsageError(f"set the API key in the environment variable {KEY_ENV}")
-    base_url = args.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
-    settings = _settings(args, base_url, key)
-    summary = anyio.run(_run_settings, settings)
+    settings = _settings(args)
+    if args.dry_run:
+        return _dry_run(settings)
+    summary = anyio.run(_run_settings, settings, args.quiet)
     _print_summary(summary)
     return summary.exit_code
 
 
-async def _run_settings(settings: Settings) -> RunSummary:
-    return await run_batch(settings, handle_signals=True, on_issue=_print_issue)
+async def _run_settings(settings: Settings, quiet: bool) -> RunSummary:
+    progress = None if quiet or not sys.stderr.isatty() else TerminalProgress()
+    return await run_batch(settings, handle_signals=True, on_issue=_print_issue, observer=progress)
+
+
+def _dry_run(settings: Settings) -> int:
+    def show(job: dict[str, object]) -> None:
+        print(json.dumps(job))
+
+    totals = plan_run(settings, on_issue=_print_issue, on_job=show)
+    print(json.dumps({"event": "dry_run", **totals.as_json()}))
+    return EXIT_USAGE if totals.issues else EXIT_OK
 
 
 async def _run_in_sandbox(args: argparse.Namespace) -> int:
     from pixazo_batch.sim import Simulator, scenario_named  # noqa: PLC0415  (only for --sandbox)
 
-    key = secrets.token_urlsafe(16)
-    configure_logging(
-        secrets=[key],
-        level=args.log_level,
-        json_lines={"auto": None, "json": True, "console": False}[args.log_format],
-    )
     try:
         scenario = scenario_named(args.sandbox_scenario)
     except KeyError as exc:
         raise UsageError(str(exc.args[0])) from None
-    scenario = dataclasses.replace(scenario, keys=frozenset({key}))
+    scenario = dataclasses.replace(scenario, keys=frozenset({args.sandbox_key}))
     async with Simulator(scenario) as sim:
-        settings = _settings(args, sim.base_url, key)
-        summary = await run_batch(settings, handle_signals=True, on_issue=_print_issue)
+        settings = _settings(args, base_url=sim.base_url, api_key=SecretStr(args.sandbox_key))
+        if args.dry_run:
+            return _dry_run(settings)
+        summary = await _run_settings(settings, args.quiet)
     _print_summary(summary)
     return summary.exit_code
 
 
 def _validate(args: argparse.Namespace) -> int:
-    jobs = 0
+    jobs: list[JobSpec] = []
     cents = 0
     by_kind: dict[str, int] = {}
     bad = 0
@@ -235,21 +237,30 @@ def _validate(args: argparse.Namespace) -> int:
                 bad += 1
                 _print_issue(item)
                 continue
-            assert isinstance(item, JobSpec)
-            jobs += 1
             cents += item.request.price_cents
             kind = f"{item.request.resolution.value}/{item.request.duration.value}"
             by_kind[kind] = by_kind.get(kind, 0) + 1
+            if args.check_urls:  # otherwise nothing is kept: any manifest fits in memory
+                jobs.append(item)
     except OSError as exc:
         raise UsageError(f"{args.manifest}: {exc.strerror or exc}") from exc
+    count = sum(by_kind.values())
+    unreachable = 0
+    if args.check_urls:
+        from pixazo_batch.urlcheck import check_image_urls  # noqa: PLC0415  (network, opt-in)
+
+        for issue in anyio.run(check_image_urls, jobs, str(args.manifest)):
+            unreachable += 1
+            _print_issue(issue)
     result: dict[str, Any] = {
-        "jobs": jobs,
+        "jobs": count,
         "bad_lines": bad,
+        "image_problems": unreachable,
         "by_resolution_duration": by_kind,
         "estimated_cost_usd": f"{cents / 100:.2f}",
     }
     print(json.dumps(result))
-    return EXIT_USAGE if bad else EXIT_OK
+    return EXIT_USAGE if bad or unreachable else EXIT_OK
 
 
 def _state_file(args: argparse.Namespace) -> Path:
@@ -261,29 +272,17 @@ def _state_file(args: argparse.Namespace) -> Path:
 
 def _status(args: argparse.Namespace) -> int:
     with StateStore.open(_state_file(args), lock=False) as store:
-        counts = {state.value: n for state, n in store.counts().items()}
-        failures = [
-            {"id": r.id, "state": r.state.value, "error": r.error}
-            for r in store.iter_jobs()
-            if r.error and r.state.value in ("failed", "uncertain", "errored")
-        ]
-        print(
-            json.dumps(
-                {
-                    "counts": counts,
-                    "committed_usd": f"{store.committed_cents() / 100:.2f}",
-                    "spent_usd": f"{store.spent_cents() / 100:.2f}",
-                    "problems": failures,
-                }
-            )
-        )
+        print(json.dumps(status_summary(store)))
     return EXIT_OK
 
 
 def _report(args: argparse.Namespace) -> int:
     with StateStore.open(_state_file(args), lock=False) as store:
-        for record in iter_results(store):
-            print(json.dumps(record))
+        if args.format == "csv":
+            write_csv(store, sys.stdout)
+        else:
+            for record in iter_results(store):
+                print(json.dumps(record))
     return EXIT_OK
 
 

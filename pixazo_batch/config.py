@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import tomllib
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+ENV_PREFIX = "PIXAZO_"
 DEFAULT_BASE_URL = "https://gateway.pixazo.ai"
 STATE_FILE_NAME = ".pixazo-batch.db"
 RESULTS_FILE_NAME = "results.jsonl"
@@ -66,3 +71,31 @@ class Settings(BaseModel):
         if self.max_spend is None:
             return None
         return int(self.max_spend * 100)
+
+
+def load_settings(
+    flags: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Settings from, in rising precedence: a TOML file, ``PIXAZO_<FIELD>`` environment
+    variables (``PIXAZO_API_KEY``, ``PIXAZO_BASE_URL``, ``PIXAZO_MAX_SPEND``...), and flags.
+
+    Flags whose value is None count as not given.
+
+    Raises:
+        pydantic.ValidationError: a value is missing or invalid (the message names the field).
+        OSError, tomllib.TOMLDecodeError: the config file cannot be read.
+    """
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        with open(config_file, "rb") as source:
+            values.update(tomllib.load(source))
+    environ = os.environ if environ is None else environ
+    for name in Settings.model_fields:
+        from_env = environ.get(ENV_PREFIX + name.upper())
+        if from_env:
+            values[name] = from_env
+    values.update({name: value for name, value in flags.items() if value is not None})
+    return Settings.model_validate(values)

@@ -8,13 +8,14 @@ is moving, the group is cancelled and the summary is derived from the state file
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import aiohttp
 import anyio
@@ -69,11 +70,20 @@ class RunSummary:
     stop_reason: str | None = None
 
 
+class RunObserver(Protocol):
+    """Something that watches a run from the side (a progress display)."""
+
+    async def watch(self, store: StateStore) -> None:
+        """Observe until cancelled; must not write to the store."""
+        ...
+
+
 async def run_batch(
     settings: Settings,
     *,
     handle_signals: bool = False,
     on_issue: Callable[[ManifestIssue], None] | None = None,
+    observer: RunObserver | None = None,
 ) -> RunSummary:
     """Run the manifest to completion (or to a clean stop) and return the summary.
 
@@ -89,7 +99,7 @@ async def run_batch(
         recovered = store.recover_interrupted()
         if recovered:
             log.warning("recovered_uncertain", count=recovered, state="uncertain")
-        summary = await _run(settings, store, handle_signals, on_issue)
+        summary = await _run(settings, store, handle_signals, on_issue, observer)
         write_results(store, settings.out_dir / RESULTS_FILE_NAME)
         store.end_run(summary.exit_code)
         log.info("summary", **dataclasses.asdict(summary))
@@ -101,6 +111,7 @@ async def _run(
     store: StateStore,
     handle_signals: bool,
     on_issue: Callable[[ManifestIssue], None] | None,
+    observer: RunObserver | None,
 ) -> RunSummary:
     issues: list[str] = []
     auth_error: AuthRefusedError | None = None
@@ -139,6 +150,8 @@ async def _run(
             pipeline = anyio.CancelScope()
             if handle_signals:
                 guard.start_soon(_watch_signals, ctx, pipeline)
+            if observer is not None:
+                guard.start_soon(observer.watch, store)
             try:
                 # The engine, not the stages, owns the receive ends: a stage that fails must not
                 # close its queue under a sender and bury the real error under a broken stream.
@@ -318,4 +331,60 @@ def _summarise(
         uncertain=uncertain,
         stalled=list(flags.stalled),
         stop_reason=(str(auth_error) if auth_error else flags.stop_submitting),
+    )
+
+
+@dataclass
+class DryRunTotals:
+    """What ``run --dry-run`` found: jobs that would be submitted and their price."""
+
+    jobs: int = 0
+    cents: int = 0
+    issues: int = 0
+
+    def as_json(self) -> dict[str, object]:
+        """The totals line."""
+        return {"would_submit": self.jobs, "price_usd": f"{self.cents / 100:.2f}",
+                "manifest_issues": self.issues}  # fmt: skip
+
+
+def plan_run(
+    settings: Settings,
+    *,
+    on_issue: Callable[[ManifestIssue], None],
+    on_job: Callable[[dict[str, object]], None],
+) -> DryRunTotals:
+    """Walk the manifest against the state file (read-only, if there is one) and report each
+    job ``run`` would submit now, with its price. Sends nothing, writes nothing."""
+    totals = DryRunTotals()
+    state_file = settings.state_file
+    with contextlib.ExitStack() as stack:
+        store = (
+            stack.enter_context(StateStore.open(state_file, lock=False))
+            if state_file.is_file()
+            else None
+        )
+        for item in read_manifest(settings.manifest):
+            if isinstance(item, ManifestIssue):
+                totals.issues += 1
+                on_issue(item)
+                continue
+            row = store.get(item.id) if store is not None else None
+            if row is not None and not _would_resubmit(settings, row):
+                continue
+            totals.jobs += 1
+            totals.cents += item.request.price_cents
+            price = f"{item.request.price_cents / 100:.2f}"
+            state = row.state.value if row else "new"
+            on_job({"id": item.id, "state": state, "price_usd": price, "output": item.output})
+    return totals
+
+
+def _would_resubmit(settings: Settings, row: JobRow) -> bool:
+    state = row.state
+    return (
+        state is JobState.PENDING
+        or (state is JobState.FAILED and settings.retry_failed)
+        or (state is JobState.UNCERTAIN and settings.resubmit_uncertain)
+        or (state is JobState.ERRORED and row.attempts < settings.max_attempts)
     )

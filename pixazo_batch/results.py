@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from pixazo_batch.models import JobState
 from pixazo_batch.state import JobRow, StateStore
 
 
@@ -45,3 +48,54 @@ def write_results(store: StateStore, path: Path) -> int:
         os.fsync(sink.fileno())
     os.replace(temporary, path)
     return count
+
+
+CSV_FIELDS = (
+    "id", "state", "request_id", "output", "bytes", "sha256", "cost_usd", "attempts", "error",
+)  # fmt: skip
+
+
+def write_csv(store: StateStore, sink: IO[str]) -> None:
+    """Every job's record as CSV (request_ids joined with spaces)."""
+    writer = csv.DictWriter(sink, fieldnames=[*CSV_FIELDS, "request_ids"], extrasaction="ignore")
+    writer.writeheader()
+    for record in iter_results(store):
+        writer.writerow({**record, "request_ids": " ".join(record["request_ids"])})
+
+
+def status_summary(store: StateStore) -> dict[str, Any]:
+    """What ``status`` shows: counts, money, the oldest pending job, and every problem job."""
+    counts = {state.value: n for state, n in store.counts().items()}
+    oldest = store.db.execute(
+        "SELECT id, created_at FROM jobs WHERE state = 'pending' ORDER BY created_at LIMIT 1"
+    ).fetchone()
+    problems = [
+        {"id": row.id, "state": row.state.value, "request_id": row.request_id, "error": row.error}
+        for row in store.iter_jobs(JobState.FAILED, JobState.UNCERTAIN, JobState.ERRORED)
+    ]
+    last_run = store.db.execute(
+        "SELECT id, started_at, ended_at, exit_code FROM runs ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    return {
+        "counts": counts,
+        "jobs": sum(counts.values()),
+        "committed_usd": f"{store.committed_cents() / 100:.2f}",
+        "spent_usd": f"{store.spent_cents() / 100:.2f}",
+        "oldest_pending": None if oldest is None else {"id": oldest[0], "since": _iso(oldest[1])},
+        "uncertain": [p["id"] for p in problems if p["state"] == JobState.UNCERTAIN.value],
+        "problems": problems,
+        "last_run": None
+        if last_run is None
+        else {
+            "id": last_run[0],
+            "started": _iso(last_run[1]),
+            "ended": _iso(last_run[2]),
+            "exit_code": last_run[3],
+        },
+    }
+
+
+def _iso(stamp: float | None) -> str | None:
+    if stamp is None:
+        return None
+    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

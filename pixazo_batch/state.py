@@ -110,24 +110,39 @@ class StateStore:
         StateLockedError: from ``open`` when another live run holds the file.
     """
 
-    def __init__(self, path: Path, lock_file: IO[str]) -> None:
+    def __init__(self, path: Path, lock_file: IO[str] | None) -> None:
         self.path = path
         self._lock_file = lock_file
+        self.run_id = 0
+        if lock_file is None:
+            self.db = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro", isolation_level=None, uri=True
+            )
+            return
         self.db = sqlite3.connect(path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
-        self.run_id = 0
 
     @classmethod
     @contextmanager
     def open(cls, path: Path, *, lock: bool = True) -> Iterator[StateStore]:
-        """Open (creating if needed) and lock the state file for the duration of the block."""
+        """Open (creating if needed) and lock the state file for the duration of the block.
+
+        With ``lock=False`` the file is opened read-only, without the lock (``status``,
+        ``report``, ``--dry-run``): it must exist, and nothing is written.
+        """
+        if not lock:
+            store = cls(path, None)
+            try:
+                yield store
+            finally:
+                store.db.close()
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = path.with_name(path.name + ".lock")
         with open(lock_path, "a+", encoding="utf-8") as lock_file:
-            if lock:
-                _take_lock(lock_file, lock_path)
+            _take_lock(lock_file, lock_path)
             store = cls(path, lock_file)
             try:
                 yield store
