@@ -27,11 +27,12 @@ from pixazo_batch.config import (
     Settings,
     load_settings,
 )
-from pixazo_batch.engine import RunSummary, plan_run, run_batch
+from pixazo_batch.engine import RunSummary, run_batch
 from pixazo_batch.errors import EXIT_OK, EXIT_USAGE, PixazoBatchError, UsageError
 from pixazo_batch.logs import configure_logging
 from pixazo_batch.manifest import ManifestIssue, read_manifest
 from pixazo_batch.models import JobSpec
+from pixazo_batch.planning import plan_run
 from pixazo_batch.progress import TerminalProgress
 from pixazo_batch.results import iter_results, status_summary, write_csv
 from pixazo_batch.state import StateStore

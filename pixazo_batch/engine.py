@@ -8,7 +8,6 @@ is moving, the group is cancelled and the summary is derived from the state file
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -38,6 +37,7 @@ from pixazo_batch.gateway import GatewayClient
 from pixazo_batch.governor import RateGovernor
 from pixazo_batch.manifest import ManifestIssue, read_manifest
 from pixazo_batch.models import JobState
+from pixazo_batch.planning import Action, decide
 from pixazo_batch.poller import CompletionEstimator, Poller
 from pixazo_batch.results import write_results
 from pixazo_batch.state import JobRow, StateStore
@@ -265,27 +265,14 @@ async def _resume_paid_work(ctx: RunContext) -> None:
 
 async def _offer(ctx: RunContext, row: JobRow) -> None:
     """Send a manifest job to the submitter if its state and the flags say it may go."""
-    settings, store = ctx.settings, ctx.store
-    state = row.state
-    if state is JobState.UNCERTAIN:
-        if settings.resubmit_uncertain:
-            store.requeue(row.id, reason="resubmitted by --resubmit-uncertain")
-        elif settings.abandon_uncertain:
-            store.give_up(row.id, "abandoned by --abandon-uncertain")
-            return
-        else:
-            return
-    elif state is JobState.FAILED and settings.retry_failed:
-        store.requeue(row.id, reason="retried by --retry-failed")
-    elif state is JobState.ERRORED:
-        if row.attempts >= settings.max_attempts:
-            store.give_up(row.id, f"remote ERROR on all {row.attempts} attempts: {row.error}")
-            return
-        store.requeue(row.id, reason=row.error)
-    elif state is not JobState.PENDING:
-        return
-    ctx.ledger.enter()
-    await ctx.queues.submit.send(row.id)
+    decision = decide(ctx.settings, row)
+    if decision.action is Action.GIVE_UP:
+        ctx.store.give_up(row.id, decision.reason or "given up")
+    if decision.action is Action.REQUEUE:
+        ctx.store.requeue(row.id, reason=decision.reason)
+    if decision.action in (Action.SUBMIT, Action.REQUEUE):
+        ctx.ledger.enter()
+        await ctx.queues.submit.send(row.id)
 
 
 async def _watch_signals(ctx: RunContext, scope: anyio.CancelScope) -> None:
@@ -331,60 +318,4 @@ def _summarise(
         uncertain=uncertain,
         stalled=list(flags.stalled),
         stop_reason=(str(auth_error) if auth_error else flags.stop_submitting),
-    )
-
-
-@dataclass
-class DryRunTotals:
-    """What ``run --dry-run`` found: jobs that would be submitted and their price."""
-
-    jobs: int = 0
-    cents: int = 0
-    issues: int = 0
-
-    def as_json(self) -> dict[str, object]:
-        """The totals line."""
-        return {"would_submit": self.jobs, "price_usd": f"{self.cents / 100:.2f}",
-                "manifest_issues": self.issues}  # fmt: skip
-
-
-def plan_run(
-    settings: Settings,
-    *,
-    on_issue: Callable[[ManifestIssue], None],
-    on_job: Callable[[dict[str, object]], None],
-) -> DryRunTotals:
-    """Walk the manifest against the state file (read-only, if there is one) and report each
-    job ``run`` would submit now, with its price. Sends nothing, writes nothing."""
-    totals = DryRunTotals()
-    state_file = settings.state_file
-    with contextlib.ExitStack() as stack:
-        store = (
-            stack.enter_context(StateStore.open(state_file, lock=False))
-            if state_file.is_file()
-            else None
-        )
-        for item in read_manifest(settings.manifest):
-            if isinstance(item, ManifestIssue):
-                totals.issues += 1
-                on_issue(item)
-                continue
-            row = store.get(item.id) if store is not None else None
-            if row is not None and not _would_resubmit(settings, row):
-                continue
-            totals.jobs += 1
-            totals.cents += item.request.price_cents
-            price = f"{item.request.price_cents / 100:.2f}"
-            state = row.state.value if row else "new"
-            on_job({"id": item.id, "state": state, "price_usd": price, "output": item.output})
-    return totals
-
-
-def _would_resubmit(settings: Settings, row: JobRow) -> bool:
-    state = row.state
-    return (
-        state is JobState.PENDING
-        or (state is JobState.FAILED and settings.retry_failed)
-        or (state is JobState.UNCERTAIN and settings.resubmit_uncertain)
-        or (state is JobState.ERRORED and row.attempts < settings.max_attempts)
     )

@@ -19,6 +19,7 @@ from pixazo_batch.context import RunContext
 from pixazo_batch.errors import AuthRefusedError, GatewayError, HttpStatusError, QuotaExhaustedError
 from pixazo_batch.governor import BackoffPolicy
 from pixazo_batch.models import JobState, RemoteStatus, StatusResponse
+from pixazo_batch.planning import Action, decide
 from pixazo_batch.state import JobRow
 
 log = structlog.get_logger(__name__)
@@ -145,14 +146,16 @@ class Poller:
             return
         # A remote ERROR is not charged: submit again while attempts remain.
         self._record(row, JobState.ERRORED, remote.value, error=error)
-        if row.attempts >= ctx.settings.max_attempts:
-            ctx.store.give_up(row.id, f"remote ERROR on all {row.attempts} attempts: {error}")
+        errored = ctx.store.get(row.id)
+        assert errored is not None
+        decision = decide(ctx.settings, errored)
+        if decision.action is Action.GIVE_UP:
+            ctx.store.give_up(row.id, decision.reason or error)
+        if decision.action is not Action.REQUEUE or ctx.flags.stop_submitting:
             ctx.ledger.leave()
-        elif ctx.flags.stop_submitting:
-            ctx.ledger.leave()
-        else:
-            ctx.store.requeue(row.id, reason=error)
-            await ctx.queues.submit.send(row.id)
+            return
+        ctx.store.requeue(row.id, reason=decision.reason)
+        await ctx.queues.submit.send(row.id)
 
     def _record(
         self,

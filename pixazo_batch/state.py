@@ -10,60 +10,21 @@ drops the lock when its holder dies, so a stale lock is taken over without cerem
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
-from pixazo_batch.errors import InvalidTransitionError, StateLockedError
+from pixazo_batch.errors import InvalidTransitionError
 from pixazo_batch.models import ALLOWED_TRANSITIONS, GenerationRequest, JobSpec, JobState
+from pixazo_batch.runlock import take_lock
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    request_hash TEXT NOT NULL,
-    request_json TEXT NOT NULL,
-    price_cents INTEGER NOT NULL,
-    output TEXT NOT NULL UNIQUE,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    request_id TEXT,
-    polling_url TEXT,
-    remote_status TEXT,
-    media_url TEXT,
-    bytes INTEGER,
-    sha256 TEXT,
-    error TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    submitted_at REAL,
-    finished_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
-CREATE TABLE IF NOT EXISTS attempts (
-    job_id TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    request_id TEXT,
-    outcome TEXT NOT NULL,
-    price_cents INTEGER NOT NULL,
-    started_at REAL NOT NULL,
-    ended_at REAL,
-    PRIMARY KEY (job_id, n)
-);
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY,
-    pid INTEGER NOT NULL,
-    started_at REAL NOT NULL,
-    ended_at REAL,
-    exit_code INTEGER
-);
-"""
+SCHEMA = resources.files("pixazo_batch").joinpath("schema.sql").read_text(encoding="utf-8")
 
 #: attempt outcomes that may have cost money (in flight, unknown, or known charged)
 CHARGEABLE = ("submitting", "accepted", "uncertain", "failed", "completed")
@@ -142,7 +103,7 @@ class StateStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = path.with_name(path.name + ".lock")
         with open(lock_path, "a+", encoding="utf-8") as lock_file:
-            _take_lock(lock_file, lock_path)
+            take_lock(lock_file, lock_path)
             store = cls(path, lock_file)
             try:
                 yield store
@@ -433,19 +394,3 @@ def _row(found: tuple[Any, ...]) -> JobRow:
     values = list(found)
     values[5] = JobState(values[5])
     return JobRow(*values)
-
-
-def _take_lock(lock_file: IO[str], lock_path: Path) -> None:
-    try:
-        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock_file.seek(0)
-        holder = lock_file.read().strip() or "unknown"
-        raise StateLockedError(
-            f"another pixazo-batch run holds {lock_path} ({holder}); wait for it to finish"
-        ) from None
-    lock_file.seek(0)
-    lock_file.truncate()
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    lock_file.write(json.dumps({"pid": os.getpid(), "started": started}))
-    lock_file.flush()

@@ -98,13 +98,18 @@ async def test_kill_nine_at_random_instants_never_pays_twice_nor_corrupts(tmp_pa
                 await process.wait()
             killed += process.returncode == -signal.SIGKILL
             check_invariants(sim, out)
-        final = await anyio.run_process(run_args(sim, manifest, out), env=env, check=False)
-        result = check_invariants(sim, out)
+        # Unkilled runs until everything is at rest; a download may need more than one run's
+        # tries against this many faults, and that is what resuming is for.
+        for _ in range(4):
+            final = await anyio.run_process(run_args(sim, manifest, out), env=env, check=False)
+            result = check_invariants(sim, out)
+            if not set(result["states"]) & {"pending", "submitted", "completed", "errored"}:
+                break
     assert killed >= KILLS // 2, "most runs were really killed mid-way"
     assert final.returncode in (0, 1, 3)
     # Every job came to rest: nothing left in flight but jobs held as uncertain.
     assert set(result["states"]) <= {"downloaded", "failed", "uncertain"}
-    assert not list(out.rglob("*.part")) or final.returncode == 3
+    assert not list(out.rglob("*.part"))
 
 
 async def test_a_second_signal_exits_at_once_and_leaves_a_sound_state_file(tmp_path: Path) -> None:

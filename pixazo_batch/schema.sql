@@ -1,0 +1,39 @@
+-- The state file of pixazo-batch (SQLite). Every statement is idempotent.
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    request_hash TEXT NOT NULL,
+    request_json TEXT NOT NULL,
+    price_cents INTEGER NOT NULL,
+    output TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    request_id TEXT,
+    polling_url TEXT,
+    remote_status TEXT,
+    media_url TEXT,
+    bytes INTEGER,
+    sha256 TEXT,
+    error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    submitted_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    request_id TEXT,
+    outcome TEXT NOT NULL,
+    price_cents INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    PRIMARY KEY (job_id, n)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    exit_code INTEGER
+);
