@@ -33,12 +33,13 @@ from pixazo_batch.errors import (
     ManifestError,
     QuotaExhaustedError,
 )
+from pixazo_batch.estimator import CompletionEstimator
 from pixazo_batch.gateway import GatewayClient
 from pixazo_batch.governor import RateGovernor
 from pixazo_batch.manifest import ManifestIssue, read_manifest
 from pixazo_batch.models import JobState
 from pixazo_batch.planning import Action, decide
-from pixazo_batch.poller import CompletionEstimator, Poller
+from pixazo_batch.poller import Poller
 from pixazo_batch.results import write_results
 from pixazo_batch.state import JobRow, StateStore
 from pixazo_batch.submitter import Submitter
@@ -143,7 +144,7 @@ async def _run(
             queues=Queues(submit_send, poll_send, download_send),
             in_flight=anyio.CapacityLimiter(settings.max_in_flight),
         )
-        estimator = _learned_estimator(store)
+        estimator = _learned_estimator(settings, store)
         # The signal watcher lives outside the pipeline's scope, so it still hears a second
         # signal while the first one's cancellation waits for in-flight POSTs.
         async with anyio.create_task_group() as guard:
@@ -193,17 +194,17 @@ def _first(group: BaseExceptionGroup[_E], kind: type[_E]) -> _E:
     return first
 
 
-def _learned_estimator(store: StateStore) -> CompletionEstimator:
-    estimator = CompletionEstimator()
+def _learned_estimator(settings: Settings, store: StateStore) -> CompletionEstimator:
+    """An estimator primed with the most recent completion times the state file holds."""
+    estimator = CompletionEstimator(settings.poll_interval)
     rows = store.db.execute(
         "SELECT json_extract(request_json, '$.resolution'),"
-        " json_extract(request_json, '$.duration'),"
-        " AVG(finished_at - submitted_at), COUNT(*) FROM jobs"
+        " json_extract(request_json, '$.duration'), finished_at - submitted_at FROM jobs"
         " WHERE state IN ('completed', 'downloaded') AND finished_at IS NOT NULL"
-        " AND submitted_at IS NOT NULL GROUP BY 1, 2"
+        " AND submitted_at IS NOT NULL ORDER BY finished_at DESC LIMIT 1000"
     ).fetchall()
-    for resolution, duration, mean, count in rows:
-        estimator.seed((resolution, duration), float(mean), int(count))
+    for resolution, duration, seconds in reversed(rows):
+        estimator.observe((resolution, duration), float(seconds))
     return estimator
 
 

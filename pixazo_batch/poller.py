@@ -1,15 +1,15 @@
 """Poller: submitted -> completed | failed | errored, polling as rarely as the answer allows.
 
 The first status request of a job is timed for when jobs like it (same resolution and duration)
-have been seen to finish; later ones follow every ``poll_interval`` with jitter. Status reads cost
-nothing, so network and 5xx trouble is retried with back-off until the job's deadline.
+have been seen to finish, later ones are spaced by the estimator (see ``estimator.py``), with
+jitter. Status reads cost nothing, so network and 5xx trouble is retried with back-off until the
+job's deadline.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections import defaultdict
 
 import anyio
 import structlog
@@ -17,43 +17,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from pixazo_batch.context import RunContext
 from pixazo_batch.errors import AuthRefusedError, GatewayError, HttpStatusError, QuotaExhaustedError
+from pixazo_batch.estimator import CompletionEstimator
 from pixazo_batch.governor import BackoffPolicy
 from pixazo_batch.models import JobState, RemoteStatus, StatusResponse
 from pixazo_batch.planning import Action, decide
 from pixazo_batch.state import JobRow
 
 log = structlog.get_logger(__name__)
-
-#: weight of the newest observation in the running estimate of completion time
-SMOOTHING = 0.2
-#: aim the first poll a little before the estimate: an early miss costs one poll, a late one
-#: costs waiting time
-FIRST_POLL_FRACTION = 0.9
-
-
-class CompletionEstimator:
-    """Learns how long jobs of each resolution and duration take from submit to completion."""
-
-    def __init__(self) -> None:
-        self._seconds: dict[tuple[str, str], float] = {}
-        self._seen: defaultdict[tuple[str, str], int] = defaultdict(int)
-
-    def seed(self, kind: tuple[str, str], mean_seconds: float, count: int) -> None:
-        """Start from what earlier runs measured."""
-        self._seconds[kind] = mean_seconds
-        self._seen[kind] = count
-
-    def observe(self, kind: tuple[str, str], seconds: float) -> None:
-        """Fold in one finished job's submit-to-terminal time."""
-        previous = self._seconds.get(kind)
-        self._seconds[kind] = (
-            seconds if previous is None else ((1 - SMOOTHING) * previous + SMOOTHING * seconds)
-        )
-        self._seen[kind] += 1
-
-    def expected(self, kind: tuple[str, str]) -> float | None:
-        """Expected seconds from submit to a terminal status, or None before any evidence."""
-        return self._seconds.get(kind)
 
 
 def job_kind(row: JobRow) -> tuple[str, str]:
@@ -67,7 +37,7 @@ class Poller:
 
     def __init__(self, ctx: RunContext, *, estimator: CompletionEstimator | None = None) -> None:
         self.ctx = ctx
-        self.estimator = estimator or CompletionEstimator()
+        self.estimator = estimator or CompletionEstimator(ctx.settings.poll_interval)
         self.backoff = BackoffPolicy(base=1.0, cap=60.0)
         self._rng = random.Random()
 
@@ -99,11 +69,7 @@ class Poller:
         assert row.request_id is not None
         assert row.submitted_at is not None
         kind = job_kind(row)
-        interval = ctx.settings.poll_interval
-        expected = self.estimator.expected(kind)
-        elapsed = time.time() - row.submitted_at
-        first = interval if expected is None else max(interval, FIRST_POLL_FRACTION * expected)
-        await anyio.sleep(max(0.0, first - elapsed))
+        await anyio.sleep(max(0.0, self.estimator.first_poll(kind, time.time() - row.submitted_at)))
         failures = 0
         while True:
             if time.time() - row.submitted_at > ctx.settings.job_deadline:
@@ -125,9 +91,9 @@ class Poller:
                 continue
             failures = 0
             if status.status.is_terminal:
-                self.estimator.observe(kind, time.time() - row.submitted_at)
+                self.estimator.observe(kind, _time_to_finish(status, row.submitted_at))
                 return row, status
-            await anyio.sleep(interval * self._rng.uniform(1.0, 1.25))
+            await anyio.sleep(self.estimator.later_poll(kind) * self._rng.uniform(1.0, 1.25))
 
     async def _settle(self, row: JobRow, status: StatusResponse) -> None:
         """Record the terminal status and send the job on: to download, to resubmit, or to rest."""
@@ -177,3 +143,13 @@ class Poller:
             attempt=row.attempts,
             error=error,
         )
+
+
+def _time_to_finish(status: StatusResponse, submitted_at: float) -> float:
+    """How long the job took, by the gateway's own clock when it says (our first sight of the
+    result comes one poll late, and learning from that would push every estimate upwards)."""
+    if status.created_at is not None and status.completed_at is not None:
+        seconds = (status.completed_at - status.created_at).total_seconds()
+        if seconds > 0:
+            return seconds
+    return time.time() - submitted_at
