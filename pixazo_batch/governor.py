@@ -2,14 +2,19 @@
 
 A token bucket refills at the current rate. A 429 pauses every sender until the announced
 ``Retry-After`` (or a full-jitter exponential back-off when none is given) and halves the rate
-(multiplicative decrease); each success adds back a small constant step (additive increase) up to
-the configured ceiling, the AIMD scheme TCP congestion control uses. Waiters are served in arrival
-order (``anyio.Lock`` is fair), so polls never starve submissions nor the reverse.
+(multiplicative decrease); each success adds back a small constant step (additive increase), the
+AIMD scheme of TCP congestion control. Like TCP's slow-start threshold, a 429 also leaves a
+ceiling just under the throughput that was actually being served when it came: the rate climbs
+back quickly to that ceiling and the ceiling itself creeps up only slowly (a fraction of a per
+cent a second), because with whole-second ``Retry-After`` values every probe that overshoots
+stops all senders for a second. Waiters are served in arrival order (``anyio.Lock`` is fair), so
+polls never starve submissions nor the reverse.
 """
 
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,8 +22,17 @@ import anyio
 
 #: float slack, so rounding never leaves a waiter sleeping for a vanishing fraction forever
 _EPSILON = 1e-9
-#: successes needed to climb back from a halved rate to the rate that was cut (about 1.5% 429s)
-RECOVERY_STEPS = 64
+#: successes needed to climb back from a halved rate to the rate that was cut
+RECOVERY_STEPS = 32
+#: the ceiling left by a 429, as a share of the throughput served just before it
+CEILING_SHARE = 0.97
+#: how fast the ceiling creeps up while no 429 arrives, per second
+CEILING_CREEP = 0.001
+#: the window over which served throughput is measured
+SERVED_WINDOW = 2.0
+#: never measure throughput over less than this: a fresh window lets a burst through that the
+#: limit will not sustain
+MIN_SERVED_SPAN = 1.0
 
 
 class Clock(Protocol):
@@ -86,6 +100,10 @@ class RateGovernor:
         self._paused_until = -float("inf")
         self._step = rps / RECOVERY_STEPS
         self._consecutive_429 = 0
+        self._ceiling = rps
+        self._ceiling_stamp = self._stamp
+        self._served: deque[float] = deque()
+        self._first_success = -float("inf")
         self._lock = anyio.Lock()
 
     @property
@@ -108,26 +126,53 @@ class RateGovernor:
                 await self.clock.sleep((1 - self._tokens) / self.rate)
 
     def _refill(self, now: float) -> None:
-        # A burst of at most one second's worth keeps a recovered rate from overshooting.
-        self._tokens = min(max(1.0, self.rate), self._tokens + (now - self._stamp) * self.rate)
+        # No bursts: a limit counted over a sliding window is overrun by a burst after an idle
+        # spell even when the average rate is below it.
+        self._tokens = min(1.0, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
 
+    @property
+    def ceiling(self) -> float:
+        """The rate the governor climbs back to after a 429."""
+        return self._ceiling
+
     def on_success(self) -> None:
-        """A request was answered without 429: recover the rate additively."""
+        """A request was answered without 429: recover the rate additively, up to the ceiling."""
+        now = self.clock.now()
         self._consecutive_429 = 0
-        self.rate = min(self.max_rps, self.rate + self._step)
+        if not self._served and self._first_success == -float("inf"):
+            self._first_success = now
+        self._served.append(now)
+        self._ceiling = min(
+            self.max_rps, self._ceiling * (1 + CEILING_CREEP * (now - self._ceiling_stamp))
+        )
+        self._ceiling_stamp = now
+        self.rate = min(self._ceiling, self.rate + self._step)
 
     def on_rate_limited(self, retry_after: float | None) -> float:
         """A 429 arrived: pause everyone and cut the rate. Returns the pause in seconds."""
         now = self.clock.now()
+        # Requests sent before the pause began answer 429 too: one congestion event, one cut.
+        already_pausing = now < self._paused_until
         self._consecutive_429 += 1
         if retry_after is None:
             wait = self.backoff.delay(self._consecutive_429, self._rng)
         else:
             wait = max(0.0, retry_after)
+        previous_pause_end = self._paused_until
         self._paused_until = max(self._paused_until, now + wait)
-        self._step = max(self.rate / 2, self.min_rps) / RECOVERY_STEPS
-        self.rate = max(self.min_rps, self.rate / 2)
+        if already_pausing:
+            return wait
+        # Throughput over the window, counted only since the run began and since the last pause
+        # ended: idle seconds would make the limit look lower than it is.
+        since = max(now - SERVED_WINDOW, self._first_success, previous_pause_end)
+        while self._served and self._served[0] < since:
+            self._served.popleft()
+        served = len(self._served) / max(MIN_SERVED_SPAN, now - since)
+        self._ceiling = max(self.min_rps, CEILING_SHARE * served if served else self.rate / 2)
+        self._ceiling_stamp = now
+        self.rate = max(self.min_rps, min(self.rate / 2, self._ceiling))
+        self._step = max(self.rate, self.min_rps) / RECOVERY_STEPS
         self._refill(now)
         self._tokens = 0.0
         return wait

@@ -25,6 +25,9 @@ from pixazo_batch.state import JobRow
 
 log = structlog.get_logger(__name__)
 
+#: a job found finished at its first poll finished at some unknown earlier time: learn a bit less
+CENSORED_SHRINK = 0.8
+
 
 def job_kind(row: JobRow) -> tuple[str, str]:
     """The (resolution, duration) pair completion times are learned per."""
@@ -71,6 +74,7 @@ class Poller:
         kind = job_kind(row)
         await anyio.sleep(max(0.0, self.estimator.first_poll(kind, time.time() - row.submitted_at)))
         failures = 0
+        last_miss: float | None = None  # seconds after submit of the last poll that saw no end
         while True:
             if time.time() - row.submitted_at > ctx.settings.job_deadline:
                 ctx.flags.stalled.append(job_id)
@@ -91,8 +95,10 @@ class Poller:
                 continue
             failures = 0
             if status.status.is_terminal:
-                self.estimator.observe(kind, _time_to_finish(status, row.submitted_at))
+                elapsed = time.time() - row.submitted_at
+                self.estimator.observe(kind, _time_to_finish(status, elapsed, last_miss))
                 return row, status
+            last_miss = time.time() - row.submitted_at
             await anyio.sleep(self.estimator.later_poll(kind) * self._rng.uniform(1.0, 1.25))
 
     async def _settle(self, row: JobRow, status: StatusResponse) -> None:
@@ -145,11 +151,14 @@ class Poller:
         )
 
 
-def _time_to_finish(status: StatusResponse, submitted_at: float) -> float:
-    """How long the job took, by the gateway's own clock when it says (our first sight of the
-    result comes one poll late, and learning from that would push every estimate upwards)."""
+def _time_to_finish(status: StatusResponse, elapsed: float, last_miss: float | None) -> float:
+    """How long the job took. The gateway's own timestamps say it best; failing that, our polls
+    only bracket it (it ended after the last miss and before the hit), and learning the hit time
+    itself would push every estimate upwards, one poll at a time."""
     if status.created_at is not None and status.completed_at is not None:
         seconds = (status.completed_at - status.created_at).total_seconds()
         if seconds > 0:
             return seconds
-    return time.time() - submitted_at
+    if last_miss is None:
+        return CENSORED_SHRINK * elapsed  # it was done by the first poll: maybe much earlier
+    return (last_miss + elapsed) / 2

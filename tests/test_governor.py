@@ -49,17 +49,43 @@ async def test_a_429_pauses_every_sender_until_retry_after() -> None:
     assert min(starts) >= 7.0
 
 
-async def test_rate_halves_on_429_and_recovers_additively() -> None:
-    governor = RateGovernor(8.0, clock=VirtualClock())
-    governor.on_rate_limited(0.0)
-    assert governor.rate == pytest.approx(4.0)
-    governor.on_success()
-    first_step = governor.rate - 4.0
-    governor.on_success()
-    assert governor.rate - 4.0 == pytest.approx(2 * first_step), "constant step: additive"
-    for _ in range(10_000):
+async def test_rate_halves_on_429_and_recovers_additively_to_the_served_ceiling() -> None:
+    clock = VirtualClock()
+    governor = RateGovernor(40.0, clock=clock)
+    for _ in range(40):  # 10 requests a second served for four seconds
+        clock.time += 0.1
         governor.on_success()
-    assert governor.rate == pytest.approx(8.0), "never above the configured ceiling"
+    governor.on_rate_limited(0.0)
+    assert governor.rate == pytest.approx(9.5, rel=0.06), "cut to 95% of what was being served"
+    assert governor.ceiling == governor.rate
+    cut = governor.rate
+    for _ in range(40):  # served at the cut rate for four more seconds
+        clock.time += 1 / cut
+        governor.on_success()
+    governor.on_rate_limited(0.0)
+    assert governor.rate == pytest.approx(cut / 2, rel=0.02), "multiplicative decrease"
+    ceiling, low = governor.ceiling, governor.rate
+    governor.on_success()
+    first_step = governor.rate - low
+    governor.on_success()
+    assert governor.rate - low == pytest.approx(2 * first_step), "constant step: additive"
+    for _ in range(1000):
+        governor.on_success()
+    assert governor.rate == pytest.approx(ceiling), "climbs back to the ceiling, no further"
+
+
+async def test_the_ceiling_creeps_up_with_time_but_never_past_the_configured_rate() -> None:
+    clock = VirtualClock()
+    governor = RateGovernor(8.0, clock=clock)
+    governor.on_rate_limited(0.0)
+    assert governor.ceiling == pytest.approx(4.0), "nothing served: half the rate"
+    clock.time += 100.0
+    governor.on_success()
+    assert 4.0 < governor.ceiling < 8.0
+    for _ in range(100):
+        clock.time += 100.0
+        governor.on_success()
+    assert governor.rate == pytest.approx(8.0)
 
 
 async def test_missing_retry_after_uses_growing_jittered_backoff() -> None:
