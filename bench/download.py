@@ -85,6 +85,12 @@ def main() -> None:
                 ">= 0.9x curl",
             ),
             ("ratio to curl", f"{curl_seconds / engine.wall_s:.2f}", "1.00", ">= 0.90"),
+            (
+                "engine CPU s per GB (hash, copy, HTTP)",
+                f"{engine.cpu_s / (total_mb / 1000):.2f}",
+                "-",
+                "-",
+            ),
         ],
     )
 

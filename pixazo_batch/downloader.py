@@ -1,9 +1,11 @@
 """Downloader: completed -> downloaded. A final path only ever holds a whole, verified video.
 
-Bytes stream into ``<output>.part`` while being hashed; an interrupted ``.part`` is resumed with
-``Range``. Before the rename the file must have the announced length, start with an MP4 ``ftyp``
-box and, where the CDN's ETag is a plain MD5, match it. The media host never sees the API key:
-this stage has its own HTTP session that carries none.
+Bytes stream into ``<output>.part`` while being hashed (sha256, recorded); an interrupted
+``.part`` is resumed with ``Range``. Before the rename the file must have the announced length and
+start with an MP4 ``ftyp`` box, and a file assembled from more than one answer must match the
+CDN's ETag where that is a plain MD5 (a single answer is already whole by TCP's checks; a resume
+is where two versions of an object could be spliced, so only then is the MD5 worth its cost).
+The media host never sees the API key: this stage has its own HTTP session that carries none.
 """
 
 from __future__ import annotations
@@ -58,17 +60,16 @@ def confined_path(out_dir: Path, relative: str) -> Path:
 
 @dataclass
 class _Progress:
-    """Bytes saved so far and their running hashes."""
+    """Bytes saved so far, their running sha256, and whether they came in more than one answer."""
 
     sha256: hashlib._Hash
-    md5: hashlib._Hash
     size: int
+    resumed: bool = False
 
     def append(self, sink: BinaryIO, chunk: bytes) -> None:
-        """Write ``chunk`` to ``sink`` and fold it into the hashes."""
+        """Write ``chunk`` to ``sink`` and fold it into the hash."""
         sink.write(chunk)
         self.sha256.update(chunk)
-        self.md5.update(chunk)
         self.size += len(chunk)
 
 
@@ -152,7 +153,8 @@ class Downloader:
             async with self.ctx.media.get(row.media_url, headers=headers) as response:
                 total, etag = self._check_answer(response, progress.size)
                 if response.status == 200 and progress.size:
-                    progress = _Progress(hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0)
+                    progress = _Progress(hashlib.sha256(), 0)
+                progress.resumed = progress.size > 0
                 # A plain file opened and closed on the loop cannot leak when the task is
                 # cancelled (aiofiles' threaded open/close can); writing and hashing run in a
                 # worker thread that a cancellation waits for, so a chunk is never half-recorded.
@@ -186,12 +188,11 @@ class Downloader:
 
 def _hash_existing(part: Path) -> _Progress:
     """Hashes of the bytes already saved in ``part`` (none when there is no part)."""
-    progress = _Progress(hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0)
+    progress = _Progress(hashlib.sha256(), 0)
     try:
         with open(part, "rb") as saved:
             while piece := saved.read(CHUNK):
                 progress.sha256.update(piece)
-                progress.md5.update(piece)
                 progress.size += len(piece)
     except FileNotFoundError:
         pass
@@ -206,8 +207,16 @@ def _verify(part: Path, progress: _Progress, total: int, etag: str | None) -> No
     if head[4:8] != b"ftyp":
         raise DownloadError("not an MP4 file (no ftyp box)", discard_part=True)
     match = _PLAIN_MD5.match(etag or "")
-    if match is not None and match.group(1) != progress.md5.hexdigest():
-        raise DownloadError("content does not match the CDN's ETag", discard_part=True)
+    if progress.resumed and match is not None and match.group(1) != _md5_of(part):
+        raise DownloadError("resumed content does not match the CDN's ETag", discard_part=True)
+
+
+def _md5_of(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as saved:
+        while piece := saved.read(CHUNK):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def _commit_file(part: Path, final: Path) -> None:

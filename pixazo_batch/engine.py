@@ -47,6 +47,10 @@ from pixazo_batch.submitter import Submitter
 log = structlog.get_logger(__name__)
 _E = TypeVar("_E", bound=BaseException)
 
+#: bytes aiohttp may buffer per media connection before it stops reading the socket; at the
+#: default 64 KiB the socket stalls whenever a chunk is being hashed and written
+MEDIA_BUFFER = 4 * 1024 * 1024
+
 _UNFINISHED = (
     JobState.PENDING,
     JobState.SUBMITTING,
@@ -131,7 +135,9 @@ async def _run(
     )
     async with (
         gateway,
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_read=60, connect=30)) as media,
+        aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(sock_read=60, connect=30), read_bufsize=MEDIA_BUFFER
+        ) as media,
         submit_send,
         poll_send,
         download_send,
