@@ -26,8 +26,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from pixazo_batch.context import RunContext
 from pixazo_batch.errors import AuthRefusedError, GatewayError, QuotaExhaustedError
 from pixazo_batch.governor import BackoffPolicy
+from pixazo_batch.jobrow import JobRow
 from pixazo_batch.models import RemoteStatus
-from pixazo_batch.state import JobRow
 
 log = structlog.get_logger(__name__)
 

@@ -9,11 +9,13 @@ is moving, the group is cancelled and the summary is derived from the state file
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import aiohttp
@@ -36,12 +38,13 @@ from pixazo_batch.errors import (
 from pixazo_batch.estimator import CompletionEstimator
 from pixazo_batch.gateway import GatewayClient
 from pixazo_batch.governor import RateGovernor
+from pixazo_batch.jobrow import JobRow
 from pixazo_batch.manifest import ManifestIssue, read_manifest
 from pixazo_batch.models import JobState
 from pixazo_batch.planning import Action, decide
 from pixazo_batch.poller import Poller
 from pixazo_batch.results import write_results
-from pixazo_batch.state import JobRow, StateStore
+from pixazo_batch.state import StateStore
 from pixazo_batch.submitter import Submitter
 
 log = structlog.get_logger(__name__)
@@ -50,6 +53,9 @@ _E = TypeVar("_E", bound=BaseException)
 #: bytes aiohttp may buffer per media connection before it stops reading the socket; at the
 #: default 64 KiB the socket stalls whenever a chunk is being hashed and written
 MEDIA_BUFFER = 4 * 1024 * 1024
+
+#: states in which a manifest job may be (re)submitted, flags permitting
+_OFFERABLE = (JobState.PENDING, JobState.UNCERTAIN, JobState.FAILED, JobState.ERRORED)
 
 _UNFINISHED = (
     JobState.PENDING,
@@ -218,25 +224,53 @@ async def _feed(
     ctx: RunContext, issues: list[str], on_issue: Callable[[ManifestIssue], None] | None
 ) -> None:
     """Seed the stages: first the paid-for work the state file holds, then the manifest."""
-    await _resume_paid_work(ctx)
-    settings = ctx.settings
     try:
-        for number, item in enumerate(read_manifest(settings.manifest)):
-            if number % 256 == 0:
-                await anyio.lowlevel.checkpoint()
-            if isinstance(item, ManifestIssue):
-                _report(item, issues, on_issue, strict=settings.strict)
-                continue
-            row = ctx.store.register(item)
-            if isinstance(row, str):
-                issue = ManifestIssue(str(settings.manifest), item.line, "id", row)
-                _report(issue, issues, on_issue, strict=settings.strict)
-                continue
-            await _offer(ctx, row)
+        await _resume_paid_work(ctx)
+        digest = await anyio.to_thread.run_sync(_digest, ctx.settings.manifest)
+        if ctx.store.knows_manifest(digest):
+            # Unchanged since it was registered in full: the state file already holds every
+            # line, validated, so resuming costs one pass over the jobs table.
+            for row in ctx.store.iter_jobs(*_OFFERABLE):
+                await _offer(ctx, row)
+            return
+        jobs = await _register_manifest(ctx, issues, on_issue)
+        if not issues:
+            ctx.store.remember_manifest(digest, jobs)
     except OSError as exc:
-        raise ManifestError(f"{settings.manifest}: {exc.strerror or exc}") from exc
+        raise ManifestError(f"{ctx.settings.manifest}: {exc.strerror or exc}") from exc
     finally:
         ctx.ledger.close_intake()
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as manifest:
+        while piece := manifest.read(1 << 20):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+async def _register_manifest(
+    ctx: RunContext, issues: list[str], on_issue: Callable[[ManifestIssue], None] | None
+) -> int:
+    """Validate and record every manifest line, offering each job as it goes. Returns the
+    number of good lines."""
+    settings = ctx.settings
+    jobs = 0
+    for number, item in enumerate(read_manifest(settings.manifest)):
+        if number % 256 == 0:
+            await anyio.lowlevel.checkpoint()
+        if isinstance(item, ManifestIssue):
+            _report(item, issues, on_issue, strict=settings.strict)
+            continue
+        row = ctx.store.register(item)
+        if isinstance(row, str):
+            issue = ManifestIssue(str(settings.manifest), item.line, "id", row)
+            _report(issue, issues, on_issue, strict=settings.strict)
+            continue
+        jobs += 1
+        await _offer(ctx, row)
+    return jobs
 
 
 def _report(
@@ -261,10 +295,10 @@ async def _resume_paid_work(ctx: RunContext) -> None:
         await ctx.in_flight.acquire_on_behalf_of(row.id)
         ctx.ledger.enter()
         await ctx.queues.poll.send(row.id)
-    for row in store.iter_jobs(JobState.DOWNLOADED):
-        if not (ctx.settings.out_dir / row.output).is_file():
-            log.warning("output_missing", job_id=row.id, output=row.output)
-            store.file_missing(row.id)
+    for job_id, output in store.iter_outputs(JobState.DOWNLOADED):
+        if not (ctx.settings.out_dir / output).is_file():
+            log.warning("output_missing", job_id=job_id, output=output)
+            store.file_missing(job_id)
     for row in store.iter_jobs(JobState.COMPLETED):
         ctx.ledger.enter()
         await ctx.queues.download.send(row.id)

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from enum import Enum
 
 from pixazo_batch.config import Settings
+from pixazo_batch.jobrow import JobRow
 from pixazo_batch.manifest import ManifestIssue, read_manifest
 from pixazo_batch.models import JobState
-from pixazo_batch.state import JobRow, StateStore
+from pixazo_batch.state import StateStore
 
 
 class Action(Enum):

@@ -19,9 +19,9 @@ from pixazo_batch.context import RunContext
 from pixazo_batch.errors import AuthRefusedError, GatewayError, HttpStatusError, QuotaExhaustedError
 from pixazo_batch.estimator import CompletionEstimator
 from pixazo_batch.governor import BackoffPolicy
+from pixazo_batch.jobrow import JobRow
 from pixazo_batch.models import JobState, RemoteStatus, StatusResponse
 from pixazo_batch.planning import Action, decide
-from pixazo_batch.state import JobRow
 
 log = structlog.get_logger(__name__)
 

@@ -10,21 +10,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from pixazo_batch.jobrow import JobRow
 from pixazo_batch.models import JobState
-from pixazo_batch.state import JobRow, StateStore
+from pixazo_batch.state import StateStore
 
 
-def result_record(store: StateStore, row: JobRow) -> dict[str, Any]:
+def result_record(row: JobRow, request_ids: list[str], cents: int) -> dict[str, Any]:
     """The public record of one job (never the key, never the request body)."""
     return {
         "id": row.id,
         "state": row.state.value,
         "request_id": row.request_id,
-        "request_ids": store.request_ids(row.id),
+        "request_ids": request_ids,
         "output": row.output,
         "bytes": row.bytes,
         "sha256": row.sha256,
-        "cost_usd": f"{store.job_committed_cents(row.id) / 100:.2f}",
+        "cost_usd": f"{cents / 100:.2f}",
         "attempts": row.attempts,
         "error": row.error,
     }
@@ -32,8 +33,8 @@ def result_record(store: StateStore, row: JobRow) -> dict[str, Any]:
 
 def iter_results(store: StateStore) -> Iterator[dict[str, Any]]:
     """Every job's record, in the order jobs were first seen."""
-    for row in store.iter_jobs():
-        yield result_record(store, row)
+    for row, request_ids, cents in store.iter_ledger():
+        yield result_record(row, request_ids, cents)
 
 
 def write_results(store: StateStore, path: Path) -> int:

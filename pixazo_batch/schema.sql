@@ -37,3 +37,9 @@ CREATE TABLE IF NOT EXISTS runs (
     ended_at REAL,
     exit_code INTEGER
 );
+-- Manifests read through in full with no bad line: their digest and how many jobs they hold.
+CREATE TABLE IF NOT EXISTS manifests (
+    digest TEXT PRIMARY KEY,
+    jobs INTEGER NOT NULL,
+    registered_at REAL NOT NULL
+);

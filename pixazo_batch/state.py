@@ -15,51 +15,20 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
 from pixazo_batch.errors import InvalidTransitionError
-from pixazo_batch.models import ALLOWED_TRANSITIONS, GenerationRequest, JobSpec, JobState
+from pixazo_batch.jobrow import COLUMNS as _COLUMNS
+from pixazo_batch.jobrow import JobRow, row_from
+from pixazo_batch.models import ALLOWED_TRANSITIONS, JobSpec, JobState
 from pixazo_batch.runlock import take_lock
 
 SCHEMA = resources.files("pixazo_batch").joinpath("schema.sql").read_text(encoding="utf-8")
 
 #: attempt outcomes that may have cost money (in flight, unknown, or known charged)
 CHARGEABLE = ("submitting", "accepted", "uncertain", "failed", "completed")
-
-
-@dataclass(frozen=True, slots=True)
-class JobRow:
-    """One job as the state file knows it."""
-
-    id: str
-    request_hash: str
-    request_json: str
-    price_cents: int
-    output: str
-    state: JobState
-    attempts: int
-    request_id: str | None
-    polling_url: str | None
-    remote_status: str | None
-    media_url: str | None
-    bytes: int | None
-    sha256: str | None
-    error: str | None
-    created_at: float
-    updated_at: float
-    submitted_at: float | None
-    finished_at: float | None
-
-    @property
-    def request(self) -> GenerationRequest:
-        """The request body this job submits."""
-        return GenerationRequest.model_validate_json(self.request_json)
-
-
-_COLUMNS = ", ".join(JobRow.__slots__)
 
 
 class StateStore:
@@ -171,12 +140,29 @@ class StateStore:
         assert row is not None
         return row
 
+    def remember_manifest(self, digest: str, jobs: int) -> None:
+        """Note that a manifest with this digest was registered in full, without a bad line."""
+        with self._transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO manifests (digest, jobs, registered_at) VALUES (?, ?, ?)",
+                (digest, jobs, time.time()),
+            )
+
+    def knows_manifest(self, digest: str) -> bool:
+        """Whether this exact manifest was registered before and the state file holds its jobs
+        and no others (so the file need not be read again)."""
+        found = self.db.execute("SELECT jobs FROM manifests WHERE digest = ?", (digest,)).fetchone()
+        if found is None:
+            return False
+        (total,) = self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()
+        return bool(found[0] == total)
+
     # --- reading ------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> JobRow | None:
         """The job's row, or None."""
         found = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()  # noqa: S608
-        return None if found is None else _row(found)
+        return None if found is None else row_from(found)
 
     def iter_jobs(self, *states: JobState, batch: int = 1000) -> Iterator[JobRow]:
         """Jobs in ``states`` (all when none given), in insertion order, in constant memory."""
@@ -190,8 +176,45 @@ class StateStore:
         while True:
             rows = self.db.execute(query, [last, *params, batch]).fetchall()
             for found in rows:
-                yield _row(found[1:])
+                yield row_from(found[1:])
             if len(rows) < batch:
+                return
+            last = rows[-1][0]
+
+    def iter_ledger(self, batch: int = 1000) -> Iterator[tuple[JobRow, list[str], int]]:
+        """Every job with all its request_ids and what it may have cost, in insertion order,
+        in constant memory and one query per ``batch`` jobs."""
+        marks = ", ".join("?" * len(CHARGEABLE))
+        columns = ", ".join(f"j.{name}" for name in JobRow.__slots__)
+        query = (
+            f"SELECT j.rowid, {columns},"  # noqa: S608
+            " (SELECT group_concat(request_id, ' ') FROM (SELECT request_id FROM attempts a"
+            "   WHERE a.job_id = j.id AND a.request_id IS NOT NULL ORDER BY a.n)),"
+            " (SELECT COALESCE(SUM(price_cents), 0) FROM attempts a"
+            f"   WHERE a.job_id = j.id AND a.outcome IN ({marks}))"
+            " FROM jobs j WHERE j.rowid > ? ORDER BY j.rowid LIMIT ?"
+        )
+        last = 0
+        while True:
+            rows = self.db.execute(query, [*CHARGEABLE, last, batch]).fetchall()
+            for found in rows:
+                request_ids = found[-2].split(" ") if found[-2] else []
+                yield row_from(found[1:-2]), request_ids, int(found[-1])
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
+
+    def iter_outputs(self, state: JobState) -> Iterator[tuple[str, str]]:
+        """(id, output) of every job in ``state``: a light read for checking files on disk."""
+        last = 0
+        while True:
+            rows = self.db.execute(
+                "SELECT rowid, id, output FROM jobs WHERE state = ? AND rowid > ?"
+                " ORDER BY rowid LIMIT 5000",
+                (state.value, last),
+            ).fetchall()
+            yield from ((job_id, output) for _, job_id, output in rows)
+            if len(rows) < 5000:
                 return
             last = rows[-1][0]
 
@@ -209,16 +232,6 @@ class StateStore:
         ).fetchone()
         return int(total)
 
-    def job_committed_cents(self, job_id: str) -> int:
-        """What one job may have cost so far, over all its attempts."""
-        marks = ", ".join("?" * len(CHARGEABLE))
-        (total,) = self.db.execute(
-            f"SELECT COALESCE(SUM(price_cents), 0) FROM attempts"  # noqa: S608
-            f" WHERE job_id = ? AND outcome IN ({marks})",
-            (job_id, *CHARGEABLE),
-        ).fetchone()
-        return int(total)
-
     def spent_cents(self) -> int:
         """Money known to be charged: accepted attempts not refunded by a remote ERROR."""
         (total,) = self.db.execute(
@@ -226,17 +239,6 @@ class StateStore:
             " WHERE outcome IN ('accepted', 'failed', 'completed')"
         ).fetchone()
         return int(total)
-
-    def request_ids(self, job_id: str) -> list[str]:
-        """Every request_id the job was given, oldest first."""
-        rows = self.db.execute(
-            "SELECT request_id FROM attempts"
-            " WHERE job_id = ? AND request_id IS NOT NULL ORDER BY n",
-            (job_id,),
-        ).fetchall()
-        return [r[0] for r in rows]
-
-    # --- transitions --------------------------------------------------------------------------
 
     def begin_submit(self, job_id: str, budget_cents: int | None) -> bool:
         """``pending -> submitting``, durably, unless the job's price would take the committed
@@ -388,9 +390,3 @@ class StateStore:
             " WHERE job_id = ? AND n = ?",
             (outcome, request_id, time.time(), row.id, row.attempts),
         )
-
-
-def _row(found: tuple[Any, ...]) -> JobRow:
-    values = list(found)
-    values[5] = JobState(values[5])
-    return JobRow(*values)

@@ -414,3 +414,20 @@ async def test_summary_type(tmp_path: Path, make_settings: MakeSettings) -> None
     async with simulator() as sim:
         summary = await run_batch(make_settings(sim, manifest_of(tmp_path, 1)))
     assert isinstance(summary, RunSummary)
+
+
+async def test_an_unchanged_manifest_is_not_read_again_but_a_bad_line_is_always_reported(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    clean = manifest_of(tmp_path, 2)
+    async with simulator() as sim:
+        settings = make_settings(sim, clean)
+        await run_batch(settings)
+        with StateStore.open(settings.state_file) as store:
+            digest = hashlib.sha256(clean.read_bytes()).hexdigest()
+            assert store.knows_manifest(digest)
+        flawed = write_manifest(tmp_path / "flawed.jsonl", [job_line(0), "{oops"])
+        other = make_settings(sim, flawed, out_dir=tmp_path / "other")
+        first = await run_batch(other)
+        second = await run_batch(other)
+    assert first.manifest_issues == second.manifest_issues != []

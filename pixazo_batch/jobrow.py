@@ -1,0 +1,47 @@
+"""JobRow: one job as the state file records it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pixazo_batch.models import GenerationRequest, JobState
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """One job as the state file knows it."""
+
+    id: str
+    request_hash: str
+    request_json: str
+    price_cents: int
+    output: str
+    state: JobState
+    attempts: int
+    request_id: str | None
+    polling_url: str | None
+    remote_status: str | None
+    media_url: str | None
+    bytes: int | None
+    sha256: str | None
+    error: str | None
+    created_at: float
+    updated_at: float
+    submitted_at: float | None
+    finished_at: float | None
+
+    @property
+    def request(self) -> GenerationRequest:
+        """The request body this job submits."""
+        return GenerationRequest.model_validate_json(self.request_json)
+
+
+COLUMNS = ", ".join(JobRow.__slots__)
+
+
+def row_from(found: tuple[Any, ...]) -> JobRow:
+    """A JobRow from a ``SELECT {COLUMNS}`` result row."""
+    values = list(found)
+    values[5] = JobState(values[5])
+    return JobRow(*values)
