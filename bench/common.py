@@ -102,6 +102,21 @@ def run_child(command: list[str], env: dict[str, str] | None = None) -> ChildCos
     )
 
 
+def run_engine(manifest: Path, out: Path, base_url: str, *flags: str) -> ChildCost:
+    """One pixazo-batch run as a child process (logs at warning level), measured."""
+    command = [PYTHON, "-m", "pixazo_batch", "--log-level", "warning", "run", str(manifest),
+               "--out", str(out), "--base-url", base_url, *flags]  # fmt: skip
+    return run_child(command, env=engine_env())
+
+
+def run_naive(manifest: Path, out: Path, base_url: str, *flags: str) -> ChildCost:
+    """One run of the baseline script as a child process, measured."""
+    naive = Path(__file__).with_name("naive.py")
+    return run_child(
+        [PYTHON, str(naive), str(manifest), str(out), base_url, *flags], env=engine_env()
+    )
+
+
 def engine_env() -> dict[str, str]:
     """The environment for an engine child: the bench key and nothing from PIXAZO_*."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXAZO_")}

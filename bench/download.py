@@ -14,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import PYTHON, engine_env, run_child, sim_process, table, write_manifest
+from common import run_engine, sim_process, table, write_manifest
 
 
 def main() -> None:
@@ -32,27 +32,16 @@ def main() -> None:
         with sim_process(
             "fast", media_bytes=size, media_size_jitter=0.0, media_chunk=1 << 20
         ) as sim:
-            engine = run_child(
-                [
-                    PYTHON,
-                    "-m",
-                    "pixazo_batch",
-                    "--log-level",
-                    "warning",
-                    "run",
-                    str(manifest),
-                    "--out",
-                    str(folder / "engine"),
-                    "--base-url",
-                    sim.base_url,
-                    "--rps",
-                    "1000",
-                    "--poll-interval",
-                    "0.01",
-                    "--downloads",
-                    str(args.parallel),
-                ],
-                env=engine_env(),
+            engine = run_engine(
+                manifest,
+                folder / "engine",
+                sim.base_url,
+                "--rps",
+                "1000",
+                "--poll-interval",
+                "0.01",
+                "--downloads",
+                str(args.parallel),
             )
             urls = [
                 f"{sim.media_url}/v1/{rid}/output.mp4?v=0"

@@ -10,35 +10,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from common import PYTHON, ChildCost, engine_env, run_child, sim_process, table, write_manifest
-
-
-def run_engine(manifest: Path, out: Path, base_url: str) -> ChildCost:
-    """One pixazo-batch run as a child process."""
-    return run_child(
-        [
-            PYTHON,
-            "-m",
-            "pixazo_batch",
-            "--log-level",
-            "warning",
-            "run",
-            str(manifest),
-            "--out",
-            str(out),
-            "--base-url",
-            base_url,
-            "--rps",
-            "100000",
-            "--concurrency",
-            "32",
-            "--max-in-flight",
-            "1000",
-            "--poll-interval",
-            "0",
-        ],
-        env=engine_env(),
-    )
+from common import PYTHON, run_child, run_engine, run_naive, sim_process, table, write_manifest
 
 
 def main() -> None:
@@ -51,22 +23,29 @@ def main() -> None:
         folder = Path(scratch)
         manifest = write_manifest(folder / "jobs.jsonl", args.jobs)
         with sim_process("fast", media_bytes=4096, media_size_jitter=0.0) as sim:
-            engine = run_engine(manifest, folder / "engine", sim.base_url)
+            engine = run_engine(
+                manifest,
+                folder / "engine",
+                sim.base_url,
+                "--rps",
+                "100000",
+                "--concurrency",
+                "32",
+                "--max-in-flight",
+                "1000",
+                "--poll-interval",
+                "0",
+            )
             stats = sim.stats()
         with sim_process("fast", media_bytes=4096, media_size_jitter=0.0) as sim:
-            naive = run_child(
-                [
-                    PYTHON,
-                    str(Path(__file__).with_name("naive.py")),
-                    str(manifest),
-                    str(folder / "naive"),
-                    sim.base_url,
-                    "--poll",
-                    "0.001",
-                    "--concurrency",
-                    "32",
-                ],
-                env=engine_env(),
+            naive = run_naive(
+                manifest,
+                folder / "naive",
+                sim.base_url,
+                "--poll",
+                "0.001",
+                "--concurrency",
+                "32",
             )
         big = write_manifest(folder / "big.jsonl", args.validate_lines)
         validate = run_child([PYTHON, "-m", "pixazo_batch", "validate", str(big)])

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import PYTHON, engine_env, run_child, sim_process, table, write_manifest
+from common import run_engine, run_naive, sim_process, table, write_manifest
 
 
 def share_429(stats: dict[str, Any]) -> str:
@@ -39,43 +39,27 @@ def main() -> None:
         folder = Path(scratch)
         manifest = write_manifest(folder / "jobs.jsonl", args.jobs)
         with sim_process("fast", **settings) as sim:
-            engine = run_child(
-                [
-                    PYTHON,
-                    "-m",
-                    "pixazo_batch",
-                    "--log-level",
-                    "warning",
-                    "run",
-                    str(manifest),
-                    "--out",
-                    str(folder / "engine"),
-                    "--base-url",
-                    sim.base_url,
-                    "--rps",
-                    str(5 * limit),
-                    "--max-in-flight",
-                    "100",
-                    "--poll-interval",
-                    "0.05",
-                ],
-                env=engine_env(),
+            engine = run_engine(
+                manifest,
+                folder / "engine",
+                sim.base_url,
+                "--rps",
+                str(5 * limit),
+                "--max-in-flight",
+                "100",
+                "--poll-interval",
+                "0.05",
             )
             engine_stats = sim.stats()
         with sim_process("fast", **settings) as sim:
-            naive = run_child(
-                [
-                    PYTHON,
-                    str(Path(__file__).with_name("naive.py")),
-                    str(manifest),
-                    str(folder / "naive"),
-                    sim.base_url,
-                    "--poll",
-                    "0.05",
-                    "--concurrency",
-                    "20",
-                ],
-                env=engine_env(),
+            naive = run_naive(
+                manifest,
+                folder / "naive",
+                sim.base_url,
+                "--poll",
+                "0.05",
+                "--concurrency",
+                "20",
             )
             naive_stats = sim.stats()
     table(

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import PYTHON, engine_env, run_child, sim_process, table, write_manifest
+from common import run_engine, run_naive, sim_process, table, write_manifest
 
 
 def per_job(stats: dict[str, Any]) -> float:
@@ -43,43 +43,27 @@ def main() -> None:
         folder = Path(scratch)
         manifest = write_manifest(folder / "jobs.jsonl", args.jobs)
         with sim_process("realistic", time_scale=scale, **settings) as sim:
-            engine = run_child(
-                [
-                    PYTHON,
-                    "-m",
-                    "pixazo_batch",
-                    "--log-level",
-                    "warning",
-                    "run",
-                    str(manifest),
-                    "--out",
-                    str(folder / "engine"),
-                    "--base-url",
-                    sim.base_url,
-                    "--rps",
-                    "1000",
-                    "--max-in-flight",
-                    "10",
-                    "--poll-interval",
-                    str(poll),
-                ],
-                env=engine_env(),
+            engine = run_engine(
+                manifest,
+                folder / "engine",
+                sim.base_url,
+                "--rps",
+                "1000",
+                "--max-in-flight",
+                "10",
+                "--poll-interval",
+                str(poll),
             )
             engine_stats = sim.stats()
         with sim_process("realistic", time_scale=scale, **settings) as sim:
-            naive = run_child(
-                [
-                    PYTHON,
-                    str(Path(__file__).with_name("naive.py")),
-                    str(manifest),
-                    str(folder / "naive"),
-                    sim.base_url,
-                    "--poll",
-                    str(poll),
-                    "--concurrency",
-                    "10",
-                ],
-                env=engine_env(),
+            naive = run_naive(
+                manifest,
+                folder / "naive",
+                sim.base_url,
+                "--poll",
+                str(poll),
+                "--concurrency",
+                "10",
             )
             naive_stats = sim.stats()
     table(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
-from typing import Any, TextIO
+from typing import TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -64,7 +64,3 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
 
-
-def summary_line(**fields: Any) -> dict[str, Any]:
-    """The one summary record a run ends with (also printed to stdout)."""
-    return {"event": "summary", **fields}

@@ -28,7 +28,7 @@ class WebhookSender:
     def schedule(self, job: SimJob) -> None:
         """Start delivering callbacks for ``job`` in the background."""
         if job.webhook_mode == "sync":
-            job.tick = min(job.tick, self.state.scenario.seconds(SYNC_TICK_CAP)) or job.tick
+            job.tick = min(job.tick, self.state.scenario.seconds(SYNC_TICK_CAP))
         task = asyncio.get_running_loop().create_task(self._deliver(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
