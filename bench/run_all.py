@@ -24,6 +24,8 @@ def main() -> None:
             "1000000" if full else "200000",
         ],
         ["requests_per_job.py", "--jobs", "100" if full else "40"],
+        ["rate_limited.py", "--jobs", "400" if full else "200"],
+        ["download.py", "--files", "20", "--mb", "100" if full else "20"],
         ["resume.py", "--jobs", "100000" if full else "20000"],
     ]
     for script, *args in runs:

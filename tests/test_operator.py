@@ -19,6 +19,7 @@ from pixazo_batch.config import Settings, load_settings
 from pixazo_batch.engine import run_batch
 from pixazo_batch.manifest import read_manifest
 from pixazo_batch.models import JobSpec
+from pixazo_batch.state import StateStore
 from pixazo_batch.urlcheck import check_image_urls
 from tests.conftest import TEST_KEY, LogTap, job_line, simulator, write_manifest
 from tests.test_cli import PYTHON, cli_env, run_cli
@@ -212,3 +213,55 @@ async def test_json_log_lines_carry_the_job_fields_and_end_with_a_summary(
     assert {"job_id", "request_id", "state", "attempt", "timestamp", "level"} <= set(submitted)
     assert lines[-1]["event"] == "summary"
     assert lines[-1]["exit_code"] == 0
+
+
+def test_off_a_terminal_stdout_holds_only_the_summary_and_quiet_keeps_stderr_to_warnings(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    args = ("run", "jobs.example.jsonl", "--out", str(out), "--sandbox", "--poll-interval", "0.3")
+    result = run_cli("--quiet", *args)
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    assert json.loads(line)["event"] == "summary"
+    levels = {
+        json.loads(entry)["level"] for entry in result.stderr.splitlines() if entry.startswith("{")
+    }
+    assert levels <= {"warning", "error"}
+
+
+def test_garbage_manifests_get_clear_errors_never_a_traceback(tmp_path: Path) -> None:
+    manifest = tmp_path / "garbage.jsonl"
+    manifest.write_bytes(
+        bytes(range(256)) * 4 + b"\n{\n[]\n" + json.dumps(job_line(0)).encode() + b"\n"
+    )
+    env = cli_env(PIXAZO_API_KEY=TEST_KEY)
+    checked = run_cli("validate", str(manifest), env=env)
+    dry = run_cli("run", str(manifest), "--out", str(tmp_path / "out"), "--dry-run", env=env)
+    missing = run_cli("validate", str(tmp_path / "absent.jsonl"), env=env)
+    for result in (checked, dry, missing):
+        assert "Traceback" not in result.stderr
+        assert result.returncode == 2
+    assert ": (line): not valid UTF-8" in checked.stderr
+    assert f"{manifest}:1: (line): invalid JSON" in checked.stderr
+    assert json.loads(checked.stdout)["jobs"] == 1
+    assert "absent.jsonl" in missing.stderr
+
+
+async def test_terminal_progress_shows_states_money_and_eta(
+    tmp_path: Path, make_settings: Any
+) -> None:
+    from rich.console import Console
+
+    from pixazo_batch.progress import TerminalProgress
+
+    async with simulator() as sim:
+        settings = make_settings(
+            sim, write_manifest(tmp_path / "m.jsonl", [job_line(0), job_line(1)])
+        )
+        await run_batch(settings)
+    console = Console(record=True, width=140)
+    with StateStore.open(settings.state_file, lock=False) as store:
+        console.print(TerminalProgress(console).render(store, started=0.0, baseline=0))
+    text = console.export_text()
+    assert "downloaded" in text and "2/2 done" in text and "$0.40 committed" in text
