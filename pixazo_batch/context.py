@@ -52,7 +52,6 @@ class RunFlags:
     #: set when no more jobs may be submitted (402, quota, budget, signal), with the reason
     stop_submitting: str | None = None
     interrupted: bool = False
-    budget_reached: bool = False
     stalled: list[str] = field(default_factory=list)
 
     def stop(self, reason: str) -> None:

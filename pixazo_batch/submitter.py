@@ -69,7 +69,6 @@ class Submitter:
             if ctx.flags.stop_submitting:
                 return False
             if not ctx.store.begin_submit(job_id, ctx.settings.budget_cents):
-                ctx.flags.budget_reached = True
                 ctx.flags.stop("--max-spend reached")
                 log.warning("budget_reached", job_id=job_id, cap_usd=str(ctx.settings.max_spend))
                 return False
