@@ -63,4 +63,3 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(file=sink),
         cache_logger_on_first_use=False,
     )
-
