@@ -83,16 +83,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a manifest to verified MP4 files (resumable)")
     run.add_argument("manifest", type=Path, help="JSONL manifest, one job a line")
-    run.add_argument("--out", type=Path, dest="out_dir", help="output folder (required)")
-    run.add_argument("--state", type=Path, dest="state_path", help=f"default OUT/{STATE_FILE_NAME}")
-    run.add_argument("--config", type=Path, help="TOML file of settings (flags and env win)")
+    run.add_argument(
+        "--out", type=Path, dest="out_dir", metavar="DIR", help="output folder (required)"
+    )
+    run.add_argument(
+        "--state",
+        type=Path,
+        dest="state_path",
+        metavar="FILE",
+        help=f"default DIR/{STATE_FILE_NAME}",
+    )
+    run.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML file of settings (flags and env win)"
+    )
     run.add_argument(
         "--base-url",
+        metavar="URL",
         help=f"gateway base URL (env {ENV_PREFIX}BASE_URL; default {DEFAULT_BASE_URL})",
     )
     for name, (kind, text) in _RUN_OPTIONS.items():
         default = Settings.model_fields[name].default
-        run.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} ({default})")
+        shown = "no cap" if default is None else default
+        flag = f"--{name.replace('_', '-')}"
+        run.add_argument(flag, type=kind, metavar=name.upper(), help=f"{text} ({shown})")
     for name, text in _RUN_SWITCHES.items():
         run.add_argument(
             f"--{name.replace('_', '-')}", action="store_true", default=None, help=text
