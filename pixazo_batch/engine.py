@@ -183,7 +183,7 @@ async def _run(
                 log.error("auth_refused", http_status=auth_error.status, error=str(auth_error))
             except* QuotaExhaustedError as group_error:
                 quota = _first(group_error, QuotaExhaustedError)
-                ctx.flags.stop(f"{quota} (returns in about {quota.retry_after or '?'} s)")
+                ctx.flags.stop(str(quota))
                 log.error("quota_exhausted", http_status=403, error=str(quota))
             except* ManifestError as group_error:
                 manifest_error = _first(group_error, ManifestError)

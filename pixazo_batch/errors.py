@@ -93,6 +93,10 @@ class AuthRefusedError(HttpStatusError):
 class QuotaExhaustedError(HttpStatusError):
     """The subscription's call quota is used up until it is replenished."""
 
+    def __str__(self) -> str:
+        when = "" if self.retry_after is None else f" (returns in about {self.retry_after:.0f} s)"
+        return super().__str__() + when
+
 
 class BalanceError(HttpStatusError):
     """The wallet cannot pay for another job (402)."""

@@ -10,6 +10,7 @@ drops the lock when its holder dies, so a stale lock is taken over without cerem
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import time
@@ -240,20 +241,22 @@ class StateStore:
         ).fetchone()
         return int(total)
 
-    def begin_submit(self, job_id: str, budget_cents: int | None) -> bool:
+    def begin_submit(self, job_id: str, budget_cents: int | None) -> JobRow | None:
         """``pending -> submitting``, durably, unless the job's price would take the committed
-        spend past ``budget_cents``. Returns False (and changes nothing) in that case."""
+        spend past ``budget_cents``. Returns the job as it now stands, or None (and changes
+        nothing) when the budget refuses it."""
         with self._transaction(full=True):
             row = self._current(job_id)
             if budget_cents is not None and self.committed_cents() + row.price_cents > budget_cents:
-                return False
-            self._move(row, JobState.SUBMITTING, attempts=row.attempts + 1, error=None)
+                return None
+            attempt = row.attempts + 1
+            self._move(row, JobState.SUBMITTING, attempts=attempt, error=None)
             self.db.execute(
                 "INSERT INTO attempts (job_id, n, outcome, price_cents, started_at)"
                 " VALUES (?, ?, 'submitting', ?, ?)",
-                (job_id, row.attempts + 1, row.price_cents, time.time()),
+                (job_id, attempt, row.price_cents, time.time()),
             )
-        return True
+        return dataclasses.replace(row, state=JobState.SUBMITTING, attempts=attempt, error=None)
 
     def submit_accepted(self, job_id: str, request_id: str, polling_url: str | None) -> None:
         """``submitting|uncertain -> submitted``: the gateway gave the job a request_id."""

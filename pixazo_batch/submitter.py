@@ -25,7 +25,7 @@ from pixazo_batch.errors import (
     QuotaExhaustedError,
 )
 from pixazo_batch.governor import BackoffPolicy
-from pixazo_batch.models import SubmitAccepted
+from pixazo_batch.models import GenerationRequest, SubmitAccepted
 
 log = structlog.get_logger(__name__)
 
@@ -68,15 +68,14 @@ class Submitter:
             await self._wait_for_healthy_gateway()
             if ctx.flags.stop_submitting:
                 return False
-            if not ctx.store.begin_submit(job_id, ctx.settings.budget_cents):
+            row = ctx.store.begin_submit(job_id, ctx.settings.budget_cents)
+            if row is None:
                 ctx.flags.stop("--max-spend reached")
                 log.warning("budget_reached", job_id=job_id, cap_usd=str(ctx.settings.max_spend))
                 return False
-            row = ctx.store.get(job_id)
-            assert row is not None
             log.debug("submitting", job_id=job_id, attempt=row.attempts)
             try:
-                accepted = await self._post(job_id)
+                accepted = await self._post(row.request)
             except NotSentError as exc:
                 retry = self._refused(job_id, row.attempts, str(exc), retryable=True)
             except AnswerLostError as exc:
@@ -130,18 +129,16 @@ class Submitter:
         )
         return not final
 
-    async def _post(self, job_id: str) -> SubmitAccepted:
+    async def _post(self, request: GenerationRequest) -> SubmitAccepted:
         """The POST, shielded: a run that is stopping lets it return (within the stop deadline)
         rather than cutting it off and leaving an uncertain job."""
         ctx = self.ctx
-        row = ctx.store.get(job_id)
-        assert row is not None
         with anyio.CancelScope(shield=True) as scope:
             ctx.open_posts.add(scope)
             try:
                 if ctx.flags.interrupted:
                     scope.deadline = anyio.current_time() + ctx.settings.stop_deadline
-                return await ctx.gateway.submit(row.request)
+                return await ctx.gateway.submit(request)
             finally:
                 ctx.open_posts.discard(scope)
         raise AnswerLostError("the run stopped before the gateway answered")

@@ -431,3 +431,19 @@ async def test_an_unchanged_manifest_is_not_read_again_but_a_bad_line_is_always_
         first = await run_batch(other)
         second = await run_batch(other)
     assert first.manifest_issues == second.manifest_issues != []
+
+
+async def test_an_exhausted_quota_stops_the_run_with_exit_3_and_says_when_it_returns(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    from pydantic import SecretStr
+
+    async with simulator(fast(quota_keys=frozenset({"quota-key"}))) as sim:
+        settings = make_settings(sim, manifest_of(tmp_path, 2), api_key=SecretStr("quota-key"))
+        summary = await run_batch(settings)
+        stats = sim.stats()
+    assert summary.exit_code == 3
+    assert stats["accepted"] == 0
+    assert summary.counts["pending"] == 2
+    assert "Out of call volume quota" in (summary.stop_reason or "")
+    assert "returns in about 42" in (summary.stop_reason or "")

@@ -6,7 +6,9 @@ import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+import anyio
 import pytest
+from aiohttp import web
 
 from pixazo_batch.errors import (
     AnswerLostError,
@@ -18,9 +20,9 @@ from pixazo_batch.errors import (
 )
 from pixazo_batch.gateway import GatewayClient, parse_retry_after, quota_wait
 from pixazo_batch.governor import RateGovernor
-from pixazo_batch.models import GenerationRequest
+from pixazo_batch.models import SUBMIT_PATH, GenerationRequest
 from pixazo_batch.sim import Scenario
-from tests.conftest import TEST_KEY, fast, simulator
+from tests.conftest import TEST_KEY, LogTap, fast, simulator
 
 pytestmark = pytest.mark.anyio
 
@@ -117,3 +119,36 @@ async def test_polling_url_on_another_origin_is_not_sent_the_key() -> None:
     assert status.request_id == accepted.request_id
     assert stats["key_leaks"] == 0
     assert stats["media_requests"] == 0
+
+
+async def test_a_retry_after_above_the_cap_is_capped_and_logged(log_tap: LogTap) -> None:
+    answers = iter([429, 202])
+
+    async def submit(request: web.Request) -> web.Response:
+        if next(answers) == 429:
+            return web.json_response(
+                {"statusCode": 429, "message": "Rate limit is exceeded."},
+                status=429,
+                headers={"Retry-After": "1000"},
+            )
+        return web.json_response({"request_id": "r-1", "status": "QUEUED"}, status=202)
+
+    app = web.Application()
+    app.router.add_post(SUBMIT_PATH, submit)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    try:
+        gateway = GatewayClient(
+            f"http://{host}:{port}", TEST_KEY, RateGovernor(1000), retry_after_cap=0.2
+        )
+        async with gateway:
+            with anyio.fail_after(30):  # an uncapped wait would be 1000 s
+                accepted = await gateway.submit(REQUEST)
+    finally:
+        await runner.cleanup()
+    assert accepted.request_id == "r-1"
+    (capped,) = log_tap.named("retry_after_capped")
+    assert capped["announced"] == 1000.0
+    assert capped["cap"] == 0.2
