@@ -27,7 +27,7 @@ from pixazo_batch.context import RunContext
 from pixazo_batch.errors import AuthRefusedError, GatewayError, QuotaExhaustedError
 from pixazo_batch.governor import BackoffPolicy
 from pixazo_batch.jobrow import JobRow
-from pixazo_batch.models import RemoteStatus
+from pixazo_batch.models import JobState, RemoteStatus
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +94,10 @@ class Downloader:
         ctx = self.ctx
         row = ctx.store.get(job_id)
         assert row is not None
+        if row.state is not JobState.COMPLETED:
+            # Queued twice (or finished meanwhile): one download per job, never two writers.
+            log.debug("download_skipped", job_id=job_id, state=row.state.value)
+            return row.state is JobState.DOWNLOADED
         try:
             final = confined_path(ctx.settings.out_dir, row.output)
         except ValueError as exc:
@@ -104,6 +108,7 @@ class Downloader:
         for attempt in range(1, ctx.settings.download_tries + 1):
             try:
                 size, sha256 = await self._fetch(row, part)
+                await _commit_file(part, final)
             except DownloadError as exc:
                 log.warning("download_retry", job_id=job_id, attempt=attempt, error=str(exc))
                 if exc.discard_part:
@@ -113,7 +118,6 @@ class Downloader:
                 else:
                     await anyio.sleep(self.backoff.delay(attempt, self._rng))
                 continue
-            await anyio.to_thread.run_sync(_commit_file, part, final)
             ctx.store.downloaded(job_id, size, sha256)
             log.info(
                 "downloaded",
@@ -165,7 +169,10 @@ class Downloader:
             raise DownloadError(f"{type(exc).__name__}: {exc}") from exc
         except OSError as exc:
             raise DownloadError(f"cannot write {part.name}: {exc.strerror or exc}") from exc
-        await anyio.to_thread.run_sync(_verify, part, progress, total, etag)
+        try:
+            await anyio.to_thread.run_sync(_verify, part, progress, total, etag)
+        except OSError as exc:
+            raise DownloadError(f"cannot read {part.name}: {exc.strerror or exc}") from exc
         return progress.size, progress.sha256.hexdigest()
 
     @staticmethod
@@ -219,8 +226,16 @@ def _md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _commit_file(part: Path, final: Path) -> None:
-    """fsync the part, rename it over the final path, fsync the folder: all or nothing."""
+async def _commit_file(part: Path, final: Path) -> None:
+    """Move the verified part into place, all or nothing."""
+    try:
+        await anyio.to_thread.run_sync(_fsync_and_rename, part, final)
+    except OSError as exc:
+        raise DownloadError(f"cannot move {part.name} into place: {exc.strerror or exc}") from exc
+
+
+def _fsync_and_rename(part: Path, final: Path) -> None:
+    """fsync the part, rename it over the final path, fsync the folder."""
     with open(part, "rb") as saved:
         os.fsync(saved.fileno())
     os.replace(part, final)

@@ -289,12 +289,12 @@ def _report(
 
 
 async def _resume_paid_work(ctx: RunContext) -> None:
-    """Jobs already submitted are polled and completed ones downloaded, manifest or not."""
+    """Jobs already submitted are polled and completed ones downloaded, manifest or not.
+
+    Downloads are queued before any poll starts: a poll that finishes a job hands it to the
+    downloader itself, so a later scan of completed jobs would queue it a second time.
+    """
     store = ctx.store
-    for row in store.iter_jobs(JobState.SUBMITTED):
-        await ctx.in_flight.acquire_on_behalf_of(row.id)
-        ctx.ledger.enter()
-        await ctx.queues.poll.send(row.id)
     for job_id, output in store.iter_outputs(JobState.DOWNLOADED):
         if not (ctx.settings.out_dir / output).is_file():
             log.warning("output_missing", job_id=job_id, output=output)
@@ -302,6 +302,10 @@ async def _resume_paid_work(ctx: RunContext) -> None:
     for row in store.iter_jobs(JobState.COMPLETED):
         ctx.ledger.enter()
         await ctx.queues.download.send(row.id)
+    for row in store.iter_jobs(JobState.SUBMITTED):
+        await ctx.in_flight.acquire_on_behalf_of(row.id)
+        ctx.ledger.enter()
+        await ctx.queues.poll.send(row.id)
 
 
 async def _offer(ctx: RunContext, row: JobRow) -> None:

@@ -300,6 +300,32 @@ async def test_a_job_past_its_deadline_is_stalled_and_polled_again_next_run(
     assert stats["accepted"] == 1
 
 
+async def test_a_resumed_job_is_downloaded_once_when_its_first_poll_beats_start_up(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    """Polls answered while the run is still seeding its queues must not enqueue a second,
+    concurrent download of the same job (two writers on one ``.part``)."""
+    slow = fast(
+        processing_median={"540p": 600.0},
+        processing_sigma=0.0,
+        media_bytes=200_000,
+        media_throughput=400_000.0,
+    )
+    async with simulator(slow) as sim:
+        manifest = manifest_of(tmp_path, 3)
+        stalled = await run_batch(make_settings(sim, manifest, job_deadline=0.05))
+        for job in sim.state.book.jobs.values():
+            job.started = job.finished = job.created
+        # One slot in flight: seeding waits for each poll to finish before it goes on.
+        settings = make_settings(sim, manifest, max_in_flight=1)
+        resumed = await run_batch(settings)
+        stats = sim.stats()
+        assert_all_served_files_intact(sim, settings)
+    assert stalled.counts["submitted"] == 3
+    assert resumed.exit_code == 0
+    assert stats["media_requests"] == 3
+
+
 @pytest.mark.parametrize(
     ("event", "count"), [("submitted", 2), ("remote_finished", 2), ("downloaded", 1)]
 )
