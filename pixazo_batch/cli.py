@@ -52,6 +52,10 @@ _RUN_OPTIONS: dict[str, tuple[type, str]] = {
     "download_tries": (int, "tries per download in one run"),
     "stop_deadline": (float, "seconds in-flight POSTs get to return after SIGINT/SIGTERM"),
     "retry_after_cap": (float, "longest Retry-After honoured, in seconds"),
+    "webhook_url": (str, "public https URL reaching --webhook-listen: turns callbacks on"),
+    "webhook_listen": (str, "HOST:PORT the callback listener binds"),
+    "webhook_mode": (str, "terminal: one callback at the end; sync: one per gateway tick too"),
+    "uncertain_wait": (float, "with webhooks, seconds a lost-answer job waits for its callback"),
 }
 _RUN_SWITCHES: dict[str, str] = {
     "resubmit_uncertain": "submit uncertain jobs again (each may then be paid twice)",

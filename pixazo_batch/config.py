@@ -7,14 +7,17 @@ import tomllib
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 ENV_PREFIX = "PIXAZO_"
 DEFAULT_BASE_URL = "https://gateway.pixazo.ai"
 STATE_FILE_NAME = ".pixazo-batch.db"
 RESULTS_FILE_NAME = "results.jsonl"
+#: hosts for which a plain-http webhook URL is allowed (a gateway or proxy on this machine)
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class Settings(BaseModel):
@@ -53,12 +56,41 @@ class Settings(BaseModel):
     submit_timeout: float = Field(default=120.0, gt=0)
     #: after SIGINT/SIGTERM, how long in-flight POSTs may take to return
     stop_deadline: float = Field(default=30.0, ge=0)
+    #: public https URL that reaches ``webhook_listen``; setting it turns callbacks on
+    webhook_url: str | None = None
+    #: HOST:PORT the callback listener binds
+    webhook_listen: str = "127.0.0.1:8787"
+    #: ``terminal`` (one callback at the end) or ``sync`` (one per gateway tick as well)
+    webhook_mode: Literal["terminal", "sync"] = "terminal"
+    #: with webhooks, how long a job whose POST answer was lost waits for its callback
+    uncertain_wait: float = Field(default=600.0, ge=0)
 
     @model_validator(mode="after")
     def _exclusive_uncertain_choices(self) -> Settings:
         if self.resubmit_uncertain and self.abandon_uncertain:
             raise ValueError("choose --resubmit-uncertain or --abandon-uncertain, not both")
         return self
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _https_webhook(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = urlsplit(value)
+        loopback = url.hostname in _LOOPBACK_HOSTS
+        if url.scheme != "https" and not (url.scheme == "http" and loopback):
+            raise ValueError("must be an https URL (the gateway refuses plain http)")
+        if not url.hostname:
+            raise ValueError("must name a host")
+        return value
+
+    @field_validator("webhook_listen")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        _, colon, port = value.rpartition(":")
+        if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8787")
+        return value
 
     @property
     def state_file(self) -> Path:

@@ -11,6 +11,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from pixazo_batch.config import Settings
 from pixazo_batch.gateway import GatewayClient
 from pixazo_batch.state import StateStore
+from pixazo_batch.webhooks import WebhookReceiver
 
 
 class Ledger:
@@ -83,3 +84,5 @@ class RunContext:
     in_flight: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(1))
     #: cancel scopes of POSTs in flight; a signal gives them a deadline instead of cancelling them
     open_posts: set[anyio.CancelScope] = field(default_factory=set)
+    #: the callback listener, when ``--webhook-url`` is set
+    webhooks: WebhookReceiver | None = None

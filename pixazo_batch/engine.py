@@ -8,12 +8,13 @@ is moving, the group is cancelled and the summary is derived from the state file
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -46,6 +47,7 @@ from pixazo_batch.poller import Poller
 from pixazo_batch.results import write_results
 from pixazo_batch.state import StateStore
 from pixazo_batch.submitter import Submitter
+from pixazo_batch.webhooks import WebhookReceiver
 
 log = structlog.get_logger(__name__)
 _E = TypeVar("_E", bound=BaseException)
@@ -101,6 +103,7 @@ async def run_batch(
     Raises:
         StateLockedError: another run holds the state file.
         ManifestError: the manifest cannot be read, or ``strict`` and a line is bad.
+        UsageError: the webhook listener cannot bind its address.
     """
     if not settings.manifest.is_file():
         raise ManifestError(f"{settings.manifest}: no such manifest file")
@@ -110,16 +113,41 @@ async def run_batch(
         recovered = store.recover_interrupted()
         if recovered:
             log.warning("recovered_uncertain", count=recovered, state="uncertain")
-        summary = await _run(settings, store, handle_signals, on_issue, observer)
+        async with _callbacks(settings, store) as webhooks:
+            summary = await _run(
+                settings,
+                store,
+                webhooks,
+                handle_signals=handle_signals,
+                on_issue=on_issue,
+                observer=observer,
+            )
         write_results(store, settings.out_dir / RESULTS_FILE_NAME)
         store.end_run(summary.exit_code)
         log.info("summary", **dataclasses.asdict(summary))
         return summary
 
 
+@contextlib.asynccontextmanager
+async def _callbacks(
+    settings: Settings, store: StateStore
+) -> AsyncIterator[WebhookReceiver | None]:
+    """The webhook listener for this run, when ``webhook_url`` turns callbacks on."""
+    if settings.webhook_url is None:
+        yield None
+        return
+    receiver = WebhookReceiver(
+        store, settings.webhook_url, settings.webhook_listen, settings.webhook_mode
+    )
+    async with receiver:
+        yield receiver
+
+
 async def _run(
     settings: Settings,
     store: StateStore,
+    webhooks: WebhookReceiver | None,
+    *,
     handle_signals: bool,
     on_issue: Callable[[ManifestIssue], None] | None,
     observer: RunObserver | None,
@@ -155,6 +183,7 @@ async def _run(
             media=media,
             queues=Queues(submit_send, poll_send, download_send),
             in_flight=anyio.CapacityLimiter(settings.max_in_flight),
+            webhooks=webhooks,
         )
         estimator = _learned_estimator(settings, store)
         # The signal watcher lives outside the pipeline's scope, so it still hears a second

@@ -146,9 +146,14 @@ class GatewayClient:
             self.healthy = anyio.Event()
 
     async def submit(
-        self, request: GenerationRequest, *, webhook_url: str | None = None
+        self,
+        request: GenerationRequest,
+        *,
+        webhook_url: str | None = None,
+        webhook_mode: str = "terminal",
     ) -> SubmitAccepted:
-        """POST one job. Returns the 202 answer.
+        """POST one job, asking for callbacks to ``webhook_url`` when given. Returns the 202
+        answer.
 
         Raises:
             NotSentError: the request never left; retrying is safe.
@@ -159,6 +164,7 @@ class GatewayClient:
         headers = {"Content-Type": "application/json", "Cache-Control": "no-cache"}
         if webhook_url is not None:
             headers["X-Webhook-URL"] = webhook_url
+            headers["X-Webhook-Mode"] = webhook_mode
         body = request.model_dump_json().encode()
         answer = await self._send(
             "POST", self._url(SUBMIT_PATH), headers, body, self._submit_timeout

@@ -22,6 +22,7 @@ from pixazo_batch.governor import BackoffPolicy
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.models import JobState, RemoteStatus, StatusResponse
 from pixazo_batch.planning import Action, decide
+from pixazo_batch.webhooks import FALLBACK_POLL_FACTOR, resolve_uncertain
 
 log = structlog.get_logger(__name__)
 
@@ -59,47 +60,94 @@ class Poller:
         finally:
             # Free the slot before handing on: a resubmission may need it.
             ctx.in_flight.release_on_behalf_of(job_id)
+            if ctx.webhooks is not None:
+                ctx.webhooks.box.forget(job_id)
         if status is None:
             ctx.ledger.leave()
         else:
             await self._settle(row, status)
 
     async def _poll_until_terminal(self, job_id: str) -> tuple[JobRow, StatusResponse | None]:
-        """The terminal status, or None once the job was stalled or found unknown."""
+        """The terminal status, or None once the job was stalled, found unknown, or (uncertain)
+        never named by a callback."""
         ctx = self.ctx
         row = ctx.store.get(job_id)
         assert row is not None
+        if row.state is JobState.UNCERTAIN:
+            resolved = await self._await_callback(row)
+            if resolved is None:
+                return row, None
+            row = resolved
         assert row.request_id is not None
         assert row.submitted_at is not None
         kind = job_kind(row)
-        await anyio.sleep(max(0.0, self.estimator.first_poll(kind, time.time() - row.submitted_at)))
+        delay = self.estimator.first_poll(kind, time.time() - row.submitted_at)
         failures = 0
         last_miss: float | None = None  # seconds after submit of the last poll that saw no end
         while True:
-            if time.time() - row.submitted_at > ctx.settings.job_deadline:
+            status = await self._wait(row, delay)
+            if status is None and time.time() - row.submitted_at > ctx.settings.job_deadline:
                 ctx.flags.stalled.append(job_id)
                 log.warning("stalled", job_id=job_id, request_id=row.request_id, state="submitted")
                 return row, None
-            try:
-                status = await ctx.gateway.status(row.request_id, row.polling_url)
-            except (AuthRefusedError, QuotaExhaustedError):
-                raise
-            except GatewayError as exc:
-                if isinstance(exc, HttpStatusError) and exc.status == 404:
-                    error = f"the gateway does not know request {row.request_id}: {exc}"
-                    self._record(row, JobState.FAILED, "NOT_FOUND", error=error)
-                    return row, None
-                failures += 1
-                log.info("poll_retry", job_id=job_id, request_id=row.request_id, error=str(exc))
-                await anyio.sleep(self.backoff.delay(failures, self._rng))
-                continue
+            if status is None:
+                try:
+                    status = await ctx.gateway.status(row.request_id, row.polling_url)
+                except (AuthRefusedError, QuotaExhaustedError):
+                    raise
+                except GatewayError as exc:
+                    if isinstance(exc, HttpStatusError) and exc.status == 404:
+                        error = f"the gateway does not know request {row.request_id}: {exc}"
+                        self._record(row, JobState.FAILED, "NOT_FOUND", error=error)
+                        return row, None
+                    failures += 1
+                    log.info("poll_retry", job_id=job_id, request_id=row.request_id, error=str(exc))
+                    delay = self.backoff.delay(failures, self._rng)
+                    continue
             failures = 0
             if status.status.is_terminal:
                 elapsed = time.time() - row.submitted_at
                 self.estimator.observe(kind, _time_to_finish(status, elapsed, last_miss))
                 return row, status
             last_miss = time.time() - row.submitted_at
-            await anyio.sleep(self.estimator.later_poll(kind) * self._rng.uniform(1.0, 1.25))
+            delay = self.estimator.later_poll(kind) * self._rng.uniform(1.0, 1.25)
+
+    async def _wait(self, row: JobRow, seconds: float) -> StatusResponse | None:
+        """Wait until the next poll is due; with webhooks, a poll further off, unless a callback
+        brings the job's terminal status first (then returned)."""
+        hooks = self.ctx.webhooks
+        if hooks is None:
+            await anyio.sleep(max(0.0, seconds))
+            return None
+        request_id = row.request_id
+
+        def terminal(status: StatusResponse) -> bool:
+            return status.request_id == request_id and status.status.is_terminal
+
+        return await hooks.box.wait(row.id, terminal, seconds * FALLBACK_POLL_FACTOR)
+
+    async def _await_callback(self, row: JobRow) -> JobRow | None:
+        """An uncertain job (its POST's answer was lost) cannot be polled: wait for a callback
+        that names its request. The job as now submitted, or None if none came in time."""
+        ctx = self.ctx
+        assert ctx.webhooks is not None
+        earlier = set(ctx.store.request_ids(row.id))
+        status = await ctx.webhooks.box.wait(
+            row.id, lambda s: s.request_id not in earlier, ctx.settings.uncertain_wait
+        )
+        if status is not None:
+            resolve_uncertain(ctx.store, row.id, status)  # unless the receiver already did
+        fresh = ctx.store.get(row.id)
+        assert fresh is not None
+        if fresh.state is JobState.SUBMITTED:
+            return fresh
+        log.warning(
+            "uncertain_unresolved",
+            job_id=row.id,
+            state=fresh.state.value,
+            waited_s=ctx.settings.uncertain_wait,
+        )
+        return None
 
     async def _settle(self, row: JobRow, status: StatusResponse) -> None:
         """Record the terminal status and send the job on: to download, to resubmit, or to rest."""

@@ -43,3 +43,8 @@ CREATE TABLE IF NOT EXISTS manifests (
     jobs INTEGER NOT NULL,
     registered_at REAL NOT NULL
 );
+-- Per-run secrets that sign webhook callback URLs (never the API key).
+CREATE TABLE IF NOT EXISTS webhook_secrets (
+    run_id INTEGER PRIMARY KEY,
+    secret TEXT NOT NULL
+);

@@ -99,6 +99,18 @@ class StateStore:
                 (time.time(), exit_code, self.run_id),
             )
 
+    def add_webhook_secret(self, secret: str) -> None:
+        """Keep the current run's webhook signing secret."""
+        with self._transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO webhook_secrets (run_id, secret) VALUES (?, ?)",
+                (self.run_id, secret),
+            )
+
+    def webhook_secrets(self) -> dict[int, str]:
+        """Every run's webhook signing secret, by run id."""
+        return dict(self.db.execute("SELECT run_id, secret FROM webhook_secrets").fetchall())
+
     # --- registering manifest jobs ------------------------------------------------------------
 
     def register(self, spec: JobSpec) -> JobRow | str:
@@ -164,6 +176,15 @@ class StateStore:
         """The job's row, or None."""
         found = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()  # noqa: S608
         return None if found is None else row_from(found)
+
+    def request_ids(self, job_id: str) -> list[str]:
+        """The request_id of every attempt of the job the gateway answered, oldest first."""
+        rows = self.db.execute(
+            "SELECT request_id FROM attempts WHERE job_id = ? AND request_id IS NOT NULL"
+            " ORDER BY n",
+            (job_id,),
+        ).fetchall()
+        return [request_id for (request_id,) in rows]
 
     def iter_jobs(self, *states: JobState, batch: int = 1000) -> Iterator[JobRow]:
         """Jobs in ``states`` (all when none given), in insertion order, in constant memory."""

@@ -75,14 +75,19 @@ class Submitter:
                 return False
             log.debug("submitting", job_id=job_id, attempt=row.attempts)
             try:
-                accepted = await self._post(row.request)
+                accepted = await self._post(job_id, row.request)
             except NotSentError as exc:
                 retry = self._refused(job_id, row.attempts, str(exc), retryable=True)
             except AnswerLostError as exc:
                 ctx.store.submit_uncertain(job_id, str(exc))
                 ctx.gateway.mark_unhealthy()
                 log.warning("submit_uncertain", job_id=job_id, attempt=row.attempts, error=str(exc))
-                return False
+                if ctx.webhooks is None or not ctx.settings.uncertain_wait:
+                    return False
+                # The gateway's callback names the request if the job was created: the poller
+                # waits for it, and the job is then tracked without being paid for twice.
+                await ctx.queues.poll.send(job_id)
+                return True
             except (BalanceError, QuotaExhaustedError) as exc:
                 ctx.store.submit_refused(job_id, str(exc), final=False)
                 ctx.flags.stop(str(exc))
@@ -129,16 +134,21 @@ class Submitter:
         )
         return not final
 
-    async def _post(self, request: GenerationRequest) -> SubmitAccepted:
+    async def _post(self, job_id: str, request: GenerationRequest) -> SubmitAccepted:
         """The POST, shielded: a run that is stopping lets it return (within the stop deadline)
         rather than cutting it off and leaving an uncertain job."""
         ctx = self.ctx
+        hooks = ctx.webhooks
+        webhook_url = None if hooks is None else hooks.url_for(job_id)
+        webhook_mode = "terminal" if hooks is None else hooks.mode
         with anyio.CancelScope(shield=True) as scope:
             ctx.open_posts.add(scope)
             try:
                 if ctx.flags.interrupted:
                     scope.deadline = anyio.current_time() + ctx.settings.stop_deadline
-                return await ctx.gateway.submit(request)
+                return await ctx.gateway.submit(
+                    request, webhook_url=webhook_url, webhook_mode=webhook_mode
+                )
             finally:
                 ctx.open_posts.discard(scope)
         raise AnswerLostError("the run stopped before the gateway answered")
