@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import math
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol, TypeVar
 
 import aiohttp
@@ -39,11 +37,10 @@ from pixazo_batch.errors import (
 from pixazo_batch.estimator import CompletionEstimator
 from pixazo_batch.gateway import GatewayClient
 from pixazo_batch.governor import RateGovernor
-from pixazo_batch.jobrow import JobRow
-from pixazo_batch.manifest import ManifestIssue, read_manifest
+from pixazo_batch.manifest import ManifestIssue
 from pixazo_batch.models import JobState
-from pixazo_batch.planning import Action, decide
 from pixazo_batch.poller import Poller
+from pixazo_batch.producer import feed
 from pixazo_batch.results import write_results
 from pixazo_batch.state import StateStore
 from pixazo_batch.submitter import Submitter
@@ -55,9 +52,6 @@ _E = TypeVar("_E", bound=BaseException)
 #: bytes aiohttp may buffer per media connection before it stops reading the socket; at the
 #: default 64 KiB the socket stalls whenever a chunk is being hashed and written
 MEDIA_BUFFER = 4 * 1024 * 1024
-
-#: states in which a manifest job may be (re)submitted, flags permitting
-_OFFERABLE = (JobState.PENDING, JobState.UNCERTAIN, JobState.FAILED, JobState.ERRORED)
 
 _UNFINISHED = (
     JobState.PENDING,
@@ -204,7 +198,7 @@ async def _run(
                         group.start_soon(Poller(ctx, estimator=estimator).run, poll_receive)
                         for _ in range(settings.downloads):
                             group.start_soon(Downloader(ctx).run, download_receive)
-                        group.start_soon(_feed, ctx, issues, on_issue)
+                        group.start_soon(feed, ctx, issues, on_issue)
                         await ctx.ledger.settled.wait()
                         group.cancel_scope.cancel()
             except* AuthRefusedError as group_error:
@@ -247,106 +241,6 @@ def _learned_estimator(settings: Settings, store: StateStore) -> CompletionEstim
     for resolution, duration, seconds in reversed(rows):
         estimator.observe((resolution, duration), float(seconds))
     return estimator
-
-
-async def _feed(
-    ctx: RunContext, issues: list[str], on_issue: Callable[[ManifestIssue], None] | None
-) -> None:
-    """Seed the stages: first the paid-for work the state file holds, then the manifest."""
-    try:
-        await _resume_paid_work(ctx)
-        digest = await anyio.to_thread.run_sync(_digest, ctx.settings.manifest)
-        if ctx.store.knows_manifest(digest):
-            # Unchanged since it was registered in full: the state file already holds every
-            # line, validated, so resuming costs one pass over the jobs table.
-            for row in ctx.store.iter_jobs(*_OFFERABLE):
-                await _offer(ctx, row)
-            return
-        jobs = await _register_manifest(ctx, issues, on_issue)
-        if not issues:
-            ctx.store.remember_manifest(digest, jobs)
-    except OSError as exc:
-        raise ManifestError(f"{ctx.settings.manifest}: {exc.strerror or exc}") from exc
-    finally:
-        ctx.ledger.close_intake()
-
-
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as manifest:
-        while piece := manifest.read(1 << 20):
-            digest.update(piece)
-    return digest.hexdigest()
-
-
-async def _register_manifest(
-    ctx: RunContext, issues: list[str], on_issue: Callable[[ManifestIssue], None] | None
-) -> int:
-    """Validate and record every manifest line, offering each job as it goes. Returns the
-    number of good lines."""
-    settings = ctx.settings
-    jobs = 0
-    for number, item in enumerate(read_manifest(settings.manifest)):
-        if number % 256 == 0:
-            await anyio.lowlevel.checkpoint()
-        if isinstance(item, ManifestIssue):
-            _report(item, issues, on_issue, strict=settings.strict)
-            continue
-        row = ctx.store.register(item)
-        if isinstance(row, str):
-            issue = ManifestIssue(str(settings.manifest), item.line, "id", row)
-            _report(issue, issues, on_issue, strict=settings.strict)
-            continue
-        jobs += 1
-        await _offer(ctx, row)
-    return jobs
-
-
-def _report(
-    issue: ManifestIssue,
-    issues: list[str],
-    on_issue: Callable[[ManifestIssue], None] | None,
-    *,
-    strict: bool,
-) -> None:
-    issues.append(str(issue))
-    if on_issue is not None:
-        on_issue(issue)
-    log.warning("manifest_issue", line=issue.line, field=issue.field, error=issue.message)
-    if strict:
-        raise ManifestError(f"{issue} (--strict stops at the first bad line)")
-
-
-async def _resume_paid_work(ctx: RunContext) -> None:
-    """Jobs already submitted are polled and completed ones downloaded, manifest or not.
-
-    Downloads are queued before any poll starts: a poll that finishes a job hands it to the
-    downloader itself, so a later scan of completed jobs would queue it a second time.
-    """
-    store = ctx.store
-    for job_id, output in store.iter_outputs(JobState.DOWNLOADED):
-        if not (ctx.settings.out_dir / output).is_file():
-            log.warning("output_missing", job_id=job_id, output=output)
-            store.file_missing(job_id)
-    for row in store.iter_jobs(JobState.COMPLETED):
-        ctx.ledger.enter()
-        await ctx.queues.download.send(row.id)
-    for row in store.iter_jobs(JobState.SUBMITTED):
-        await ctx.in_flight.acquire_on_behalf_of(row.id)
-        ctx.ledger.enter()
-        await ctx.queues.poll.send(row.id)
-
-
-async def _offer(ctx: RunContext, row: JobRow) -> None:
-    """Send a manifest job to the submitter if its state and the flags say it may go."""
-    decision = decide(ctx.settings, row)
-    if decision.action is Action.GIVE_UP:
-        ctx.store.give_up(row.id, decision.reason or "given up")
-    if decision.action is Action.REQUEUE:
-        ctx.store.requeue(row.id, reason=decision.reason)
-    if decision.action in (Action.SUBMIT, Action.REQUEUE):
-        ctx.ledger.enter()
-        await ctx.queues.submit.send(row.id)
 
 
 async def _watch_signals(ctx: RunContext, scope: anyio.CancelScope) -> None:

@@ -1,0 +1,135 @@
+"""Producer: seeds the pipeline from the state file and the manifest.
+
+Work already paid for comes first (completed jobs to the downloader, submitted ones to the
+poller, whether or not the manifest still lists them); then each manifest line is validated,
+recorded and, when its state and the flags allow, offered to the submitter. An unchanged manifest
+registered in full earlier is not read again: the jobs table already holds every line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import structlog
+
+from pixazo_batch.context import RunContext
+from pixazo_batch.errors import ManifestError
+from pixazo_batch.jobrow import JobRow
+from pixazo_batch.manifest import ManifestIssue, read_manifest
+from pixazo_batch.models import JobState
+from pixazo_batch.planning import Action, decide
+
+log = structlog.get_logger(__name__)
+
+#: states in which a manifest job may be (re)submitted, flags permitting
+_OFFERABLE = (JobState.PENDING, JobState.UNCERTAIN, JobState.FAILED, JobState.ERRORED)
+
+
+async def feed(
+    ctx: RunContext, issues: list[str], on_issue: Callable[[ManifestIssue], None] | None
+) -> None:
+    """Seed the stages: first the paid-for work the state file holds, then the manifest.
+
+    Every bad line is appended to ``issues`` (and passed to ``on_issue``); the intake closes
+    when this returns, whatever happens.
+
+    Raises:
+        ManifestError: the manifest cannot be read, or ``strict`` and a line is bad.
+    """
+    try:
+        await _resume_paid_work(ctx)
+        digest = await anyio.to_thread.run_sync(_digest, ctx.settings.manifest)
+        if ctx.store.knows_manifest(digest):
+            # Unchanged since it was registered in full: the state file already holds every
+            # line, validated, so resuming costs one pass over the jobs table.
+            for row in ctx.store.iter_jobs(*_OFFERABLE):
+                await _offer(ctx, row)
+            return
+        jobs = await _register_manifest(ctx, issues, on_issue)
+        if not issues:
+            ctx.store.remember_manifest(digest, jobs)
+    except OSError as exc:
+        raise ManifestError(f"{ctx.settings.manifest}: {exc.strerror or exc}") from exc
+    finally:
+        ctx.ledger.close_intake()
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as manifest:
+        while piece := manifest.read(1 << 20):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+async def _register_manifest(
+    ctx: RunContext, issues: list[str], on_issue: Callable[[ManifestIssue], None] | None
+) -> int:
+    """Validate and record every manifest line, offering each job as it goes. Returns the
+    number of good lines."""
+    settings = ctx.settings
+    jobs = 0
+    for number, item in enumerate(read_manifest(settings.manifest)):
+        if number % 256 == 0:
+            await anyio.lowlevel.checkpoint()
+        if isinstance(item, ManifestIssue):
+            _report(item, issues, on_issue, strict=settings.strict)
+            continue
+        row = ctx.store.register(item)
+        if isinstance(row, str):
+            issue = ManifestIssue(str(settings.manifest), item.line, "id", row)
+            _report(issue, issues, on_issue, strict=settings.strict)
+            continue
+        jobs += 1
+        await _offer(ctx, row)
+    return jobs
+
+
+def _report(
+    issue: ManifestIssue,
+    issues: list[str],
+    on_issue: Callable[[ManifestIssue], None] | None,
+    *,
+    strict: bool,
+) -> None:
+    issues.append(str(issue))
+    if on_issue is not None:
+        on_issue(issue)
+    log.warning("manifest_issue", line=issue.line, field=issue.field, error=issue.message)
+    if strict:
+        raise ManifestError(f"{issue} (--strict stops at the first bad line)")
+
+
+async def _resume_paid_work(ctx: RunContext) -> None:
+    """Jobs already submitted are polled and completed ones downloaded, manifest or not.
+
+    Downloads are queued before any poll starts: a poll that finishes a job hands it to the
+    downloader itself, so a later scan of completed jobs would queue it a second time.
+    """
+    store = ctx.store
+    for job_id, output in store.iter_outputs(JobState.DOWNLOADED):
+        if not (ctx.settings.out_dir / output).is_file():
+            log.warning("output_missing", job_id=job_id, output=output)
+            store.file_missing(job_id)
+    for row in store.iter_jobs(JobState.COMPLETED):
+        ctx.ledger.enter()
+        await ctx.queues.download.send(row.id)
+    for row in store.iter_jobs(JobState.SUBMITTED):
+        await ctx.in_flight.acquire_on_behalf_of(row.id)
+        ctx.ledger.enter()
+        await ctx.queues.poll.send(row.id)
+
+
+async def _offer(ctx: RunContext, row: JobRow) -> None:
+    """Send a manifest job to the submitter if its state and the flags say it may go."""
+    decision = decide(ctx.settings, row)
+    if decision.action is Action.GIVE_UP:
+        ctx.store.give_up(row.id, decision.reason or "given up")
+    if decision.action is Action.REQUEUE:
+        ctx.store.requeue(row.id, reason=decision.reason)
+    if decision.action in (Action.SUBMIT, Action.REQUEUE):
+        ctx.ledger.enter()
+        await ctx.queues.submit.send(row.id)

@@ -1,0 +1,127 @@
+"""StateReader: the queries over the state file that change nothing.
+
+``status``, ``report`` and the run's own summaries read through these; ``StateStore`` adds the
+writes. Every listing streams in batches, so a state file of any size is read in constant memory.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+from pixazo_batch.jobrow import COLUMNS as _COLUMNS
+from pixazo_batch.jobrow import JobRow, row_from
+from pixazo_batch.models import JobState
+
+#: attempt outcomes that may have cost money (in flight, unknown, or known charged)
+CHARGEABLE = ("submitting", "accepted", "uncertain", "failed", "completed")
+
+
+class StateReader:
+    """Read-only queries over an open state file."""
+
+    db: sqlite3.Connection
+
+    def get(self, job_id: str) -> JobRow | None:
+        """The job's row, or None."""
+        found = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()  # noqa: S608
+        return None if found is None else row_from(found)
+
+    def request_ids(self, job_id: str) -> list[str]:
+        """The request_id of every attempt of the job the gateway answered, oldest first."""
+        rows = self.db.execute(
+            "SELECT request_id FROM attempts WHERE job_id = ? AND request_id IS NOT NULL"
+            " ORDER BY n",
+            (job_id,),
+        ).fetchall()
+        return [request_id for (request_id,) in rows]
+
+    def iter_jobs(self, *states: JobState, batch: int = 1000) -> Iterator[JobRow]:
+        """Jobs in ``states`` (all when none given), in insertion order, in constant memory."""
+        last = 0
+        where = ""
+        params: list[Any] = []
+        if states:
+            where = f" AND state IN ({', '.join('?' * len(states))})"
+            params = [s.value for s in states]
+        query = f"SELECT rowid, {_COLUMNS} FROM jobs WHERE rowid > ?{where} ORDER BY rowid LIMIT ?"  # noqa: S608
+        while True:
+            rows = self.db.execute(query, [last, *params, batch]).fetchall()
+            for found in rows:
+                yield row_from(found[1:])
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
+
+    def iter_ledger(self, batch: int = 1000) -> Iterator[tuple[JobRow, list[str], int]]:
+        """Every job with all its request_ids and what it may have cost, in insertion order,
+        in constant memory and one query per ``batch`` jobs."""
+        marks = ", ".join("?" * len(CHARGEABLE))
+        columns = ", ".join(f"j.{name}" for name in JobRow.__slots__)
+        query = (
+            f"SELECT j.rowid, {columns},"  # noqa: S608
+            " (SELECT group_concat(request_id, ' ') FROM (SELECT request_id FROM attempts a"
+            "   WHERE a.job_id = j.id AND a.request_id IS NOT NULL ORDER BY a.n)),"
+            " (SELECT COALESCE(SUM(price_cents), 0) FROM attempts a"
+            f"   WHERE a.job_id = j.id AND a.outcome IN ({marks}))"
+            " FROM jobs j WHERE j.rowid > ? ORDER BY j.rowid LIMIT ?"
+        )
+        last = 0
+        while True:
+            rows = self.db.execute(query, [*CHARGEABLE, last, batch]).fetchall()
+            for found in rows:
+                request_ids = found[-2].split(" ") if found[-2] else []
+                yield row_from(found[1:-2]), request_ids, int(found[-1])
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
+
+    def iter_outputs(self, state: JobState) -> Iterator[tuple[str, str]]:
+        """(id, output) of every job in ``state``: a light read for checking files on disk."""
+        last = 0
+        while True:
+            rows = self.db.execute(
+                "SELECT rowid, id, output FROM jobs WHERE state = ? AND rowid > ?"
+                " ORDER BY rowid LIMIT 5000",
+                (state.value, last),
+            ).fetchall()
+            yield from ((job_id, output) for _, job_id, output in rows)
+            if len(rows) < 5000:
+                return
+            last = rows[-1][0]
+
+    def counts(self) -> dict[JobState, int]:
+        """How many jobs are in each state."""
+        rows = self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        return {JobState(state): n for state, n in rows}
+
+    def committed_cents(self) -> int:
+        """Money that may have been taken: attempts in flight, uncertain, or known charged."""
+        marks = ", ".join("?" * len(CHARGEABLE))
+        (total,) = self.db.execute(
+            f"SELECT COALESCE(SUM(price_cents), 0) FROM attempts WHERE outcome IN ({marks})",  # noqa: S608
+            CHARGEABLE,
+        ).fetchone()
+        return int(total)
+
+    def spent_cents(self) -> int:
+        """Money known to be charged: accepted attempts not refunded by a remote ERROR."""
+        (total,) = self.db.execute(
+            "SELECT COALESCE(SUM(price_cents), 0) FROM attempts"
+            " WHERE outcome IN ('accepted', 'failed', 'completed')"
+        ).fetchone()
+        return int(total)
+
+    def knows_manifest(self, digest: str) -> bool:
+        """Whether this exact manifest was registered before and the state file holds its jobs
+        and no others (so the file need not be read again)."""
+        found = self.db.execute("SELECT jobs FROM manifests WHERE digest = ?", (digest,)).fetchone()
+        if found is None:
+            return False
+        (total,) = self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()
+        return bool(found[0] == total)
+
+    def webhook_secrets(self) -> dict[int, str]:
+        """Every run's webhook signing secret, by run id."""
+        return dict(self.db.execute("SELECT run_id, secret FROM webhook_secrets").fetchall())
