@@ -32,6 +32,8 @@ from pixazo_batch.models import JobState, RemoteStatus
 log = structlog.get_logger(__name__)
 
 CHUNK = 1 << 20
+#: bytes at the start of a file that hold its ``ftyp`` box header
+_HEAD = 12
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 _PLAIN_MD5 = re.compile(r'^"?([0-9a-f]{32})"?$')
 
@@ -45,13 +47,13 @@ class DownloadError(Exception):
         self.expired = expired
 
 
-def confined_path(out_dir: Path, relative: str) -> Path:
-    """``out_dir / relative``, refusing any path that leaves ``out_dir`` through a symlink.
+def confined_path(root: Path, relative: str) -> Path:
+    """``root / relative``, refusing any path that leaves ``root`` (a resolved folder) through
+    a symlink.
 
     Raises:
         ValueError: the resolved location is outside the output folder.
     """
-    root = out_dir.resolve()
     target = (root / relative).resolve()
     if not target.is_relative_to(root):
         raise ValueError(f"{relative!r} resolves outside the output folder ({target})")
@@ -60,16 +62,20 @@ def confined_path(out_dir: Path, relative: str) -> Path:
 
 @dataclass
 class _Progress:
-    """Bytes saved so far, their running sha256, and whether they came in more than one answer."""
+    """Bytes saved so far, their running sha256, their first bytes (where an MP4 has its
+    ``ftyp`` box), and whether they came in more than one answer."""
 
     sha256: hashlib._Hash
-    size: int
+    size: int = 0
+    head: bytes = b""
     resumed: bool = False
 
     def append(self, sink: BinaryIO, chunk: bytes) -> None:
         """Write ``chunk`` to ``sink`` and fold it into the hash."""
         sink.write(chunk)
         self.sha256.update(chunk)
+        if len(self.head) < _HEAD:
+            self.head += chunk[: _HEAD - len(self.head)]
         self.size += len(chunk)
 
 
@@ -80,6 +86,7 @@ class Downloader:
         self.ctx = ctx
         self.backoff = BackoffPolicy(base=0.5, cap=30.0)
         self._rng = random.Random()
+        self._root = ctx.settings.out_dir.resolve()
 
     async def run(self, jobs: MemoryObjectReceiveStream[str]) -> None:
         """Download each job id received until the run ends (the engine owns the stream)."""
@@ -99,7 +106,7 @@ class Downloader:
             log.debug("download_skipped", job_id=job_id, state=row.state.value)
             return row.state is JobState.DOWNLOADED
         try:
-            final = confined_path(ctx.settings.out_dir, row.output)
+            final = confined_path(self._root, row.output)
         except ValueError as exc:
             log.error("download_refused", job_id=job_id, error=str(exc))
             return False
@@ -148,8 +155,11 @@ class Downloader:
 
     async def _fetch(self, row: JobRow, part: Path) -> tuple[int, str]:
         assert row.media_url is not None
+        progress = _Progress(hashlib.sha256())
         try:
-            progress = await anyio.to_thread.run_sync(_hash_existing, part)
+            # One stat on the loop costs less than a thread hop; only a resume reads the part.
+            if part.exists():  # noqa: ASYNC240
+                progress = await anyio.to_thread.run_sync(_hash_existing, part)
         except OSError as exc:
             raise DownloadError(f"cannot read {part.name}: {exc}", discard_part=True) from exc
         headers = {"Range": f"bytes={progress.size}-"} if progress.size else {}
@@ -157,7 +167,7 @@ class Downloader:
             async with self.ctx.media.get(row.media_url, headers=headers) as response:
                 total, etag = self._check_answer(response, progress.size)
                 if response.status == 200 and progress.size:
-                    progress = _Progress(hashlib.sha256(), 0)
+                    progress = _Progress(hashlib.sha256())
                 progress.resumed = progress.size > 0
                 # A plain file opened and closed on the loop cannot leak when the task is
                 # cancelled (aiofiles' threaded open/close can); writing and hashing run in a
@@ -169,10 +179,20 @@ class Downloader:
             raise DownloadError(f"{type(exc).__name__}: {exc}") from exc
         except OSError as exc:
             raise DownloadError(f"cannot write {part.name}: {exc.strerror or exc}") from exc
-        try:
-            await anyio.to_thread.run_sync(_verify, part, progress, total, etag)
-        except OSError as exc:
-            raise DownloadError(f"cannot read {part.name}: {exc.strerror or exc}") from exc
+        if progress.size != total:
+            raise DownloadError(f"got {progress.size} of {total} bytes")
+        if progress.head[4:8] != b"ftyp":
+            raise DownloadError("not an MP4 file (no ftyp box)", discard_part=True)
+        match = _PLAIN_MD5.match(etag or "")
+        if progress.resumed and match is not None:
+            try:
+                md5 = await anyio.to_thread.run_sync(_md5_of, part)
+            except OSError as exc:
+                raise DownloadError(f"cannot read {part.name}: {exc.strerror or exc}") from exc
+            if md5 != match.group(1):
+                raise DownloadError(
+                    "resumed content does not match the CDN's ETag", discard_part=True
+                )
         return progress.size, progress.sha256.hexdigest()
 
     @staticmethod
@@ -194,28 +214,19 @@ class Downloader:
 
 
 def _hash_existing(part: Path) -> _Progress:
-    """Hashes of the bytes already saved in ``part`` (none when there is no part)."""
-    progress = _Progress(hashlib.sha256(), 0)
+    """What is already saved in ``part``: its size, sha256 and first bytes (none when the part
+    has gone meanwhile)."""
+    progress = _Progress(hashlib.sha256())
     try:
         with open(part, "rb") as saved:
             while piece := saved.read(CHUNK):
                 progress.sha256.update(piece)
+                if not progress.head:
+                    progress.head = piece[:_HEAD]
                 progress.size += len(piece)
     except FileNotFoundError:
         pass
     return progress
-
-
-def _verify(part: Path, progress: _Progress, total: int, etag: str | None) -> None:
-    if progress.size != total:
-        raise DownloadError(f"got {progress.size} of {total} bytes")
-    with open(part, "rb") as saved:
-        head = saved.read(12)
-    if head[4:8] != b"ftyp":
-        raise DownloadError("not an MP4 file (no ftyp box)", discard_part=True)
-    match = _PLAIN_MD5.match(etag or "")
-    if progress.resumed and match is not None and match.group(1) != _md5_of(part):
-        raise DownloadError("resumed content does not match the CDN's ETag", discard_part=True)
 
 
 def _md5_of(path: Path) -> str:

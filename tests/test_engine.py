@@ -255,6 +255,20 @@ async def test_truncated_downloads_resume_with_range(
     assert stats["media_range_requests"] >= 1
 
 
+async def test_a_body_that_is_not_an_mp4_never_reaches_the_final_path(
+    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
+) -> None:
+    async with simulator(fast(media_not_mp4_rate=0.5, seed=5)) as sim:
+        settings = make_settings(sim, manifest_of(tmp_path, 4), download_tries=10)
+        summary = await run_batch(settings)
+        stats = sim.stats()
+        assert_all_served_files_intact(sim, settings)
+    assert summary.exit_code == 0
+    assert stats["faults"]["media_not_mp4"] >= 1
+    refused = [e for e in log_tap.named("download_retry") if "ftyp" in e["error"]]
+    assert len(refused) == stats["faults"]["media_not_mp4"]
+
+
 async def test_expired_media_urls_are_refreshed_from_the_status(
     tmp_path: Path, make_settings: MakeSettings
 ) -> None:

@@ -132,3 +132,17 @@ async def test_unknown_media_answers_404() -> None:
     async with simulator() as sim, aiohttp.ClientSession() as session:
         response = await session.get(f"{sim.media_url}/v1/nothing/output.mp4?v=0")
     assert response.status == 404
+
+
+async def test_a_page_instead_of_the_video_is_a_200_without_an_ftyp_box() -> None:
+    async with (
+        simulator(fast(media_not_mp4_rate=1.0)) as sim,
+        aiohttp.ClientSession() as session,
+    ):
+        response = await session.get(await media_url(session, sim))
+        body = await response.read()
+        stats = sim.stats()
+    assert response.status == 200
+    assert response.content_type == "text/html"
+    assert body[4:8] != b"ftyp" and len(body) == response.content_length
+    assert stats["faults"]["media_not_mp4"] == 1

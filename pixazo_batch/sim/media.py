@@ -21,6 +21,7 @@ from pixazo_batch.sim.jobs import SimJob
 from pixazo_batch.sim.state import SimState
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_NOT_A_VIDEO = "<html><body><h1>Please sign in to continue</h1></body></html>"
 
 
 @cache
@@ -113,6 +114,9 @@ def media_routes(state: SimState) -> web.RouteTableDef:
             return _xml_error(403, "AccessDenied")
         if state.draw("media_error", state.scenario.media_error_rate):
             return _xml_error(503, "ServiceUnavailable")
+        if state.draw("media_not_mp4", state.scenario.media_not_mp4_rate):
+            # A proxy or captive portal answering 200 with its own page instead of the video.
+            return web.Response(text=_NOT_A_VIDEO, content_type="text/html")
         return await _send(request, state, job)
 
     return routes

@@ -86,6 +86,8 @@ class Scenario:
     media_truncate_rate: float = 0.0
     #: a 503 from the CDN instead of the body
     media_error_rate: float = 0.0
+    #: a 200 carrying an HTML page instead of the video (a proxy or captive portal)
+    media_not_mp4_rate: float = 0.0
     #: a media URL handed out already expired (403) until the status is polled again
     media_expire_rate: float = 0.0
     #: per-connection throughput cap in bytes per second (None = unlimited)
