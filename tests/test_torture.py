@@ -27,6 +27,7 @@ from pixazo_batch.sim import Simulator, scenario_named
 from pixazo_batch.sim.media import MediaFile
 from tests.conftest import TEST_KEY, LogTap, fast, job_line, simulator, write_manifest
 from tests.test_cli import cli_env, log_events, run_args
+from tests.test_webhooks import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -77,18 +78,30 @@ def check_invariants(sim: Simulator, out: Path) -> dict[str, Any]:
     return {"states": [r[1] for r in rows]}
 
 
-async def test_kill_nine_at_random_instants_never_pays_twice_nor_corrupts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("webhooks", [False, True], ids=["polling", "webhooks"])
+async def test_kill_nine_at_random_instants_never_pays_twice_nor_corrupts(
+    tmp_path: Path, webhooks: bool
+) -> None:
     rng = random.Random(20261125)
     manifest = write_manifest(tmp_path / "m.jsonl", [job_line(i) for i in range(JOBS)])
     out = tmp_path / "out"
     env = cli_env(PIXAZO_API_KEY=TEST_KEY)
     killed = 0
-    async with simulator(hostile()) as sim:
+    scenario = dataclasses.replace(hostile(), webhook_allow_http=True)
+    extra: tuple[str, ...] = ()
+    if webhooks:
+        # Callbacks resolve lost answers; a killed run misses some, and the next run resumes.
+        port = free_port()
+        extra = ("--webhook-url", f"http://127.0.0.1:{port}/hook",
+                 "--webhook-listen", f"127.0.0.1:{port}", "--uncertain-wait", "5")  # fmt: skip
+
+    async with simulator(scenario) as sim:
         for _ in range(KILLS):
             # Half the kills land on a phase's own event, half on the n-th event of any kind.
             point = rng.choice(KILL_POINTS) if rng.random() < 0.5 else None
             nth = rng.randint(1, 3) if point else rng.randint(1, 8)
-            async with await anyio.open_process(run_args(sim, manifest, out), env=env) as process:
+            command = run_args(sim, manifest, out, *extra)
+            async with await anyio.open_process(command, env=env) as process:
                 seen = 0
                 async for record in log_events(process):
                     seen += point is None or record.get("event") == point
@@ -101,7 +114,9 @@ async def test_kill_nine_at_random_instants_never_pays_twice_nor_corrupts(tmp_pa
         # Unkilled runs until everything is at rest; a download may need more than one run's
         # tries against this many faults, and that is what resuming is for.
         for _ in range(4):
-            final = await anyio.run_process(run_args(sim, manifest, out), env=env, check=False)
+            final = await anyio.run_process(
+                run_args(sim, manifest, out, *extra), env=env, check=False
+            )
             result = check_invariants(sim, out)
             if not set(result["states"]) & {"pending", "submitted", "completed", "errored"}:
                 break
