@@ -1,7 +1,8 @@
 """Benchmark 2: gateway requests per completed job on the realistic scenario, time-scaled.
 
-The floor is 2 (one submit, one poll that sees COMPLETED). The baseline polls every 5 s (the
-documentation's typical workflow), time-scaled like the simulator. Usage:
+The floor is 2 (one submit, one poll that sees COMPLETED); with webhooks a callback replaces that
+poll. The baseline polls every 5 s (the documentation's typical workflow), time-scaled like the
+simulator. Usage:
 ``python bench/requests_per_job.py [--jobs N] [--time-scale F]``.
 """
 
@@ -12,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import run_engine, run_naive, sim_process, table, write_manifest
+from common import free_port, run_engine, run_naive, sim_process, table, write_manifest
 
 
 def per_job(stats: dict[str, Any]) -> float:
@@ -55,6 +56,24 @@ def main() -> None:
                 str(poll),
             )
             engine_stats = sim.stats()
+        with sim_process("realistic", time_scale=scale, webhook_allow_http=True, **settings) as sim:
+            port = free_port()
+            hooked = run_engine(
+                manifest,
+                folder / "hooked",
+                sim.base_url,
+                "--rps",
+                "1000",
+                "--max-in-flight",
+                "10",
+                "--poll-interval",
+                str(poll),
+                "--webhook-url",
+                f"http://127.0.0.1:{port}/hook",
+                "--webhook-listen",
+                f"127.0.0.1:{port}",
+            )
+            hooked_stats = sim.stats()
         with sim_process("realistic", time_scale=scale, **settings) as sim:
             naive = run_naive(
                 manifest,
@@ -77,6 +96,13 @@ def main() -> None:
                 "<= 2.6",
             ),
             ("makespan s", f"{engine.wall_s:.1f}", f"{naive.wall_s:.1f}", "-"),
+            (
+                "gateway requests per job, with webhooks",
+                f"{per_job(hooked_stats):.2f} (exit {hooked.returncode})",
+                "-",
+                "-",
+            ),
+            ("makespan s, with webhooks", f"{hooked.wall_s:.1f}", "-", "-"),
         ],
     )
 
