@@ -49,6 +49,28 @@ async def test_a_429_pauses_every_sender_until_retry_after() -> None:
     assert min(starts) >= 7.0
 
 
+async def test_many_pollers_never_starve_a_submitter_nor_the_reverse() -> None:
+    """Grants go in arrival order: a lone submitter waiting behind 30 busy pollers gets a
+    request through every 31 grants, and the pollers keep theirs while submits queue."""
+    clock = VirtualClock()
+    governor = RateGovernor(10.0, clock=clock)
+    grants: list[str] = []
+
+    async def sender(kind: str) -> None:
+        while len(grants) < 310:
+            await governor.acquire()
+            grants.append(kind)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(30):
+            group.start_soon(sender, "poll")
+        group.start_soon(sender, "submit")
+    submits = [i for i, kind in enumerate(grants) if kind == "submit"]
+    assert len(submits) >= 9
+    assert max(b - a for a, b in zip(submits, submits[1:], strict=False)) <= 31
+    assert grants.count("poll") >= 270
+
+
 async def test_rate_halves_on_429_and_recovers_additively_to_the_served_ceiling() -> None:
     clock = VirtualClock()
     governor = RateGovernor(40.0, clock=clock)
