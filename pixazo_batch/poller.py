@@ -4,6 +4,10 @@ The first status request of a job is timed for when jobs like it (same resolutio
 have been seen to finish, later ones are spaced by the estimator (see ``estimator.py``), with
 jitter. Status reads cost nothing, so network and 5xx trouble is retried with back-off until the
 job's deadline.
+
+With webhooks, a callback's terminal status settles the job and polls are a fallback, further
+apart; an uncertain job (its POST's answer lost) waits here for the callback that names its
+request, since it has nothing to poll.
 """
 
 from __future__ import annotations

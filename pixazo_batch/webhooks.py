@@ -116,7 +116,8 @@ def resolve_uncertain(store: StateStore, job_id: str, status: StatusResponse) ->
 class WebhookReceiver:
     """Issues callback URLs and listens for the gateway's callbacks during one run.
 
-    Usage: ``async with WebhookReceiver(store, public_url, listen): receiver.url_for(job_id)``.
+    Usage: ``async with WebhookReceiver(store, url, "127.0.0.1:8787", "terminal") as hooks:``
+    then ``hooks.url_for(job_id)`` for each submission.
 
     Raises:
         UsageError: from ``__aenter__`` when the listen address cannot be bound.
