@@ -43,35 +43,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pixazo-bench-") as scratch:
         folder = Path(scratch)
         manifest = write_manifest(folder / "jobs.jsonl", args.jobs)
+        flags = ("--rps", "1000", "--max-in-flight", "10", "--poll-interval", str(poll))
         with sim_process("realistic", time_scale=scale, **settings) as sim:
-            engine = run_engine(
-                manifest,
-                folder / "engine",
-                sim.base_url,
-                "--rps",
-                "1000",
-                "--max-in-flight",
-                "10",
-                "--poll-interval",
-                str(poll),
-            )
+            engine = run_engine(manifest, folder / "engine", sim.base_url, *flags)
             engine_stats = sim.stats()
         with sim_process("realistic", time_scale=scale, webhook_allow_http=True, **settings) as sim:
-            port = free_port()
+            hook = f"127.0.0.1:{free_port()}"
             hooked = run_engine(
                 manifest,
                 folder / "hooked",
                 sim.base_url,
-                "--rps",
-                "1000",
-                "--max-in-flight",
-                "10",
-                "--poll-interval",
-                str(poll),
+                *flags,
                 "--webhook-url",
-                f"http://127.0.0.1:{port}/hook",
+                f"http://{hook}/hook",
                 "--webhook-listen",
-                f"127.0.0.1:{port}",
+                hook,
             )
             hooked_stats = sim.stats()
         with sim_process("realistic", time_scale=scale, **settings) as sim:
