@@ -33,6 +33,7 @@ from pixazo_batch.errors import (
     AuthRefusedError,
     ManifestError,
     QuotaExhaustedError,
+    StateWriteError,
 )
 from pixazo_batch.estimator import CompletionEstimator
 from pixazo_batch.gateway import GatewayClient
@@ -96,6 +97,8 @@ async def run_batch(
 
     Raises:
         StateLockedError: another run holds the state file.
+        StateError: the state file cannot be opened, or (``StateWriteError``) its first writes
+            are refused by the disk.
         ManifestError: the manifest cannot be read, or ``strict`` and a line is bad.
         UsageError: the webhook listener cannot bind its address.
     """
@@ -116,8 +119,11 @@ async def run_batch(
                 on_issue=on_issue,
                 observer=observer,
             )
-        write_results(store, settings.out_dir / RESULTS_FILE_NAME)
-        store.end_run(summary.exit_code)
+        try:
+            write_results(store, settings.out_dir / RESULTS_FILE_NAME)
+            store.end_run(summary.exit_code)
+        except (OSError, StateWriteError) as exc:  # the disk that stopped the run, most likely
+            log.error("results_not_written", error=str(exc))
         log.info("summary", **dataclasses.asdict(summary))
         return summary
 
@@ -210,6 +216,10 @@ async def _run(
                 log.error("quota_exhausted", http_status=403, error=str(quota))
             except* ManifestError as group_error:
                 manifest_error = _first(group_error, ManifestError)
+            except* StateWriteError as group_error:
+                refused = _first(group_error, StateWriteError)
+                ctx.flags.stop(str(refused))
+                log.error("state_write_failed", error=str(refused))
             finally:
                 guard.cancel_scope.cancel()
     if manifest_error is not None:

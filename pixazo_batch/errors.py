@@ -7,6 +7,7 @@
     │   └── ManifestError           the manifest cannot be used at all, or --strict saw a bad line
     ├── StateError                  the state file refuses an operation
     │   ├── StateLockedError        another run holds the state file (exit 75)
+    │   ├── StateWriteError         the disk refused a write (full, failing): resume later (exit 3)
     │   └── InvalidTransitionError  a state change DESIGN does not allow (a bug, never expected)
     └── GatewayError                talking to the gateway went wrong
         ├── NotSentError            never left (DNS, refused, TLS handshake): safe to retry
@@ -54,6 +55,12 @@ class StateLockedError(StateError):
     """Another run holds the state file's lock."""
 
     exit_code = EXIT_LOCKED
+
+
+class StateWriteError(StateError):
+    """The disk refused a write to the state file; nothing of that transaction was kept."""
+
+    exit_code = EXIT_INCOMPLETE
 
 
 class InvalidTransitionError(StateError):

@@ -110,16 +110,21 @@ class _DuplicateIndex:
         self.db.execute(
             "CREATE TABLE seen (kind TEXT, value TEXT, line INTEGER, PRIMARY KEY (kind, value))"
         )
+        # One transaction for the whole pass: a throwaway index needs no commits, and SQLite
+        # spills its page cache to the file, so memory stays flat.
+        self.db.execute("BEGIN")
 
     def first_line(self, kind: str, value: str, line: int) -> int | None:
         """The earlier line that used ``value`` as ``kind``, or None (and remember this one)."""
-        found = self.db.execute(
+        added = self.db.execute(
+            "INSERT INTO seen VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (kind, value, line)
+        )
+        if added.rowcount == 1:
+            return None
+        (earlier,) = self.db.execute(
             "SELECT line FROM seen WHERE kind = ? AND value = ?", (kind, value)
         ).fetchone()
-        if found is not None:
-            return int(found[0])
-        self.db.execute("INSERT INTO seen VALUES (?, ?, ?)", (kind, value, line))
-        return None
+        return int(earlier)
 
 
 def read_manifest(path: Path) -> Iterator[JobSpec | ManifestIssue]:

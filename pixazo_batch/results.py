@@ -37,8 +37,12 @@ def iter_results(store: StateStore) -> Iterator[dict[str, Any]]:
         yield result_record(row, request_ids, cents)
 
 
-def write_results(store: StateStore, path: Path) -> int:
-    """Write ``results.jsonl`` atomically; returns the number of lines."""
+def write_results(store: StateStore, path: Path) -> int | None:
+    """Write ``results.jsonl`` atomically; returns the number of lines, or None when the file
+    already reflects every job as it stands: this run changed none, and the one before it
+    ended (a run writes the file just before it records its end)."""
+    if not store.job_changes and store.previous_run_ended(store.run_id) and path.is_file():
+        return None
     temporary = path.with_name(path.name + ".tmp")
     count = 0
     with open(temporary, "w", encoding="utf-8") as sink:

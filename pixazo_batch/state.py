@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
-from pixazo_batch.errors import InvalidTransitionError
+from pixazo_batch.errors import InvalidTransitionError, StateError, StateWriteError
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.models import ALLOWED_TRANSITIONS, JobSpec, JobState
 from pixazo_batch.runlock import take_lock
@@ -36,21 +36,28 @@ class StateStore(StateReader):
 
     Raises:
         StateLockedError: from ``open`` when another live run holds the file.
+        StateError: from ``open`` when the file is not a usable SQLite database.
+        StateWriteError: from any write the disk refuses (full, failing); nothing of it is kept.
     """
 
     def __init__(self, path: Path, lock_file: IO[str] | None) -> None:
         self.path = path
         self._lock_file = lock_file
         self.run_id = 0
+        #: job rows this connection inserted or changed
+        self.job_changes = 0
         if lock_file is None:
             self.db = sqlite3.connect(
                 f"{path.resolve().as_uri()}?mode=ro", isolation_level=None, uri=True
             )
             return
-        self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"cannot open the state file {path}: {exc}") from exc
 
     @classmethod
     @contextmanager
@@ -142,6 +149,7 @@ class StateStore(StateReader):
                 "SELECT id FROM jobs WHERE output = ?", (spec.output,)
             ).fetchone()
             return f"output {spec.output!r} is already the output of job {other[0]!r}"
+        self.job_changes += 1
         row = self.get(spec.id)
         assert row is not None
         return row
@@ -271,19 +279,25 @@ class StateStore(StateReader):
 
     @contextmanager
     def _transaction(self, *, full: bool = False) -> Iterator[None]:
-        if full:
-            self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("BEGIN IMMEDIATE")
         try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        else:
-            self.db.execute("COMMIT")
-        finally:
             if full:
-                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if self.db.in_transaction:  # SQLite rolls back by itself after an I/O error
+                    self.db.execute("ROLLBACK")
+                raise
+            else:
+                self.db.execute("COMMIT")
+            finally:
+                if full:
+                    self.db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.OperationalError as exc:
+            # A full disk or a failing one: nothing of this transaction was recorded, so the
+            # caller must not act on it; the run stops, and resumes once the disk is sound.
+            raise StateWriteError(f"cannot write the state file {self.path}: {exc}") from exc
 
     def _current(self, job_id: str) -> JobRow:
         row = self.get(job_id)
@@ -294,6 +308,7 @@ class StateStore(StateReader):
     def _move(self, row: JobRow, target: JobState, **fields: Any) -> None:
         if target not in ALLOWED_TRANSITIONS[row.state]:
             raise InvalidTransitionError(f"job {row.id!r}: {row.state} -> {target} is not allowed")
+        self.job_changes += 1
         fields["state"] = target.value
         fields["updated_at"] = time.time()
         assignments = ", ".join(f"{name} = ?" for name in fields)

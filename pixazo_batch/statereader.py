@@ -125,3 +125,10 @@ class StateReader:
     def webhook_secrets(self) -> dict[int, str]:
         """Every run's webhook signing secret, by run id."""
         return dict(self.db.execute("SELECT run_id, secret FROM webhook_secrets").fetchall())
+
+    def previous_run_ended(self, run_id: int) -> bool:
+        """Whether the run before ``run_id`` came to its end (so wrote ``results.jsonl``)."""
+        found = self.db.execute(
+            "SELECT ended_at FROM runs WHERE id < ? ORDER BY id DESC LIMIT 1", (run_id,)
+        ).fetchone()
+        return found is not None and found[0] is not None

@@ -23,6 +23,7 @@ from pixazo_batch.errors import (
     HttpStatusError,
     NotSentError,
     QuotaExhaustedError,
+    StateWriteError,
 )
 from pixazo_batch.governor import BackoffPolicy
 from pixazo_batch.models import GenerationRequest, SubmitAccepted
@@ -106,7 +107,18 @@ class Submitter:
                 retryable = exc.status not in _REJECTED
                 retry = self._refused(job_id, row.attempts, str(exc), retryable=retryable)
             else:
-                ctx.store.submit_accepted(job_id, accepted.request_id, accepted.polling_url)
+                try:
+                    ctx.store.submit_accepted(job_id, accepted.request_id, accepted.polling_url)
+                except StateWriteError:
+                    # The job will come back uncertain; the log is what can still name its
+                    # request for the operator.
+                    log.error(
+                        "accepted_not_recorded",
+                        job_id=job_id,
+                        request_id=accepted.request_id,
+                        state="submitting",
+                    )
+                    raise
                 log.info(
                     "submitted",
                     job_id=job_id,

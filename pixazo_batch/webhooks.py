@@ -19,16 +19,19 @@ import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
-from aiohttp import web
 from pydantic import ValidationError
 from yarl import URL
 
 from pixazo_batch.errors import UsageError
 from pixazo_batch.models import JobState, StatusResponse
 from pixazo_batch.state import StateStore
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = structlog.get_logger(__name__)
 
@@ -136,6 +139,8 @@ class WebhookReceiver:
         self._runner: web.AppRunner | None = None
 
     async def __aenter__(self) -> WebhookReceiver:
+        from aiohttp import web  # noqa: PLC0415  (a server only for runs that ask for callbacks)
+
         self.store.add_webhook_secret(self._secret)
         self._secrets[self._run_id] = self._secret
         app = web.Application(client_max_size=1 << 20)
@@ -160,6 +165,8 @@ class WebhookReceiver:
         return str(self.public_url.update_query(query))
 
     async def _callback(self, request: web.Request) -> web.Response:
+        from aiohttp import web  # noqa: PLC0415  (loaded by __aenter__ already)
+
         job_id = request.query.get("job", "")
         run = _int_or_none(request.query.get("run"))
         secret = None if run is None else self._secrets.get(run)

@@ -79,6 +79,27 @@ async def test_rerunning_a_finished_manifest_sends_nothing(
     assert after["media_requests"] == before["media_requests"]
 
 
+async def test_results_are_written_again_only_when_a_job_changed_or_the_file_is_gone(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    async with simulator() as sim:
+        settings = make_settings(sim, manifest_of(tmp_path, 2))
+        await run_batch(settings)
+        path = settings.out_dir / "results.jsonl"
+        written = path.stat().st_ino  # every write replaces the file: a new inode
+        await run_batch(settings)
+        untouched = path.stat().st_ino
+        path.unlink()
+        await run_batch(settings)
+        recreated = path.read_text(encoding="utf-8")
+        path.write_text("edited by hand\n", encoding="utf-8")
+        (settings.out_dir / "job-000.mp4").unlink()  # the next run downloads it again
+        await run_batch(settings)
+    assert untouched == written
+    assert len(recreated.splitlines()) == 2
+    assert [r["state"] for r in results(settings)] == ["downloaded", "downloaded"]
+
+
 async def test_a_vanished_output_is_downloaded_again_without_resubmitting(
     tmp_path: Path, make_settings: MakeSettings
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import json
 import os
 import random
 import signal
@@ -216,6 +217,38 @@ async def test_a_full_disk_leaves_the_job_downloadable_and_the_next_run_finishes
     assert finished.returncode == 0
     assert len(list(out.glob("*.mp4"))) == 3
     assert stats["accepted"] == 3
+
+
+async def test_a_full_disk_under_the_state_file_stops_the_run_cleanly_and_it_resumes(
+    tmp_path: Path,
+) -> None:
+    manifest = write_manifest(tmp_path / "m.jsonl", [job_line(i) for i in range(20)])
+    out = tmp_path / "out"
+    env = cli_env(PIXAZO_API_KEY=TEST_KEY)
+    async with simulator(fast(media_bytes=8192)) as sim:
+        # 200 KiB holds a new state file but not the write-ahead log of 20 jobs' transitions.
+        command = " ".join(f"'{part}'" for part in run_args(sim, manifest, out))
+        limited = await anyio.run_process(
+            ["bash", "-c", f"ulimit -f 200; trap '' XFSZ; exec {command}"], env=env, check=False
+        )
+        check_invariants(sim, out)
+        finished = await anyio.run_process(run_args(sim, manifest, out), env=env, check=False)
+        result = check_invariants(sim, out)
+        stats = sim.stats()
+    errors = limited.stderr.decode()
+    assert limited.returncode == 3, errors[-2000:]
+    assert "state_write_failed" in errors and "Traceback" not in errors
+    unrecorded = [
+        json.loads(line)["request_id"]
+        for line in errors.splitlines()
+        if '"accepted_not_recorded"' in line
+    ]
+    assert all(request_id in sim.state.book.jobs for request_id in unrecorded)
+    assert finished.returncode in (0, 3)
+    # Jobs whose acceptance could not be recorded are held uncertain, never paid twice.
+    assert result["states"].count("uncertain") == len(unrecorded)
+    assert set(result["states"]) <= {"downloaded", "uncertain"}
+    assert stats["accepted"] == 20 and stats["duplicate_charges"] == 0
 
 
 def test_no_command_line_option_can_carry_the_key() -> None:
