@@ -32,6 +32,9 @@ from pixazo_batch.models import JobState, RemoteStatus
 log = structlog.get_logger(__name__)
 
 CHUNK = 1 << 20
+#: a piece this small is written and hashed on the event loop (microseconds into the page
+#: cache), where a hand-off to a worker thread would cost more than the work
+INLINE_CHUNK = 64 << 10
 #: bytes at the start of a file that hold its ``ftyp`` box header
 _HEAD = 12
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
@@ -169,30 +172,12 @@ class Downloader:
                 if response.status == 200 and progress.size:
                     progress = _Progress(hashlib.sha256())
                 progress.resumed = progress.size > 0
-                # A plain file opened and closed on the loop cannot leak when the task is
-                # cancelled (aiofiles' threaded open/close can); writing and hashing run in a
-                # worker thread that a cancellation waits for, so a chunk is never half-recorded.
-                with open(part, "ab" if progress.size else "wb") as sink:  # noqa: ASYNC230
-                    async for chunk in response.content.iter_chunked(CHUNK):
-                        await anyio.to_thread.run_sync(progress.append, sink, chunk)
+                await _save(response, part, progress)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DownloadError(f"{type(exc).__name__}: {exc}") from exc
         except OSError as exc:
             raise DownloadError(f"cannot write {part.name}: {exc.strerror or exc}") from exc
-        if progress.size != total:
-            raise DownloadError(f"got {progress.size} of {total} bytes")
-        if progress.head[4:8] != b"ftyp":
-            raise DownloadError("not an MP4 file (no ftyp box)", discard_part=True)
-        match = _PLAIN_MD5.match(etag or "")
-        if progress.resumed and match is not None:
-            try:
-                md5 = await anyio.to_thread.run_sync(_md5_of, part)
-            except OSError as exc:
-                raise DownloadError(f"cannot read {part.name}: {exc.strerror or exc}") from exc
-            if md5 != match.group(1):
-                raise DownloadError(
-                    "resumed content does not match the CDN's ETag", discard_part=True
-                )
+        await _check_whole(part, progress, total, etag)
         return progress.size, progress.sha256.hexdigest()
 
     @staticmethod
@@ -211,6 +196,36 @@ class Downloader:
         if status == 200 and response.content_length is not None:
             return response.content_length, response.headers.get("ETag")
         raise DownloadError(f"media URL answered {status}")
+
+
+async def _save(response: aiohttp.ClientResponse, part: Path, progress: _Progress) -> None:
+    """Append the body to ``part``, hashing as it goes."""
+    # A plain file opened and closed on the loop cannot leak when the task is cancelled
+    # (aiofiles' threaded open/close can); a large piece is written and hashed in a worker
+    # thread that a cancellation waits for, so a piece is never half-recorded.
+    with open(part, "ab" if progress.size else "wb") as sink:  # noqa: ASYNC230
+        async for chunk in response.content.iter_chunked(CHUNK):
+            if len(chunk) <= INLINE_CHUNK:
+                progress.append(sink, chunk)
+            else:
+                await anyio.to_thread.run_sync(progress.append, sink, chunk)
+
+
+async def _check_whole(part: Path, progress: _Progress, total: int, etag: str | None) -> None:
+    """Raise unless the saved file is the whole video: its announced length, an MP4, and (when
+    assembled from more than one answer) the CDN's MD5."""
+    if progress.size != total:
+        raise DownloadError(f"got {progress.size} of {total} bytes")
+    if progress.head[4:8] != b"ftyp":
+        raise DownloadError("not an MP4 file (no ftyp box)", discard_part=True)
+    match = _PLAIN_MD5.match(etag or "")
+    if progress.resumed and match is not None:
+        try:
+            md5 = await anyio.to_thread.run_sync(_md5_of, part)
+        except OSError as exc:
+            raise DownloadError(f"cannot read {part.name}: {exc.strerror or exc}") from exc
+        if md5 != match.group(1):
+            raise DownloadError("resumed content does not match the CDN's ETag", discard_part=True)
 
 
 def _hash_existing(part: Path) -> _Progress:
