@@ -83,10 +83,11 @@ class Submitter:
                 ctx.store.submit_uncertain(job_id, str(exc))
                 ctx.gateway.mark_unhealthy()
                 log.warning("submit_uncertain", job_id=job_id, attempt=row.attempts, error=str(exc))
-                if ctx.webhooks is None or not ctx.settings.uncertain_wait:
+                if ctx.webhooks is None:
                     return False
-                # The gateway's callback names the request if the job was created: the poller
-                # waits for it, and the job is then tracked without being paid for twice.
+                # The gateway's callback names the request if the job was created (it may have
+                # come already, while the POST was out): the poller looks for it, waits up to
+                # --uncertain-wait, and the job is then tracked without being paid for twice.
                 await ctx.queues.poll.send(job_id)
                 return True
             except (BalanceError, QuotaExhaustedError) as exc:

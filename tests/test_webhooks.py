@@ -3,6 +3,7 @@ change nothing, forged callbacks are refused, and a lost answer is resolved with
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import sqlite3
 from contextlib import closing
@@ -74,20 +75,27 @@ async def test_callbacks_replace_polling_and_duplicates_change_nothing(
 
 
 @pytest.mark.parametrize(
-    ("fault", "answer_delay"),
+    ("fault", "answer_delay", "wait"),
     [
-        ("submit_lost_answer_rate", 0.05),  # the callback comes after the job went uncertain
-        ("submit_lost_answer_rate", 1.5),  # ...and before: while the POST is still in flight
-        ("submit_reset_rate", 0.0),
+        ("submit_lost_answer_rate", 0.05, 600.0),  # the callback comes after the 504
+        ("submit_lost_answer_rate", 1.5, 600.0),  # ...before it, while the POST is still out
+        ("submit_lost_answer_rate", 1.5, 0.0),  # ...and is used even when nothing waits
+        ("submit_reset_rate", 0.0, 600.0),
     ],
 )
 async def test_a_lost_answer_is_resolved_by_the_callback_without_paying_twice(
-    tmp_path: Path, make_settings: Any, log_tap: LogTap, fault: str, answer_delay: float
+    tmp_path: Path,
+    make_settings: Any,
+    log_tap: LogTap,
+    *,
+    fault: str,
+    answer_delay: float,
+    wait: float,
 ) -> None:
     scenario = hooked(**{fault: 1.0}, lost_answer_delay=answer_delay)
     manifest = write_manifest(tmp_path / "m.jsonl", [job_line(i) for i in range(3)])
     async with simulator(scenario) as sim:
-        settings = with_webhooks(make_settings, sim, manifest, concurrency=3)
+        settings = with_webhooks(make_settings, sim, manifest, concurrency=3, uncertain_wait=wait)
         summary = await run_batch(settings)
         stats = sim.stats()
     assert summary.exit_code == 0, summary
@@ -114,6 +122,32 @@ async def test_without_a_callback_a_lost_answer_stays_uncertain_after_the_wait(
     assert summary.exit_code == 3
     assert summary.uncertain == ["job-000"]
     assert stats["accepted"] == 1
+
+
+async def test_a_callback_for_an_uncertain_job_nobody_waits_for_is_recorded_for_the_next_run(
+    tmp_path: Path, make_settings: Any, log_tap: LogTap
+) -> None:
+    """Without a wait (or for a job left uncertain by an earlier run), the receiver itself
+    records the request a callback names, durably, and a later run finishes the job."""
+    scenario = hooked(processing_median={"540p": 0.3, "1080p": 3.0}, processing_sigma=0.0)
+    quick, slow = job_line(0), job_line(1, resolution="1080p")
+    async with simulator(scenario) as sim:
+        # An earlier run left the slow job submitted: this run is busy polling it a while.
+        stalled = make_settings(sim, write_manifest(tmp_path / "slow.jsonl", [slow]))
+        await run_batch(stalled.model_copy(update={"job_deadline": 0.05}))
+        lost = dataclasses.replace(scenario, submit_lost_answer_rate=1.0, lost_answer_delay=0.05)
+        sim.state.scenario = lost
+        manifest = write_manifest(tmp_path / "both.jsonl", [quick, slow])
+        settings = with_webhooks(make_settings, sim, manifest, uncertain_wait=0)
+        busy = await run_batch(settings)
+        sim.state.scenario = scenario
+        finished = await run_batch(make_settings(sim, manifest))
+        stats = sim.stats()
+    assert len(log_tap.named("submit_uncertain")) == len(log_tap.named("uncertain_unresolved"))
+    assert [e["job_id"] for e in log_tap.named("uncertain_resolved")] == ["job-000"]
+    assert busy.uncertain == [] and busy.counts["submitted"] == 1  # recorded, not yet polled
+    assert finished.exit_code == 0 and finished.counts["downloaded"] == 2
+    assert stats["accepted"] == 2 and stats["duplicate_charges"] == 0
 
 
 async def test_forged_callbacks_are_refused_and_change_nothing(
