@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import sqlite3
+import subprocess
 import time
 from contextlib import closing
 from pathlib import Path
@@ -196,6 +197,17 @@ async def test_media_5xx_bursts_and_slow_bodies_still_deliver_whole_files(
     assert stats["faults"]["media_error"] >= 1
 
 
+async def run_on_a_full_disk(
+    args: list[str], env: dict[str, str], *, kib: int
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a command whose every write past ``kib`` KiB in one file fails with EFBIG, as on a
+    full disk (``ulimit -f``, with the SIGXFSZ that would kill it ignored)."""
+    command = " ".join(f"'{part}'" for part in args)
+    return await anyio.run_process(
+        ["bash", "-c", f"ulimit -f {kib}; trap '' XFSZ; exec {command}"], env=env, check=False
+    )
+
+
 async def test_a_full_disk_leaves_the_job_downloadable_and_the_next_run_finishes(
     tmp_path: Path,
 ) -> None:
@@ -203,11 +215,7 @@ async def test_a_full_disk_leaves_the_job_downloadable_and_the_next_run_finishes
     out = tmp_path / "out"
     env = cli_env(PIXAZO_API_KEY=TEST_KEY)
     async with simulator(fast(media_bytes=400_000, media_size_jitter=0.0)) as sim:
-        # ulimit -f (1 KiB blocks) makes any write past 300 KB fail with EFBIG, like a full disk.
-        command = " ".join(f"'{part}'" for part in run_args(sim, manifest, out))
-        limited = await anyio.run_process(
-            ["bash", "-c", f"ulimit -f 300; trap '' XFSZ; exec {command}"], env=env, check=False
-        )
+        limited = await run_on_a_full_disk(run_args(sim, manifest, out), env, kib=300)
         check_invariants(sim, out)
         finished = await anyio.run_process(run_args(sim, manifest, out), env=env, check=False)
         check_invariants(sim, out)
@@ -227,10 +235,7 @@ async def test_a_full_disk_under_the_state_file_stops_the_run_cleanly_and_it_res
     env = cli_env(PIXAZO_API_KEY=TEST_KEY)
     async with simulator(fast(media_bytes=8192)) as sim:
         # 200 KiB holds a new state file but not the write-ahead log of 20 jobs' transitions.
-        command = " ".join(f"'{part}'" for part in run_args(sim, manifest, out))
-        limited = await anyio.run_process(
-            ["bash", "-c", f"ulimit -f 200; trap '' XFSZ; exec {command}"], env=env, check=False
-        )
+        limited = await run_on_a_full_disk(run_args(sim, manifest, out), env, kib=200)
         check_invariants(sim, out)
         finished = await anyio.run_process(run_args(sim, manifest, out), env=env, check=False)
         result = check_invariants(sim, out)
