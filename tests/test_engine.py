@@ -100,6 +100,23 @@ async def test_results_are_written_again_only_when_a_job_changed_or_the_file_is_
     assert [r["state"] for r in results(settings)] == ["downloaded", "downloaded"]
 
 
+async def test_results_are_written_again_after_a_run_that_did_not_end(
+    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
+) -> None:
+    """A run stopped before its end changed jobs without writing them out: the next run writes
+    them even when it changes nothing itself."""
+    async with simulator() as sim:
+        await run_batch(make_settings(sim, manifest_of(tmp_path, 1)))
+        settings = make_settings(sim, manifest_of(tmp_path, 2))
+        with anyio.CancelScope() as scope:
+            log_tap.on("downloaded", 2, scope.cancel)  # job-001, the new one, is in place
+            await run_batch(settings)
+        stale = len(results(settings))
+        await run_batch(settings)
+    assert stale == 1
+    assert [r["state"] for r in results(settings)] == ["downloaded", "downloaded"]
+
+
 async def test_a_vanished_output_is_downloaded_again_without_resubmitting(
     tmp_path: Path, make_settings: MakeSettings
 ) -> None:
