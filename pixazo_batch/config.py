@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from pixazo_batch.lifecycle import RunFlags
+
 ENV_PREFIX = "PIXAZO_"
 DEFAULT_BASE_URL = "https://gateway.pixazo.ai"
 STATE_FILE_NAME = ".pixazo-batch.db"
@@ -56,6 +58,8 @@ class Settings(BaseModel):
     submit_timeout: float = Field(default=120.0, gt=0)
     #: after SIGINT/SIGTERM, how long in-flight POSTs may take to return
     stop_deadline: float = Field(default=30.0, ge=0)
+    #: how long the gateway may refuse connections before the run stops (exit 3)
+    outage_deadline: float = Field(default=900.0, gt=0)
     #: public https URL that reaches ``webhook_listen``; setting it turns callbacks on
     webhook_url: str | None = None
     #: HOST:PORT the callback listener binds
@@ -84,6 +88,26 @@ class Settings(BaseModel):
             raise ValueError("must name a host")
         return value
 
+    @field_validator("base_url")
+    @classmethod
+    def _gateway_url(cls, value: str) -> str:
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError("must be an http(s) URL with a host, e.g. https://gateway.pixazo.ai")
+        if url.query or url.fragment or url.username or url.password:
+            raise ValueError("must not carry a query, a fragment or credentials")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _printable_key(cls, value: SecretStr) -> SecretStr:
+        key = value.get_secret_value()
+        if not key:
+            raise ValueError("is empty")
+        if any(ch.isspace() or not ch.isprintable() for ch in key):
+            raise ValueError("contains a space, a line break or a control character")
+        return value
+
     @field_validator("webhook_listen")
     @classmethod
     def _host_and_port(cls, value: str) -> str:
@@ -96,6 +120,15 @@ class Settings(BaseModel):
     def state_file(self) -> Path:
         """Where the state lives: ``--state``, else ``OUT/.pixazo-batch.db``."""
         return self.state_path or self.out_dir / STATE_FILE_NAME
+
+    @property
+    def run_flags(self) -> RunFlags:
+        """The operator's standing choices for uncertain and failed jobs."""
+        return RunFlags(
+            resubmit_uncertain=self.resubmit_uncertain,
+            abandon_uncertain=self.abandon_uncertain,
+            retry_failed=self.retry_failed,
+        )
 
     @property
     def budget_cents(self) -> int | None:

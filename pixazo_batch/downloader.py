@@ -1,4 +1,4 @@
-"""Downloader: completed -> downloaded. A final path only ever holds a whole, verified video.
+"""Downloader: fetches completed jobs' videos. A final path only ever holds a whole, verified video.
 
 Bytes stream into ``<output>.part`` while being hashed (sha256, recorded); an interrupted
 ``.part`` is resumed with ``Range``. Before the rename the file must have the announced length and
@@ -24,10 +24,11 @@ import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from pixazo_batch.context import RunContext
-from pixazo_batch.errors import AuthRefusedError, GatewayError, QuotaExhaustedError
+from pixazo_batch.errors import MediaError, RequestError, SubmitStopError
 from pixazo_batch.governor import BackoffPolicy
 from pixazo_batch.jobrow import JobRow
-from pixazo_batch.models import JobState, RemoteStatus
+from pixazo_batch.lifecycle import Action, Downloaded, DownloadFailed, MediaRefreshed, Outcome
+from pixazo_batch.models import RemoteStatus
 
 log = structlog.get_logger(__name__)
 
@@ -39,15 +40,6 @@ INLINE_CHUNK = 64 << 10
 _HEAD = 12
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 _PLAIN_MD5 = re.compile(r'^"?([0-9a-f]{32})"?$')
-
-
-class DownloadError(Exception):
-    """One download try failed; the ``.part`` file is kept when it is still good."""
-
-    def __init__(self, message: str, *, discard_part: bool = False, expired: bool = False) -> None:
-        super().__init__(message)
-        self.discard_part = discard_part
-        self.expired = expired
 
 
 def confined_path(root: Path, relative: str) -> Path:
@@ -94,67 +86,60 @@ class Downloader:
     async def run(self, jobs: MemoryObjectReceiveStream[str]) -> None:
         """Download each job id received until the run ends (the engine owns the stream)."""
         async for job_id in jobs:
-            try:
-                await self.download(job_id)
-            finally:
-                self.ctx.ledger.leave()
+            await self.download(job_id)
 
-    async def download(self, job_id: str) -> bool:
-        """Bring one completed job's video to its final path; False if it must wait for a resume."""
-        ctx = self.ctx
-        row = ctx.store.get(job_id)
-        assert row is not None
-        if row.state is not JobState.COMPLETED:
-            # Queued twice (or finished meanwhile): one download per job, never two writers.
-            log.debug("download_skipped", job_id=job_id, state=row.state.value)
-            return row.state is JobState.DOWNLOADED
+    async def download(self, job_id: str) -> None:
+        """Try the job's video until the router takes it elsewhere (or to rest)."""
+        tries = 0
+        while True:
+            tries += 1
+            row = self.ctx.store.get(job_id)
+            assert row is not None
+            outcome = await self.attempt(row, tries)
+            step = await self.ctx.router.settle(job_id, outcome)
+            if step.action is not Action.RETRY:
+                return
+            if isinstance(outcome, DownloadFailed):
+                await self.ctx.clock.sleep(self.backoff.delay(tries, self._rng))
+
+    async def attempt(self, row: JobRow, tries: int) -> Outcome:
+        """One try at bringing the job's video to its final path, and how it went."""
+        left = tries < self.ctx.settings.download_tries
         try:
             final = confined_path(self._root, row.output)
-        except ValueError as exc:
-            log.error("download_refused", job_id=job_id, error=str(exc))
-            return False
-        final.parent.mkdir(parents=True, exist_ok=True)
+            final.parent.mkdir(parents=True, exist_ok=True)
+        except (ValueError, OSError) as exc:
+            log.error("download_refused", job_id=row.id, error=str(exc))
+            return DownloadFailed(str(exc), tries_left=False)
         part = final.with_name(final.name + ".part")
-        for attempt in range(1, ctx.settings.download_tries + 1):
-            try:
-                size, sha256 = await self._fetch(row, part)
-                await _commit_file(part, final)
-            except DownloadError as exc:
-                log.warning("download_retry", job_id=job_id, attempt=attempt, error=str(exc))
-                if exc.discard_part:
-                    part.unlink(missing_ok=True)
-                if exc.expired:
-                    row = await self._refresh_url(row)
-                else:
-                    await anyio.sleep(self.backoff.delay(attempt, self._rng))
-                continue
-            ctx.store.downloaded(job_id, size, sha256)
-            log.info(
-                "downloaded",
-                job_id=job_id,
-                request_id=row.request_id,
-                bytes=size,
-                state="downloaded",
-            )
-            return True
-        log.error("download_gave_up", job_id=job_id, tries=ctx.settings.download_tries)
-        return False
+        try:
+            size, sha256 = await self._fetch(row, part)
+            await _commit_file(part, final)
+        except MediaError as exc:
+            log.warning("download_retry", job_id=row.id, attempt=tries, error=str(exc))
+            if exc.discard_part:
+                part.unlink(missing_ok=True)
+            if exc.expired:
+                return await self._refresh_url(row, str(exc), tries_left=left)
+            if not left:
+                log.error("download_gave_up", job_id=row.id, tries=tries)
+            return DownloadFailed(str(exc), tries_left=left)
+        log.info(
+            "downloaded", job_id=row.id, request_id=row.request_id, bytes=size, state="downloaded"
+        )
+        return Downloaded(size, sha256)
 
-    async def _refresh_url(self, row: JobRow) -> JobRow:
+    async def _refresh_url(self, row: JobRow, reason: str, *, tries_left: bool) -> Outcome:
         """Ask the status endpoint for a fresh media URL (the old one expired)."""
         assert row.request_id is not None
         try:
             status = await self.ctx.gateway.status(row.request_id, row.polling_url)
-        except (AuthRefusedError, QuotaExhaustedError):
-            raise
-        except GatewayError as exc:
+        except (RequestError, SubmitStopError) as exc:
             log.warning("media_refresh_failed", job_id=row.id, error=str(exc))
-            return row
-        if status.status is RemoteStatus.COMPLETED and status.media_url:
-            self.ctx.store.refresh_media(row.id, status.media_url)
-        fresh = self.ctx.store.get(row.id)
-        assert fresh is not None
-        return fresh
+            return DownloadFailed(f"{reason}; no fresh URL: {exc}", tries_left=tries_left)
+        if status.status is RemoteStatus.COMPLETED and status.media_url and tries_left:
+            return MediaRefreshed(status.media_url)
+        return DownloadFailed(reason, tries_left=tries_left)
 
     async def _fetch(self, row: JobRow, part: Path) -> tuple[int, str]:
         assert row.media_url is not None
@@ -164,7 +149,7 @@ class Downloader:
             if part.exists():  # noqa: ASYNC240
                 progress = await anyio.to_thread.run_sync(_hash_existing, part)
         except OSError as exc:
-            raise DownloadError(f"cannot read {part.name}: {exc}", discard_part=True) from exc
+            raise MediaError(f"cannot read {part.name}: {exc}", discard_part=True) from exc
         headers = {"Range": f"bytes={progress.size}-"} if progress.size else {}
         try:
             async with self.ctx.media.get(row.media_url, headers=headers) as response:
@@ -174,9 +159,9 @@ class Downloader:
                 progress.resumed = progress.size > 0
                 await _save(response, part, progress)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise DownloadError(f"{type(exc).__name__}: {exc}") from exc
+            raise MediaError(f"{type(exc).__name__}: {exc}") from exc
         except OSError as exc:
-            raise DownloadError(f"cannot write {part.name}: {exc.strerror or exc}") from exc
+            raise MediaError(f"cannot write {part.name}: {exc.strerror or exc}") from exc
         await _check_whole(part, progress, total, etag)
         return progress.size, progress.sha256.hexdigest()
 
@@ -185,17 +170,17 @@ class Downloader:
         """The full file size and ETag the answer announces, or why this try cannot go on."""
         status = response.status
         if status in (403, 404, 410):
-            raise DownloadError(f"media URL answered {status}", expired=True)
+            raise MediaError(f"media URL answered {status}", expired=True)
         if status == 416:
-            raise DownloadError("the saved part no longer fits the file", discard_part=True)
+            raise MediaError("the saved part no longer fits the file", discard_part=True)
         if status == 206:
             match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
             if match is None or int(match.group(1)) != offset:
-                raise DownloadError("unexpected Content-Range", discard_part=True)
+                raise MediaError("unexpected Content-Range", discard_part=True)
             return int(match.group(3)), response.headers.get("ETag")
         if status == 200 and response.content_length is not None:
             return response.content_length, response.headers.get("ETag")
-        raise DownloadError(f"media URL answered {status}")
+        raise MediaError(f"media URL answered {status}")
 
 
 async def _save(response: aiohttp.ClientResponse, part: Path, progress: _Progress) -> None:
@@ -215,17 +200,17 @@ async def _check_whole(part: Path, progress: _Progress, total: int, etag: str | 
     """Raise unless the saved file is the whole video: its announced length, an MP4, and (when
     assembled from more than one answer) the CDN's MD5."""
     if progress.size != total:
-        raise DownloadError(f"got {progress.size} of {total} bytes")
+        raise MediaError(f"got {progress.size} of {total} bytes")
     if progress.head[4:8] != b"ftyp":
-        raise DownloadError("not an MP4 file (no ftyp box)", discard_part=True)
+        raise MediaError("not an MP4 file (no ftyp box)", discard_part=True)
     match = _PLAIN_MD5.match(etag or "")
     if progress.resumed and match is not None:
         try:
             md5 = await anyio.to_thread.run_sync(_md5_of, part)
         except OSError as exc:
-            raise DownloadError(f"cannot read {part.name}: {exc.strerror or exc}") from exc
+            raise MediaError(f"cannot read {part.name}: {exc.strerror or exc}") from exc
         if md5 != match.group(1):
-            raise DownloadError("resumed content does not match the CDN's ETag", discard_part=True)
+            raise MediaError("resumed content does not match the CDN's ETag", discard_part=True)
 
 
 def _hash_existing(part: Path) -> _Progress:
@@ -257,7 +242,7 @@ async def _commit_file(part: Path, final: Path) -> None:
     try:
         await anyio.to_thread.run_sync(_fsync_and_rename, part, final)
     except OSError as exc:
-        raise DownloadError(f"cannot move {part.name} into place: {exc.strerror or exc}") from exc
+        raise MediaError(f"cannot move {part.name} into place: {exc.strerror or exc}") from exc
 
 
 def _fsync_and_rename(part: Path, final: Path) -> None:

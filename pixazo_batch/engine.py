@@ -13,36 +13,42 @@ import dataclasses
 import math
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol, TypeVar
 
 import aiohttp
 import anyio
 import structlog
+from yarl import URL
 
 from pixazo_batch.config import RESULTS_FILE_NAME, Settings
-from pixazo_batch.context import Queues, RunContext
+from pixazo_batch.context import RunContext
 from pixazo_batch.downloader import Downloader
 from pixazo_batch.errors import (
-    EXIT_AUTH,
+    EXIT_DECIDE,
     EXIT_FAILED_JOBS,
     EXIT_INCOMPLETE,
-    EXIT_OK,
     EXIT_USAGE,
     AuthRefusedError,
     ManifestError,
-    QuotaExhaustedError,
+    RunStopError,
     StateWriteError,
+    worst_exit,
 )
 from pixazo_batch.estimator import CompletionEstimator
 from pixazo_batch.gateway import GatewayClient
-from pixazo_batch.governor import RateGovernor
+from pixazo_batch.governor import Clock, MonotonicClock, RateGovernor
+from pixazo_batch.health import GatewayHealth
+from pixazo_batch.lifecycle import Hinted
 from pixazo_batch.manifest import ManifestIssue
 from pixazo_batch.models import JobState
 from pixazo_batch.poller import Poller
 from pixazo_batch.producer import feed
 from pixazo_batch.results import write_results
+from pixazo_batch.router import Queues, Router
 from pixazo_batch.state import StateStore
 from pixazo_batch.submitter import Submitter
 from pixazo_batch.webhooks import WebhookReceiver
@@ -54,19 +60,13 @@ _E = TypeVar("_E", bound=BaseException)
 #: default 64 KiB the socket stalls whenever a chunk is being hashed and written
 MEDIA_BUFFER = 4 * 1024 * 1024
 
-_UNFINISHED = (
-    JobState.PENDING,
-    JobState.SUBMITTING,
-    JobState.UNCERTAIN,
-    JobState.SUBMITTED,
-    JobState.COMPLETED,
-    JobState.ERRORED,
-)
+#: states of jobs a later run finishes by itself (pending aside)
+_IN_FLIGHT = (JobState.SUBMITTING, JobState.SUBMITTED, JobState.COMPLETED, JobState.ERRORED)
 
 
 @dataclass
 class RunSummary:
-    """What a run did and how it ended; ``exit_code`` follows DESIGN section 6."""
+    """What a run did and how it ended; ``exit_code`` follows ``docs/design.md``, "Exit codes"."""
 
     exit_code: int
     counts: dict[str, int]
@@ -92,8 +92,11 @@ async def run_batch(
     handle_signals: bool = False,
     on_issue: Callable[[ManifestIssue], None] | None = None,
     observer: RunObserver | None = None,
+    clock: Clock | None = None,
 ) -> RunSummary:
     """Run the manifest to completion (or to a clean stop) and return the summary.
+
+    ``clock`` paces back-offs, pauses and the outage deadline (tests pass a virtual one).
 
     Raises:
         StateLockedError: another run holds the state file.
@@ -107,9 +110,6 @@ async def run_batch(
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     with StateStore.open(settings.state_file) as store:
         store.begin_run()
-        recovered = store.recover_interrupted()
-        if recovered:
-            log.warning("recovered_uncertain", count=recovered, state="uncertain")
         async with _callbacks(settings, store) as webhooks:
             summary = await _run(
                 settings,
@@ -118,6 +118,7 @@ async def run_batch(
                 handle_signals=handle_signals,
                 on_issue=on_issue,
                 observer=observer,
+                clock=clock or MonotonicClock(),
             )
         try:
             write_results(store, settings.out_dir / RESULTS_FILE_NAME)
@@ -151,21 +152,29 @@ async def _run(
     handle_signals: bool,
     on_issue: Callable[[ManifestIssue], None] | None,
     observer: RunObserver | None,
+    clock: Clock,
 ) -> RunSummary:
     issues: list[str] = []
-    auth_error: AuthRefusedError | None = None
-    manifest_error: ManifestError | None = None
-    governor = RateGovernor(settings.rps)
-    submit_send, submit_receive = anyio.create_memory_object_stream[str](0)
+    stopped_by: RunStopError | None = None
+    governor = RateGovernor(settings.rps, clock=clock)
+    health = GatewayHealth(outage_deadline=settings.outage_deadline, clock=clock)
+    origin = str(URL(settings.base_url).origin())
+    _honour_earlier_pause(store, governor, origin)
+    submit_send, submit_receive = anyio.create_memory_object_stream[str](math.inf)
     poll_send, poll_receive = anyio.create_memory_object_stream[str](math.inf)
     download_send, download_receive = anyio.create_memory_object_stream[str](math.inf)
     gateway = GatewayClient(
         settings.base_url,
         settings.api_key.get_secret_value(),
         governor,
+        health,
         concurrency=settings.concurrency,
         submit_timeout=settings.submit_timeout,
         retry_after_cap=settings.retry_after_cap,
+        on_pause=lambda until: _remember_pause(store, origin, until),
+    )
+    router = Router(
+        store, Queues(submit_send, poll_send, download_send), max_in_flight=settings.max_in_flight
     )
     async with (
         gateway,
@@ -181,13 +190,14 @@ async def _run(
             store=store,
             gateway=gateway,
             media=media,
-            queues=Queues(submit_send, poll_send, download_send),
-            in_flight=anyio.CapacityLimiter(settings.max_in_flight),
+            router=router,
+            health=health,
+            clock=clock,
             webhooks=webhooks,
         )
         estimator = _learned_estimator(settings, store)
         # The signal watcher lives outside the pipeline's scope, so it still hears a second
-        # signal while the first one's cancellation waits for in-flight POSTs.
+        # signal while the first one's cancellation waits for POSTs on the wire.
         async with anyio.create_task_group() as guard:
             pipeline = anyio.CancelScope()
             if handle_signals:
@@ -204,27 +214,53 @@ async def _run(
                         group.start_soon(Poller(ctx, estimator=estimator).run, poll_receive)
                         for _ in range(settings.downloads):
                             group.start_soon(Downloader(ctx).run, download_receive)
+                        if webhooks is not None:
+                            group.start_soon(webhooks.adopt_hinted, partial(_adopt, ctx))
                         group.start_soon(feed, ctx, issues, on_issue)
-                        await ctx.ledger.settled.wait()
+                        await router.settled.wait()
                         group.cancel_scope.cancel()
-            except* AuthRefusedError as group_error:
-                auth_error = _first(group_error, AuthRefusedError)
-                log.error("auth_refused", http_status=auth_error.status, error=str(auth_error))
-            except* QuotaExhaustedError as group_error:
-                quota = _first(group_error, QuotaExhaustedError)
-                ctx.flags.stop(str(quota))
-                log.error("quota_exhausted", http_status=403, error=str(quota))
-            except* ManifestError as group_error:
-                manifest_error = _first(group_error, ManifestError)
-            except* StateWriteError as group_error:
-                refused = _first(group_error, StateWriteError)
-                ctx.flags.stop(str(refused))
-                log.error("state_write_failed", error=str(refused))
+            except* RunStopError as group_error:
+                stopped_by = _first(group_error, RunStopError)
+                _log_stop(stopped_by, ctx)
             finally:
                 guard.cancel_scope.cancel()
-    if manifest_error is not None:
-        raise manifest_error
-    return _summarise(ctx, issues, auth_error)
+    if isinstance(stopped_by, ManifestError):
+        raise stopped_by
+    return _summarise(ctx, issues, stopped_by)
+
+
+async def _adopt(ctx: RunContext, job_id: str) -> None:
+    """Take in an uncertain job a callback named a request for while this run goes on."""
+    row = ctx.store.get(job_id)
+    if row is not None and row.state is JobState.UNCERTAIN:
+        await ctx.router.admit(row, Hinted())
+
+
+def _honour_earlier_pause(store: StateStore, governor: RateGovernor, origin: str) -> None:
+    """Wait out what is left of a pause the gateway announced to an earlier run."""
+    until = store.pause_until(origin)
+    left = 0.0 if until is None else until - time.time()
+    if left > 0:
+        log.warning("waiting_retry_after", wait_s=round(left, 1), reason="announced earlier")
+        governor.hold(left)
+
+
+def _remember_pause(store: StateStore, origin: str, until: float) -> None:
+    try:
+        store.remember_pause(origin, until)
+    except StateWriteError as exc:  # the pause itself is honoured; only later runs miss it
+        log.warning("pause_not_recorded", error=str(exc))
+
+
+def _log_stop(error: RunStopError, ctx: RunContext) -> None:
+    """One log line saying why the run stopped."""
+    if isinstance(error, AuthRefusedError):
+        log.error("auth_refused", http_status=error.status, error=str(error))
+    elif isinstance(error, StateWriteError):
+        log.error("state_write_failed", error=str(error))
+    elif not isinstance(error, ManifestError):
+        log.error("run_stopped", error=str(error), exit_code=error.exit_code)
+    ctx.flags.stop(str(error), error.exit_code)
 
 
 def _first(group: BaseExceptionGroup[_E], kind: type[_E]) -> _E:
@@ -254,7 +290,7 @@ def _learned_estimator(settings: Settings, store: StateStore) -> CompletionEstim
 
 
 async def _watch_signals(ctx: RunContext, scope: anyio.CancelScope) -> None:
-    """First SIGINT/SIGTERM: stop submitting, give in-flight POSTs the stop deadline, cancel.
+    """First SIGINT/SIGTERM: stop submitting, give POSTs on the wire the stop deadline, cancel.
     Second: leave at once (every transition is already committed, so the file is consistent)."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for received in signals:
@@ -263,37 +299,42 @@ async def _watch_signals(ctx: RunContext, scope: anyio.CancelScope) -> None:
                 os._exit(EXIT_INCOMPLETE)
             ctx.flags.interrupted = True
             ctx.flags.stop(f"stopped by signal {signal.Signals(received).name}")
-            log.warning("stopping", signal=received, posts_in_flight=len(ctx.open_posts))
+            log.warning("stopping", signal=received, posts_on_wire=len(ctx.posts_on_wire))
+            # Submits not yet on the wire are simply cancelled (their jobs stay pending); the
+            # POSTs on it are shielded and get the stop deadline to return.
             deadline = anyio.current_time() + ctx.settings.stop_deadline
-            for post in ctx.open_posts:
+            for post in ctx.posts_on_wire:
                 post.deadline = deadline
             scope.cancel()
 
 
-def _summarise(
-    ctx: RunContext, issues: list[str], auth_error: AuthRefusedError | None
-) -> RunSummary:
+def _summarise(ctx: RunContext, issues: list[str], stopped_by: RunStopError | None) -> RunSummary:
     store, flags = ctx.store, ctx.flags
     counts = store.counts()
     uncertain = [row.id for row in store.iter_jobs(JobState.UNCERTAIN)]
-    unfinished = any(counts.get(state, 0) for state in _UNFINISHED)
-    if auth_error is not None:
-        code = EXIT_AUTH
-    elif flags.stop_submitting or unfinished:
-        code = EXIT_INCOMPLETE
-    elif issues:
-        code = EXIT_USAGE
-    elif counts.get(JobState.FAILED, 0):
-        code = EXIT_FAILED_JOBS
-    else:
-        code = EXIT_OK
+    codes: set[int] = set()
+    if stopped_by is not None:
+        codes.add(stopped_by.exit_code)
+    if uncertain:
+        codes.add(EXIT_DECIDE)
+    if flags.stop_submitting is not None:
+        codes.add(flags.stop_exit_code)
+    # Jobs left pending by a refused setting wait for the settings to be fixed (exit 2); any
+    # other unfinished job resumes by itself (exit 3).
+    waiting = _IN_FLIGHT if flags.stop_exit_code == EXIT_USAGE else (*_IN_FLIGHT, JobState.PENDING)
+    if flags.interrupted or flags.stalled or any(counts.get(state, 0) for state in waiting):
+        codes.add(EXIT_INCOMPLETE)
+    if issues:
+        codes.add(EXIT_USAGE)
+    if counts.get(JobState.FAILED, 0):
+        codes.add(EXIT_FAILED_JOBS)
     return RunSummary(
-        exit_code=code,
+        exit_code=worst_exit(codes),
         counts={state.value: counts.get(state, 0) for state in JobState},
         committed_usd=f"{store.committed_cents() / 100:.2f}",
         spent_usd=f"{store.spent_cents() / 100:.2f}",
         manifest_issues=issues,
         uncertain=uncertain,
         stalled=list(flags.stalled),
-        stop_reason=(str(auth_error) if auth_error else flags.stop_submitting),
+        stop_reason=flags.stop_submitting,
     )

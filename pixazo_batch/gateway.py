@@ -1,19 +1,20 @@
 """GatewayClient: the only code that speaks HTTP to the Pixazo gateway.
 
 It sends the key to the gateway's origin and nowhere else (redirects are not followed, and a
-``polling_url`` on another origin is ignored), waits out 429 answers through the shared
-``RateGovernor``, and turns every aiohttp failure into this project's error tree once, keeping
-*not sent* apart from *maybe sent*: that split decides whether a submit may have been charged.
+``polling_url`` on another origin is ignored), paces every request through the shared
+``RateGovernor``, reports reachability to ``GatewayHealth``, and turns every aiohttp failure and
+every answer into this project's error tree once. Two splits decide whether a submit may have
+been charged (``docs/design.md``, section "Who answered"): *not sent* against *maybe sent*, and an
+answer in the gateway's own shapes against anything else (a proxy's page, a CDN's 52x).
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
-from types import TracebackType
+from types import SimpleNamespace, TracebackType
 from typing import Self
 from urllib.parse import quote
 
@@ -27,11 +28,14 @@ from pixazo_batch.errors import (
     AnswerLostError,
     AuthRefusedError,
     BalanceError,
+    GatewayAnswerError,
     HttpStatusError,
     NotSentError,
     QuotaExhaustedError,
+    SettingsRefusedError,
 )
 from pixazo_batch.governor import RateGovernor
+from pixazo_batch.health import GatewayHealth
 from pixazo_batch.models import (
     STATUS_PATH_PREFIX,
     SUBMIT_PATH,
@@ -40,66 +44,45 @@ from pixazo_batch.models import (
     StatusResponse,
     SubmitAccepted,
 )
+from pixazo_batch.retryafter import parse_retry_after, quota_wait
 
 log = structlog.get_logger(__name__)
 
 KEY_HEADER = "Ocp-Apim-Subscription-Key"
 #: added to an announced Retry-After: event-loop timers may fire a hair early
 RETRY_AFTER_MARGIN = 0.05
-_TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?) seconds?", re.IGNORECASE)
-_REPLENISHED = re.compile(r"replenished in (?:(\d+)\.)?(\d+):(\d+):(\d+)", re.IGNORECASE)
-
-
-def parse_retry_after(
-    header: str | None, body: str = "", *, now: float | None = None
-) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (seconds, HTTP date or ISO-8601 timestamp),
-    else from the API front's "Try again in N seconds" body; None when neither says."""
-    wall = time.time() if now is None else now
-    if header:
-        value = header.strip()
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            pass
-        moment: datetime | None = None
-        try:
-            moment = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            try:
-                moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                moment = None
-        if moment is not None:
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
-            return max(0.0, moment.timestamp() - wall)
-    match = _TRY_AGAIN.search(body)
-    return float(match.group(1)) if match else None
-
-
-def quota_wait(message: str) -> float | None:
-    """Seconds until a quota returns, from "Quota will be replenished in [d.]hh:mm:ss"."""
-    match = _REPLENISHED.search(message)
-    if match is None:
-        return None
-    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+#: the longest gateway answer read; a longer one is not the gateway's JSON
+ANSWER_LIMIT = 1 << 20
+#: what a request_id may look like before it is stored or put in a URL (documented:
+#: ``{model_id}_{uuid}``; kept a little wider, since the id is opaque)
+REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,199}$")
+_SUBMIT_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-cache"}
 
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A gateway answer read in full."""
+    """A gateway answer read in full (up to ``ANSWER_LIMIT``)."""
 
     status: int
     text: str
     headers: CIMultiDictProxy[str]
+    oversized: bool = False
+
+
+class RateLimitedError(HttpStatusError):
+    """A submit answered 429: not accepted; every sender is paused already."""
+
+
+def usable_request_id(request_id: str) -> bool:
+    """Whether ``request_id`` has a shape that is safe to store and put in a URL."""
+    return REQUEST_ID.match(request_id) is not None
 
 
 class GatewayClient:
     """Submits jobs and reads their status, paced by a shared ``RateGovernor``.
 
-    Usage: ``async with GatewayClient(base_url, key, governor) as gw: await gw.submit(req)``.
+    Usage: ``async with GatewayClient(base_url, key, governor, health) as gw: await
+    gw.submit(req, on_wire=...)``.
     """
 
     def __init__(
@@ -107,27 +90,33 @@ class GatewayClient:
         base_url: str,
         api_key: str,
         governor: RateGovernor,
+        health: GatewayHealth,
         *,
         concurrency: int = 8,
         submit_timeout: float = 120.0,
         status_timeout: float = 30.0,
         retry_after_cap: float = 300.0,
+        on_pause: Callable[[float], None] | None = None,
     ) -> None:
         self.base = URL(base_url.rstrip("/"))
         self._key = api_key
         self.governor = governor
+        self.health = health
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._submit_timeout = aiohttp.ClientTimeout(total=submit_timeout, connect=30)
         self._status_timeout = aiohttp.ClientTimeout(total=status_timeout, connect=30)
         self.retry_after_cap = retry_after_cap
+        self._on_pause = on_pause
         self._session: aiohttp.ClientSession | None = None
-        #: set while the gateway's backend answers; cleared when a submit's answer was lost
-        self.healthy = anyio.Event()
-        self.healthy.set()
 
     async def __aenter__(self) -> Self:
-        connector = aiohttp.TCPConnector(limit=0)
-        self._session = aiohttp.ClientSession(connector=connector, raise_for_status=False)
+        tracing = aiohttp.TraceConfig(trace_config_ctx_factory=SimpleNamespace)
+        tracing.on_request_headers_sent.append(_call_on_wire)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            raise_for_status=False,
+            trace_configs=[tracing],
+        )
         return self
 
     async def __aexit__(
@@ -139,97 +128,132 @@ class GatewayClient:
         if self._session is not None:
             await self._session.close()
 
-    def mark_unhealthy(self) -> None:
-        """Note that the gateway lost a submit's answer; ``healthy`` stays clear until a status
-        request is answered again."""
-        if self.healthy.is_set():
-            self.healthy = anyio.Event()
-
     async def submit(
         self,
         request: GenerationRequest,
         *,
+        on_wire: Callable[[], None],
         webhook_url: str | None = None,
         webhook_mode: str = "terminal",
     ) -> SubmitAccepted:
-        """POST one job, asking for callbacks to ``webhook_url`` when given. Returns the 202
-        answer.
+        """POST one job. ``on_wire`` runs once the POST holds its rate token and connection,
+        just before its bytes leave; whatever it raises stops the POST unsent.
 
         Raises:
             NotSentError: the request never left; retrying is safe.
-            AnswerLostError: the job may exist and be charged (timeout, reset, 502/504 or the API
-                front's 5xx).
-            AuthRefusedError, QuotaExhaustedError, BalanceError, HttpStatusError: refused.
+            AnswerLostError: the job may exist and be charged: no answer, or one that is not
+                the gateway's (a proxy's page, 408, 502/504, a 2xx without a request_id).
+            RateLimitedError, HttpStatusError: not accepted (429, 503, a 500 in the service's
+                shape, or a 4xx naming this job).
+            AuthRefusedError, QuotaExhaustedError, BalanceError, SettingsRefusedError: not
+                accepted, and no other job would be either.
         """
-        headers = {"Content-Type": "application/json", "Cache-Control": "no-cache"}
+        headers = dict(_SUBMIT_HEADERS)
         if webhook_url is not None:
             headers["X-Webhook-URL"] = webhook_url
             headers["X-Webhook-Mode"] = webhook_mode
         body = request.model_dump_json().encode()
-        answer = await self._send(
-            "POST", self._url(SUBMIT_PATH), headers, body, self._submit_timeout
-        )
-        if answer.status in (200, 201, 202):
+        url = self._url(SUBMIT_PATH)
+        await self.governor.acquire()
+        answer = await self._send("POST", url, headers, body, self._submit_timeout, on_wire)
+        if 200 <= answer.status < 300 and not answer.oversized:
             try:
-                return SubmitAccepted.model_validate_json(answer.text)
-            except ValueError as exc:
-                raise AnswerLostError(f"HTTP {answer.status} without a request_id") from exc
+                accepted = SubmitAccepted.model_validate_json(answer.text)
+            except ValueError:
+                accepted = None
+            if accepted is not None and usable_request_id(accepted.request_id):
+                return accepted.model_copy(update={"polling_url": self._own(accepted.polling_url)})
         error = self._error(answer)
-        if answer.status in (502, 504) or (answer.status >= 500 and error.body.from_api_front):
-            raise AnswerLostError(f"HTTP {answer.status} from the API front: {error.body.text}")
+        if not self._not_accepted(answer.status, error.body):
+            raise AnswerLostError(f"HTTP {answer.status}, not the gateway's answer: {error}")
+        if answer.status == 429:
+            self._pause_for(answer)
+            raise RateLimitedError(429, error.body, error.retry_after)
+        if answer.status == 404 or (answer.status == 400 and _names_a_setting(error, headers)):
+            raise SettingsRefusedError(answer.status, error.body)
         raise error
 
     async def status(self, request_id: str, polling_url: str | None = None) -> StatusResponse:
-        """The current status of ``request_id``.
+        """The current status of ``request_id``; 429 answers are waited out.
 
         Raises:
             NotSentError, AnswerLostError: network trouble (safe to retry: reads are free).
             AuthRefusedError, QuotaExhaustedError, HttpStatusError: the gateway answered an error.
         """
         url = self._status_url(request_id, polling_url)
-        answer = await self._send("GET", url, {}, None, self._status_timeout)
-        if answer.status < 500:
-            self.healthy.set()
-        if answer.status == 200:
+        while True:
+            await self.governor.acquire()
+            answer = await self._send("GET", url, {}, None, self._status_timeout)
+            if answer.status != 429:
+                break
+            self._pause_for(answer)
+        if answer.status == 200 and not answer.oversized:
             try:
                 return StatusResponse.model_validate_json(answer.text)
             except ValueError as exc:
-                raise HttpStatusError(200, ErrorBody(message=f"unreadable status: {exc}")) from exc
+                message = f"unreadable status: {str(exc).splitlines()[0]}"
+                raise HttpStatusError(200, ErrorBody(message=message)) from exc
         raise self._error(answer)
 
+    @staticmethod
+    def _not_accepted(status: int, body: ErrorBody) -> bool:
+        """Whether a submit's error answer proves the job was not taken (DESIGN: who answered)."""
+        if not body.from_gateway:
+            return False
+        if status in (400, 401, 402, 403, 404, 429, 503):
+            return True
+        return status == 500 and body.from_service
+
+    def _own(self, polling_url: str | None) -> str | None:
+        """``polling_url`` when it is an absolute URL on the gateway's own origin, else None."""
+        try:
+            candidate = URL(polling_url or "")
+            usable = candidate.absolute and candidate.origin() == self.base.origin()
+        except ValueError:
+            usable = False
+        return polling_url if usable else None
+
     def _status_url(self, request_id: str, polling_url: str | None) -> URL:
-        if polling_url:
-            candidate = URL(polling_url)
-            if candidate.origin() == self.base.origin():
-                return candidate
+        if not usable_request_id(request_id):
+            raise HttpStatusError(404, ErrorBody(message=f"unusable request id {request_id!r}"))
+        own = self._own(polling_url)
+        if own is not None:
+            return URL(own)
         return self._url(STATUS_PATH_PREFIX + quote(request_id, safe=""))
 
     def _url(self, path: str) -> URL:
         """``path`` (already encoded) below the base URL, which may carry a proxy prefix."""
         return self.base.with_path(self.base.path.rstrip("/") + path, encoded=True)
 
-    async def _send(
+    async def _send(  # noqa: PLR0917  (private, two callers)
         self,
         method: str,
         url: URL,
         headers: dict[str, str],
         body: bytes | None,
         client_timeout: aiohttp.ClientTimeout,
+        on_wire: Callable[[], None] | None = None,
     ) -> Answer:
         session = self._session
         if session is None:
             raise RuntimeError("GatewayClient used outside 'async with'")
         headers = {**headers, KEY_HEADER: self._key}
-        while True:
-            await self.governor.acquire()
+        try:
             async with self._limiter:
-                answer = await self._exchange(session, method, url, headers, body, client_timeout)
-            if answer.status != 429:
-                self.governor.on_success()
-                return answer
-            self._wait_out_429(answer)
+                answer = await _exchange(
+                    session, method, url, headers, body, client_timeout, on_wire
+                )
+        except NotSentError as exc:
+            self.health.unreachable(str(exc))
+            raise
+        if answer.status < 500:
+            self.health.answered()
+        if answer.status != 429:
+            self.governor.on_success()
+        return answer
 
-    def _wait_out_429(self, answer: Answer) -> None:
+    def _pause_for(self, answer: Answer) -> None:
+        """Pause every sender as a 429 asks (kept in the state file through ``on_pause``)."""
         wait = parse_retry_after(answer.headers.get("Retry-After"), answer.text)
         if wait is not None:
             if wait > self.retry_after_cap:
@@ -238,43 +262,88 @@ class GatewayClient:
             wait += RETRY_AFTER_MARGIN
         paused = self.governor.on_rate_limited(wait)
         log.info("rate_limited", http_status=429, pause_s=round(paused, 3), rps=self.governor.rate)
+        if self._on_pause is not None:
+            self._on_pause(time.time() + paused)
 
     @staticmethod
-    async def _exchange(  # noqa: PLR0917  (private, called once)
-        session: aiohttp.ClientSession,
-        method: str,
-        url: URL,
-        headers: dict[str, str],
-        body: bytes | None,
-        client_timeout: aiohttp.ClientTimeout,
-    ) -> Answer:
-        try:
-            async with session.request(
-                method,
-                url,
-                headers=headers,
-                data=body,
-                timeout=client_timeout,
-                allow_redirects=False,
-            ) as response:
-                text = await response.text(errors="replace")
-                return Answer(response.status, text, response.headers)
-        except aiohttp.ClientConnectorError as exc:
-            raise NotSentError(f"{method} {url.host}: could not connect: {exc.os_error}") from exc
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise AnswerLostError(f"{method} {url.host}: {type(exc).__name__}: {exc}") from exc
-
-    @staticmethod
-    def _error(answer: Answer) -> HttpStatusError:
+    def _error(answer: Answer) -> GatewayAnswerError:
         body = ErrorBody.from_text(answer.text)
+        if answer.oversized:
+            body = ErrorBody(message=f"an answer over {ANSWER_LIMIT} bytes")
         retry_after = parse_retry_after(answer.headers.get("Retry-After"))
-        if answer.status == 401:
+        if answer.status == 401 and body.from_gateway:
             return AuthRefusedError(401, body)
-        if answer.status == 403:
+        if answer.status == 403 and body.from_gateway:
             message = body.message or ""
             if "quota" in message.lower():
                 return QuotaExhaustedError(403, body, retry_after or quota_wait(message))
             return AuthRefusedError(403, body)
-        if answer.status == 402:
+        if answer.status == 402 and body.from_gateway:
             return BalanceError(402, body)
         return HttpStatusError(answer.status, body, retry_after)
+
+
+def _names_a_setting(error: GatewayAnswerError, headers: dict[str, str]) -> bool:
+    """A 400 every job would get: the model is not found, or the message names a header we
+    send (a webhook URL the gateway refuses, say)."""
+    text = error.body.text.lower()
+    return "model not found" in text or any(name.lower() in text for name in headers)
+
+
+class _Wire:
+    """Whether a request reached the wire (its headers about to be written), and what to do
+    just before it does."""
+
+    def __init__(self, on_wire: Callable[[], None] | None) -> None:
+        self.reached = False
+        self._on_wire = on_wire
+
+    def __call__(self) -> None:
+        if self._on_wire is not None:
+            self._on_wire()
+        self.reached = True
+
+
+async def _call_on_wire(
+    session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    """aiohttp trace hook: the request holds a connection and is about to write its headers."""
+    wire = context.trace_request_ctx
+    if isinstance(wire, _Wire):
+        wire()
+
+
+async def _exchange(  # noqa: PLR0917  (private, called once)
+    session: aiohttp.ClientSession,
+    method: str,
+    url: URL,
+    headers: dict[str, str],
+    body: bytes | None,
+    client_timeout: aiohttp.ClientTimeout,
+    on_wire: Callable[[], None] | None,
+) -> Answer:
+    wire = _Wire(on_wire)
+    try:
+        async with session.request(
+            method,
+            url,
+            headers=headers,
+            data=body,
+            timeout=client_timeout,
+            allow_redirects=False,
+            trace_request_ctx=wire,
+        ) as response:
+            raw = await response.content.read(ANSWER_LIMIT + 1)
+            return Answer(
+                response.status,
+                raw[:ANSWER_LIMIT].decode("utf-8", errors="replace"),
+                response.headers,
+                oversized=len(raw) > ANSWER_LIMIT,
+            )
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        if not wire.reached:  # no connection, or none in time: not a byte left
+            detail = getattr(exc, "os_error", None) or f"{type(exc).__name__}: {exc}"
+            raise NotSentError(f"{method} {url.host}: could not connect: {detail}") from exc
+        raise AnswerLostError(f"{method} {url.host}: {type(exc).__name__}: {exc}") from exc

@@ -111,6 +111,10 @@ class RateGovernor:
         """Clock time before which no request may start."""
         return self._paused_until
 
+    def hold(self, seconds: float) -> None:
+        """Let no request start for ``seconds`` (what is left of a pause announced earlier)."""
+        self._paused_until = max(self._paused_until, self.clock.now() + seconds)
+
     async def acquire(self) -> None:
         """Wait until a request may start: after any announced pause, within the rate."""
         async with self._lock:

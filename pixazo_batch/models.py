@@ -172,6 +172,16 @@ class ErrorBody(BaseModel):
         return self.status_code is not None and self.error is None
 
     @property
+    def from_service(self) -> bool:
+        """True for the service's own ``{error, message}`` shape."""
+        return self.error is not None
+
+    @property
+    def from_gateway(self) -> bool:
+        """True when the body is in one of the gateway's own shapes (not a proxy's page)."""
+        return self.from_service or self.from_api_front
+
+    @property
     def text(self) -> str:
         """One human-readable line."""
         parts = [p for p in (self.error, self.message) if p]
@@ -179,27 +189,29 @@ class ErrorBody(BaseModel):
 
     @classmethod
     def from_text(cls, body: str) -> ErrorBody:
-        """Parse an error body leniently; never raises."""
+        """Parse an error body leniently; never raises. Only a JSON object whose ``error`` and
+        ``message`` (or ``statusCode`` and ``message``) are of the right types counts as one of
+        the gateway's shapes."""
         try:
             data: Any = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return cls(message=body.strip()[:500] or None)
         if not isinstance(data, dict):
             return cls(message=str(data)[:500])
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data, strict=True)
         except ValueError:
             return cls(message=body.strip()[:500])
 
 
 class JobState(StrEnum):
-    """Where one manifest job stands; see DESIGN section 3."""
+    """Where one manifest job stands; see ``docs/design.md``, section "Job lifecycle"."""
 
     #: known, not yet sent
     PENDING = "pending"
-    #: the POST is in flight; written durably before it leaves
+    #: the POST is on the wire; written durably once it holds its rate token and connection
     SUBMITTING = "submitting"
-    #: the POST may or may not have been accepted; held until the operator decides
+    #: the POST may or may not have been accepted; held until a callback, ``resolve`` or a flag
     UNCERTAIN = "uncertain"
     #: accepted (request_id known), remote QUEUED or PROCESSING
     SUBMITTED = "submitted"
@@ -214,7 +226,7 @@ class JobState(StrEnum):
 
 
 ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.PENDING: frozenset({JobState.SUBMITTING, JobState.FAILED}),
+    JobState.PENDING: frozenset({JobState.SUBMITTING}),
     JobState.SUBMITTING: frozenset(
         {JobState.SUBMITTED, JobState.UNCERTAIN, JobState.PENDING, JobState.FAILED}
     ),
@@ -223,9 +235,10 @@ ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.COMPLETED: frozenset({JobState.DOWNLOADED, JobState.COMPLETED}),
     JobState.DOWNLOADED: frozenset({JobState.COMPLETED}),
     JobState.FAILED: frozenset({JobState.PENDING}),
-    JobState.ERRORED: frozenset({JobState.PENDING, JobState.FAILED}),
+    JobState.ERRORED: frozenset({JobState.SUBMITTING, JobState.FAILED}),
 }
-"""Every state change the store accepts (``DOWNLOADED -> COMPLETED`` when the file vanished)."""
+"""Every state change the store accepts (``DOWNLOADED -> COMPLETED`` when the file vanished;
+``ERRORED -> SUBMITTING`` when a job that ended in a remote ERROR is sent again)."""
 
 
 class JobSpec(BaseModel):

@@ -1,7 +1,6 @@
-"""What a run does with each manifest job it finds in the state file, and ``run --dry-run``.
+"""``run --dry-run``: what a run would submit now, and its price.
 
-One decision serves both the real run and the dry run, so the dry run never disagrees with
-what would happen.
+It decides through ``lifecycle.next_step``, as the run does, so the two never disagree.
 """
 
 from __future__ import annotations
@@ -9,55 +8,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 
 from pixazo_batch.config import Settings
-from pixazo_batch.jobrow import JobRow
+from pixazo_batch.lifecycle import Action, Listed, next_step
 from pixazo_batch.manifest import ManifestIssue, read_manifest
-from pixazo_batch.models import JobState
 from pixazo_batch.state import StateStore
-
-
-class Action(Enum):
-    """What to do with a manifest job on this run."""
-
-    #: submit it (it is pending)
-    SUBMIT = "submit"
-    #: move it back to pending, then submit it
-    REQUEUE = "requeue"
-    #: mark it failed for good
-    GIVE_UP = "give_up"
-    #: leave it as it is (finished, in flight, or held)
-    LEAVE = "leave"
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """An action and the reason recorded with it."""
-
-    action: Action
-    reason: str | None = None
-
-
-def decide(settings: Settings, row: JobRow) -> Decision:
-    """The action the flags call for, given the job's recorded state."""
-    state = row.state
-    if state is JobState.PENDING:
-        return Decision(Action.SUBMIT)
-    if state is JobState.UNCERTAIN:
-        if settings.resubmit_uncertain:
-            return Decision(Action.REQUEUE, "resubmitted by --resubmit-uncertain")
-        if settings.abandon_uncertain:
-            return Decision(Action.GIVE_UP, "abandoned by --abandon-uncertain")
-    elif state is JobState.FAILED and settings.retry_failed:
-        return Decision(Action.REQUEUE, "retried by --retry-failed")
-    elif state is JobState.ERRORED:
-        if row.attempts >= settings.max_attempts:
-            return Decision(
-                Action.GIVE_UP, f"remote ERROR on all {row.attempts} attempts: {row.error}"
-            )
-        return Decision(Action.REQUEUE, row.error)
-    return Decision(Action.LEAVE)
 
 
 @dataclass
@@ -86,6 +41,7 @@ def plan_run(
     """Walk the manifest against the state file (read-only, if there is one) and report each
     job ``run`` would submit now, with its price. Sends nothing, writes nothing."""
     totals = DryRunTotals()
+    flags = settings.run_flags
     with contextlib.ExitStack() as stack:
         store = None
         if settings.state_file.is_file():
@@ -103,7 +59,8 @@ def plan_run(
                         ManifestIssue(str(settings.manifest), item.line, "id", "request changed")
                     )
                     continue
-                if decide(settings, row).action not in (Action.SUBMIT, Action.REQUEUE):
+                listed = Listed(flags, attempts_left=row.attempts < settings.max_attempts)
+                if next_step(row.state, listed).action is not Action.SUBMIT:
                     continue
             totals.jobs += 1
             totals.cents += item.request.price_cents

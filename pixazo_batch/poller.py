@@ -1,32 +1,41 @@
-"""Poller: submitted -> completed | failed | errored, polling as rarely as the answer allows.
+"""Poller: follows submitted jobs to a terminal status, polling as rarely as the answer allows.
 
-The first status request of a job is timed for when jobs like it (same resolution and duration)
-have been seen to finish, later ones are spaced by the estimator (see ``estimator.py``), with
-jitter. Status reads cost nothing, so network and 5xx trouble is retried with back-off until the
-job's deadline.
+The first status request of a job is timed for when jobs like it have been seen to finish, later
+ones are spaced by the estimator (see ``estimator.py``), with jitter. Status reads cost nothing,
+so network and 5xx trouble is retried with back-off until the job's deadline.
 
-With webhooks, a callback's terminal status settles the job and polls are a fallback, further
-apart; an uncertain job (its POST's answer lost) waits here for the callback that names its
-request, since it has nothing to poll.
+Callbacks are hints, never the source of truth (``docs/design.md``, section "Webhooks"): a
+terminal callback only brings the next poll forward, and the job is settled from that status
+answer; an uncertain job (its POST's answer lost) takes the request a callback names only once a
+status request for it succeeds.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from functools import partial
 
 import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from pixazo_batch.context import RunContext
-from pixazo_batch.errors import AuthRefusedError, GatewayError, HttpStatusError, QuotaExhaustedError
+from pixazo_batch.errors import HttpStatusError, RequestError, SubmitStopError
 from pixazo_batch.estimator import CompletionEstimator
 from pixazo_batch.governor import BackoffPolicy
 from pixazo_batch.jobrow import JobRow
-from pixazo_batch.models import JobState, RemoteStatus, StatusResponse
-from pixazo_batch.planning import Action, decide
-from pixazo_batch.webhooks import FALLBACK_POLL_FACTOR, resolve_uncertain
+from pixazo_batch.lifecycle import (
+    Action,
+    CallbackNamed,
+    NoCallback,
+    Outcome,
+    RemoteEnded,
+    Stalled,
+    UnknownRequest,
+)
+from pixazo_batch.models import JobState, StatusResponse
+from pixazo_batch.webhooks import FALLBACK_POLL_FACTOR
 
 log = structlog.get_logger(__name__)
 
@@ -43,12 +52,18 @@ def job_kind(row: JobRow) -> tuple[str, str]:
 
 
 class Poller:
-    """Tracks every submitted job until the gateway reports a terminal status."""
+    """Tracks every job it receives until the gateway reports a terminal status."""
 
-    def __init__(self, ctx: RunContext, *, estimator: CompletionEstimator | None = None) -> None:
+    def __init__(
+        self,
+        ctx: RunContext,
+        *,
+        estimator: CompletionEstimator | None = None,
+        backoff: BackoffPolicy | None = None,
+    ) -> None:
         self.ctx = ctx
         self.estimator = estimator or CompletionEstimator(ctx.settings.poll_interval)
-        self.backoff = BackoffPolicy(base=1.0, cap=60.0)
+        self.backoff = backoff or BackoffPolicy(base=1.0, cap=60.0)
         self._rng = random.Random()
 
     async def run(self, jobs: MemoryObjectReceiveStream[str]) -> None:
@@ -59,31 +74,20 @@ class Poller:
                 group.start_soon(self.track, job_id)
 
     async def track(self, job_id: str) -> None:
-        """Poll one job to a terminal status (or its deadline) and hand it on."""
-        ctx = self.ctx
-        try:
-            row, status = await self._poll_until_terminal(job_id)
-        finally:
-            # Free the slot before handing on: a resubmission may need it.
-            ctx.in_flight.release_on_behalf_of(job_id)
-            if ctx.webhooks is not None:
-                ctx.webhooks.box.forget(job_id)
-        if status is None:
-            ctx.ledger.leave()
-        else:
-            await self._settle(row, status)
-
-    async def _poll_until_terminal(self, job_id: str) -> tuple[JobRow, StatusResponse | None]:
-        """The terminal status, or None once the job was stalled, found unknown, or (uncertain)
-        never named by a callback."""
+        """Follow one job to an outcome and hand it to the router."""
         ctx = self.ctx
         row = ctx.store.get(job_id)
         assert row is not None
         if row.state is JobState.UNCERTAIN:
-            resolved = await self._await_callback(row)
-            if resolved is None:
-                return row, None
-            row = resolved
+            outcome: Outcome = await self._await_callback(row)
+        else:
+            outcome = await self._poll_until_terminal(row)
+        step = await ctx.router.settle(job_id, outcome)
+        if ctx.webhooks is not None and step.action not in (Action.POLL, Action.AWAIT_CALLBACK):
+            ctx.webhooks.box.forget(job_id)
+
+    async def _poll_until_terminal(self, row: JobRow) -> Outcome:
+        ctx = self.ctx
         assert row.request_id is not None
         assert row.submitted_at is not None
         kind = job_kind(row)
@@ -91,118 +95,116 @@ class Poller:
         failures = 0
         last_miss: float | None = None  # seconds after submit of the last poll that saw no end
         while True:
-            status = await self._wait(row, delay)
-            if status is None and time.time() - row.submitted_at > ctx.settings.job_deadline:
-                ctx.flags.stalled.append(job_id)
-                log.warning("stalled", job_id=job_id, request_id=row.request_id, state="submitted")
-                return row, None
-            if status is None:
-                try:
-                    status = await ctx.gateway.status(row.request_id, row.polling_url)
-                except (AuthRefusedError, QuotaExhaustedError):
-                    raise
-                except GatewayError as exc:
-                    if isinstance(exc, HttpStatusError) and exc.status == 404:
-                        error = f"the gateway does not know request {row.request_id}: {exc}"
-                        self._record(row, JobState.FAILED, "NOT_FOUND", error=error)
-                        return row, None
-                    failures += 1
-                    log.info("poll_retry", job_id=job_id, request_id=row.request_id, error=str(exc))
-                    delay = self.backoff.delay(failures, self._rng)
-                    continue
+            await self._wait(row, delay)
+            if time.time() - row.submitted_at > ctx.settings.job_deadline:
+                ctx.flags.stalled.append(row.id)
+                log.warning("stalled", job_id=row.id, request_id=row.request_id, state="submitted")
+                return Stalled(f"no terminal status in {ctx.settings.job_deadline:g} s")
+            try:
+                status = await ctx.gateway.status(row.request_id, row.polling_url)
+            except SubmitStopError as exc:  # a quota answer: no request gets through
+                ctx.flags.stop(str(exc), exc.exit_code)
+                return Stalled(str(exc))
+            except HttpStatusError as exc:
+                if exc.status == 404 and exc.body.from_gateway:
+                    return UnknownRequest(f"the gateway does not know {row.request_id}: {exc}")
+                failures += 1
+                delay = self._retry(row, failures, exc)
+                continue
+            except RequestError as exc:
+                failures += 1
+                delay = self._retry(row, failures, exc)
+                continue
             failures = 0
             if status.status.is_terminal:
                 elapsed = time.time() - row.submitted_at
                 self.estimator.observe(kind, _time_to_finish(status, elapsed, last_miss))
-                return row, status
+                log.info(
+                    "remote_finished",
+                    job_id=row.id,
+                    request_id=row.request_id,
+                    remote_status=status.status.value,
+                    attempt=row.attempts,
+                    error=status.error,
+                )
+                left = row.attempts < ctx.settings.max_attempts
+                return RemoteEnded(status.status, status.media_url, status.error, left)
             last_miss = time.time() - row.submitted_at
             delay = self.estimator.later_poll(kind) * self._rng.uniform(1.0, 1.25)
 
-    async def _wait(self, row: JobRow, seconds: float) -> StatusResponse | None:
+    def _retry(self, row: JobRow, failures: int, exc: Exception) -> float:
+        log.info("poll_retry", job_id=row.id, request_id=row.request_id, error=str(exc))
+        return self.backoff.delay(failures, self._rng)
+
+    async def _wait(self, row: JobRow, seconds: float) -> None:
         """Wait until the next poll is due; with webhooks, a poll further off, unless a callback
-        brings the job's terminal status first (then returned)."""
+        reports the request finished first."""
         hooks = self.ctx.webhooks
         if hooks is None:
-            await anyio.sleep(max(0.0, seconds))
-            return None
+            await self.ctx.clock.sleep(max(0.0, seconds))
+            return
         request_id = row.request_id
 
         def terminal(status: StatusResponse) -> bool:
             return status.request_id == request_id and status.status.is_terminal
 
-        return await hooks.box.wait(row.id, terminal, seconds * FALLBACK_POLL_FACTOR)
+        await hooks.box.wait(row.id, terminal, seconds * FALLBACK_POLL_FACTOR)
 
-    async def _await_callback(self, row: JobRow) -> JobRow | None:
-        """An uncertain job (its POST's answer was lost) cannot be polled: wait for a callback
-        that names its request. The job as now submitted, or None if none came in time."""
+    async def _await_callback(self, row: JobRow) -> Outcome:
+        """An uncertain job cannot be polled: find the request a callback named for it (kept in
+        the state file, or delivered while this run waits) and confirm it with the gateway."""
         ctx = self.ctx
-        assert ctx.webhooks is not None
         earlier = set(ctx.store.request_ids(row.id))
-        status = await ctx.webhooks.box.wait(
-            row.id, lambda s: s.request_id not in earlier, ctx.settings.uncertain_wait
-        )
-        if status is not None:
-            resolve_uncertain(ctx.store, row.id, status)  # unless the receiver already did
-        fresh = ctx.store.get(row.id)
-        assert fresh is not None
-        if fresh.state is JobState.SUBMITTED:
-            return fresh
-        log.warning(
-            "uncertain_unresolved",
-            job_id=row.id,
-            state=fresh.state.value,
-            waited_s=ctx.settings.uncertain_wait,
-        )
-        return None
+        tried: set[str] = set()
+        deadline = anyio.current_time() + ctx.settings.uncertain_wait
+        failures = 0
+        while True:
+            named = [*ctx.store.callback_hints(row.id)]
+            if ctx.webhooks is not None:
+                named += ctx.webhooks.box.request_ids(row.id)
+            for request_id in dict.fromkeys(named):
+                if request_id in earlier or request_id in tried:
+                    continue
+                confirmed = await self._confirm(row, request_id)
+                if confirmed is True:
+                    return CallbackNamed(request_id)
+                if confirmed is False:
+                    tried.add(request_id)
+                else:
+                    failures += 1
+            patience = deadline - anyio.current_time()
+            if patience <= 0 or ctx.webhooks is None:
+                log.warning("uncertain_unresolved", job_id=row.id, state="uncertain")
+                return NoCallback()
+            if failures:
+                patience = min(patience, self.backoff.delay(failures, self._rng))
+            seen = frozenset(named) | tried | earlier
+            await ctx.webhooks.box.wait(row.id, partial(_unseen, seen), patience)
 
-    async def _settle(self, row: JobRow, status: StatusResponse) -> None:
-        """Record the terminal status and send the job on: to download, to resubmit, or to rest."""
-        ctx = self.ctx
-        remote = status.status
-        if remote is RemoteStatus.COMPLETED and status.media_url:
-            self._record(row, JobState.COMPLETED, remote.value, media_url=status.media_url)
-            await ctx.queues.download.send(row.id)
-            return
-        error = status.error or (
-            "COMPLETED without a media URL" if remote is RemoteStatus.COMPLETED else remote.value
-        )
-        if remote is not RemoteStatus.ERROR:
-            self._record(row, JobState.FAILED, remote.value, error=error)
-            ctx.ledger.leave()
-            return
-        # A remote ERROR is not charged: submit again while attempts remain.
-        self._record(row, JobState.ERRORED, remote.value, error=error)
-        errored = ctx.store.get(row.id)
-        assert errored is not None
-        decision = decide(ctx.settings, errored)
-        if decision.action is Action.GIVE_UP:
-            ctx.store.give_up(row.id, decision.reason or error)
-        if decision.action is not Action.REQUEUE or ctx.flags.stop_submitting:
-            ctx.ledger.leave()
-            return
-        ctx.store.requeue(row.id, reason=decision.reason)
-        await ctx.queues.submit.send(row.id)
+    async def _confirm(self, row: JobRow, request_id: str) -> bool | None:
+        """Whether the gateway knows ``request_id`` (and no other job of ours has it); None
+        when it cannot tell now."""
+        owner = self.ctx.store.owner_of(request_id)
+        if owner is not None and owner != row.id:
+            log.warning("callback_refused", job_id=row.id, request_id=request_id, owner=owner)
+            return False
+        try:
+            status = await self.ctx.gateway.status(request_id)
+        except HttpStatusError as exc:
+            if exc.status == 404 and exc.body.from_gateway:
+                log.warning("callback_refused", job_id=row.id, request_id=request_id, error=exc)
+                return False
+            return None
+        except (RequestError, SubmitStopError):
+            return None
+        if status.request_id != request_id:
+            return False
+        log.warning("uncertain_resolved", job_id=row.id, request_id=request_id, state="submitted")
+        return True
 
-    def _record(
-        self,
-        row: JobRow,
-        state: JobState,
-        remote: str,
-        *,
-        media_url: str | None = None,
-        error: str | None = None,
-    ) -> None:
-        self.ctx.store.remote_finished(
-            row.id, state, media_url=media_url, error=error, remote_status=remote
-        )
-        log.info(
-            "remote_finished",
-            job_id=row.id,
-            request_id=row.request_id,
-            state=state.value,
-            attempt=row.attempts,
-            error=error,
-        )
+
+def _unseen(seen: frozenset[str], status: StatusResponse) -> bool:
+    return status.request_id not in seen
 
 
 def _time_to_finish(status: StatusResponse, elapsed: float, last_miss: float | None) -> float:

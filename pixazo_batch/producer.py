@@ -1,9 +1,11 @@
-"""Producer: seeds the pipeline from the state file and the manifest.
+"""Producer: admits jobs into the run from the state file and the manifest.
 
-Work already paid for comes first (completed jobs to the downloader, submitted ones to the
-poller, whether or not the manifest still lists them); then each manifest line is validated,
-recorded and, when its state and the flags allow, offered to the submitter. An unchanged manifest
-registered in full earlier is not read again: the jobs table already holds every line.
+Work already paid for comes first (whether or not the manifest still lists it): jobs a dead run
+left ``submitting`` are held uncertain, completed jobs go to the downloader, submitted ones to
+the poller, and uncertain jobs a callback named a request for to the poller's confirmation.
+Then each manifest line is validated, recorded and, when its state and the flags allow, admitted
+for submission. An unchanged manifest registered in full earlier is not read again: the jobs
+table already holds every line.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import structlog
 from pixazo_batch.context import RunContext
 from pixazo_batch.errors import ManifestError
 from pixazo_batch.jobrow import JobRow
+from pixazo_batch.lifecycle import Hinted, Interrupted, Listed, Resumed
 from pixazo_batch.manifest import ManifestIssue, read_manifest
 from pixazo_batch.models import JobState
-from pixazo_batch.planning import Action, decide
 
 log = structlog.get_logger(__name__)
 
@@ -31,7 +33,7 @@ _OFFERABLE = (JobState.PENDING, JobState.UNCERTAIN, JobState.FAILED, JobState.ER
 async def feed(
     ctx: RunContext, issues: list[str], on_issue: Callable[[ManifestIssue], None] | None
 ) -> None:
-    """Seed the stages: first the paid-for work the state file holds, then the manifest.
+    """Admit the paid-for work the state file holds, then the manifest's jobs.
 
     Every bad line is appended to ``issues`` (and passed to ``on_issue``); the intake closes
     when this returns, whatever happens.
@@ -40,7 +42,7 @@ async def feed(
         ManifestError: the manifest cannot be read, or ``strict`` and a line is bad.
     """
     try:
-        await _resume_paid_work(ctx)
+        await resume_paid_work(ctx)
         digest = await anyio.to_thread.run_sync(_digest, ctx.settings.manifest)
         if ctx.store.knows_manifest(digest):
             # Unchanged since it was registered in full: the state file already holds every
@@ -54,7 +56,7 @@ async def feed(
     except OSError as exc:
         raise ManifestError(f"{ctx.settings.manifest}: {exc.strerror or exc}") from exc
     finally:
-        ctx.ledger.close_intake()
+        ctx.router.close_intake()
 
 
 def _digest(path: Path) -> str:
@@ -103,33 +105,36 @@ def _report(
         raise ManifestError(f"{issue} (--strict stops at the first bad line)")
 
 
-async def _resume_paid_work(ctx: RunContext) -> None:
-    """Jobs already submitted are polled and completed ones downloaded, manifest or not.
+async def resume_paid_work(ctx: RunContext) -> None:
+    """Admit what earlier runs left in flight, manifest or not.
 
-    Downloads are queued before any poll starts: a poll that finishes a job hands it to the
-    downloader itself, so a later scan of completed jobs would queue it a second time.
+    Downloads are admitted before any poll starts: a poll that finishes a job sends it to the
+    downloader itself, and admitting a job already moving is a no-op, but a job must not be
+    seen ``completed`` by this scan after a poll of this run moved it there.
     """
-    store = ctx.store
+    store, router = ctx.store, ctx.router
+    interrupted = 0
+    for row in store.iter_jobs(JobState.SUBMITTING):
+        await router.admit(row, Interrupted())
+        interrupted += 1
+    if interrupted:
+        log.warning("recovered_uncertain", count=interrupted, state="uncertain")
     for job_id, output in store.iter_outputs(JobState.DOWNLOADED):
         if not (ctx.settings.out_dir / output).is_file():
             log.warning("output_missing", job_id=job_id, output=output)
-            store.file_missing(job_id)
+            vanished = store.get(job_id)
+            assert vanished is not None
+            await router.admit(vanished, Resumed(file_present=False))
     for row in store.iter_jobs(JobState.COMPLETED):
-        ctx.ledger.enter()
-        await ctx.queues.download.send(row.id)
+        await router.admit(row, Resumed())
+    for row in store.iter_jobs(JobState.UNCERTAIN):
+        if store.callback_hints(row.id):
+            await router.admit(row, Hinted())
     for row in store.iter_jobs(JobState.SUBMITTED):
-        await ctx.in_flight.acquire_on_behalf_of(row.id)
-        ctx.ledger.enter()
-        await ctx.queues.poll.send(row.id)
+        await router.admit(row, Resumed())
 
 
 async def _offer(ctx: RunContext, row: JobRow) -> None:
-    """Send a manifest job to the submitter if its state and the flags say it may go."""
-    decision = decide(ctx.settings, row)
-    if decision.action is Action.GIVE_UP:
-        ctx.store.give_up(row.id, decision.reason or "given up")
-    if decision.action is Action.REQUEUE:
-        ctx.store.requeue(row.id, reason=decision.reason)
-    if decision.action in (Action.SUBMIT, Action.REQUEUE):
-        ctx.ledger.enter()
-        await ctx.queues.submit.send(row.id)
+    """Admit a manifest job; its state and the flags decide whether it is submitted."""
+    listed = Listed(ctx.settings.run_flags, attempts_left=row.attempts < ctx.settings.max_attempts)
+    await ctx.router.admit(row, listed)

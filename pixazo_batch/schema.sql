@@ -48,3 +48,16 @@ CREATE TABLE IF NOT EXISTS webhook_secrets (
     run_id INTEGER PRIMARY KEY,
     secret TEXT NOT NULL
 );
+-- Pauses the gateway announced (Retry-After), by origin: a later run waits out what is left.
+CREATE TABLE IF NOT EXISTS pauses (
+    origin TEXT PRIMARY KEY,
+    until REAL NOT NULL
+);
+-- Request ids that callbacks named for uncertain jobs: hints, believed once a status request
+-- confirms them.
+CREATE TABLE IF NOT EXISTS callback_hints (
+    job_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (job_id, request_id)
+);

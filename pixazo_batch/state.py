@@ -20,7 +20,12 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
-from pixazo_batch.errors import InvalidTransitionError, StateError, StateWriteError
+from pixazo_batch.errors import (
+    BudgetReachedError,
+    InvalidTransitionError,
+    StateError,
+    StateWriteError,
+)
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.models import ALLOWED_TRANSITIONS, JobSpec, JobState
 from pixazo_batch.runlock import take_lock
@@ -164,14 +169,20 @@ class StateStore(StateReader):
 
     # --- transitions ---------------------------------------------------------------------------
 
-    def begin_submit(self, job_id: str, budget_cents: int | None) -> JobRow | None:
-        """``pending -> submitting``, durably, unless the job's price would take the committed
-        spend past ``budget_cents``. Returns the job as it now stands, or None (and changes
-        nothing) when the budget refuses it."""
+    def begin_submit(self, job_id: str, budget_cents: int | None) -> JobRow:
+        """``pending|errored -> submitting``, durably, as the POST goes on the wire: one more
+        attempt, its price committed. Returns the job as it now stands.
+
+        Raises:
+            BudgetReachedError: the job's price would take the committed spend past
+                ``budget_cents``; nothing changed.
+        """
         with self._transaction(full=True):
             row = self._current(job_id)
             if budget_cents is not None and self.committed_cents() + row.price_cents > budget_cents:
-                return None
+                raise BudgetReachedError(
+                    f"--max-spend reached: {budget_cents / 100:.2f} USD committed or about to be"
+                )
             attempt = row.attempts + 1
             self._move(row, JobState.SUBMITTING, attempts=attempt, error=None)
             self.db.execute(
@@ -210,11 +221,12 @@ class StateStore(StateReader):
             self._move(row, JobState.FAILED if final else JobState.PENDING, error=reason)
             self._end_attempt(row, "refused")
 
-    def submit_withdrawn(self, job_id: str) -> None:
-        """``submitting -> pending`` without an attempt: the POST never started (run stopping)."""
-        with self._transaction():
+    def submit_withdrawn(self, job_id: str, reason: str) -> None:
+        """``submitting -> pending``, the attempt forgotten: the gateway answered that it did not
+        take the job, for reasons not the job's (429, 503, 402, quota, a setting)."""
+        with self._transaction(full=True):
             row = self._current(job_id)
-            self._move(row, JobState.PENDING, attempts=row.attempts - 1)
+            self._move(row, JobState.PENDING, attempts=row.attempts - 1, error=reason)
             self.db.execute(
                 "DELETE FROM attempts WHERE job_id = ? AND n = ?", (job_id, row.attempts)
             )
@@ -224,12 +236,13 @@ class StateStore(StateReader):
         job_id: str,
         state: JobState,
         *,
+        remote_status: str,
         media_url: str | None = None,
         error: str | None = None,
-        remote_status: str,
     ) -> None:
-        """``submitted -> completed | failed | errored`` as the status endpoint reported."""
-        outcome = {JobState.COMPLETED: "completed", JobState.FAILED: "failed"}.get(state, "errored")
+        """``submitted -> completed | failed | errored`` as the status endpoint reported; the
+        attempt is charged unless the remote status was ERROR."""
+        outcome = {"COMPLETED": "completed", "ERROR": "errored"}.get(remote_status, "failed")
         with self._transaction():
             row = self._current(job_id)
             self._move(
@@ -257,23 +270,38 @@ class StateStore(StateReader):
         with self._transaction():
             self._move(self._current(job_id), JobState.COMPLETED, bytes=None, sha256=None)
 
-    def requeue(self, job_id: str, *, reason: str | None = None) -> None:
-        """``failed | errored | uncertain -> pending``: submit again (the caller decided)."""
+    def set_state(self, job_id: str, state: JobState, reason: str | None) -> None:
+        """``failed|uncertain -> pending`` (to submit again) or ``-> failed`` (given up), with
+        the reason; an uncertain attempt keeps counting as committed spend."""
         with self._transaction(full=True):
-            # An uncertain attempt keeps counting as committed spend: it may have been charged.
-            self._move(self._current(job_id), JobState.PENDING, error=reason)
+            self._move(self._current(job_id), state, error=reason)
 
-    def give_up(self, job_id: str, reason: str) -> None:
-        """``errored | uncertain | pending -> failed`` with ``reason`` (retries exhausted)."""
+    def not_sent(self, job_id: str, reason: str) -> None:
+        """``uncertain -> pending``: the operator established that the POST never arrived, so
+        its attempt no longer counts as committed spend."""
+        with self._transaction(full=True):
+            row = self._current(job_id)
+            self._move(row, JobState.PENDING, error=reason)
+            self._end_attempt(row, "not_sent")
+
+    def keep_callback(self, job_id: str, request_id: str) -> None:
+        """Remember, durably, that a callback named ``request_id`` for an uncertain job (a hint,
+        confirmed by a status request before it is believed)."""
         with self._transaction():
-            self._move(self._current(job_id), JobState.FAILED, error=reason)
+            self.db.execute(
+                "INSERT OR IGNORE INTO callback_hints (job_id, request_id, received_at)"
+                " VALUES (?, ?, ?)",
+                (job_id, request_id, time.time()),
+            )
 
-    def recover_interrupted(self) -> int:
-        """After a crash: every job left ``submitting`` becomes ``uncertain``. Returns how many."""
-        ids = [r.id for r in self.iter_jobs(JobState.SUBMITTING)]
-        for job_id in ids:
-            self.submit_uncertain(job_id, "the run stopped while this job's POST was in flight")
-        return len(ids)
+    def remember_pause(self, origin: str, until: float) -> None:
+        """Keep the end (wall clock) of a pause the gateway announced, for later runs."""
+        with self._transaction():
+            self.db.execute(
+                "INSERT INTO pauses (origin, until) VALUES (?, ?) ON CONFLICT (origin)"
+                " DO UPDATE SET until = max(until, excluded.until)",
+                (origin, until),
+            )
 
     # --- internals ----------------------------------------------------------------------------
 

@@ -132,3 +132,30 @@ class StateReader:
             "SELECT ended_at FROM runs WHERE id < ? ORDER BY id DESC LIMIT 1", (run_id,)
         ).fetchone()
         return found is not None and found[0] is not None
+
+    def pause_until(self, origin: str) -> float | None:
+        """The end (wall clock) of the latest pause the gateway at ``origin`` announced."""
+        found = self.db.execute("SELECT until FROM pauses WHERE origin = ?", (origin,)).fetchone()
+        return None if found is None else float(found[0])
+
+    def callback_hints(self, job_id: str) -> list[str]:
+        """Request ids that callbacks named for the job, oldest first (hints, not yet believed)."""
+        rows = self.db.execute(
+            "SELECT request_id FROM callback_hints WHERE job_id = ? ORDER BY received_at",
+            (job_id,),
+        ).fetchall()
+        return [request_id for (request_id,) in rows]
+
+    def owner_of(self, request_id: str) -> str | None:
+        """The job whose attempt has ``request_id``, if any."""
+        found = self.db.execute(
+            "SELECT job_id FROM attempts WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        return None if found is None else str(found[0])
+
+    def last_post(self, job_id: str) -> float | None:
+        """When the job's latest attempt went on the wire (wall clock)."""
+        found = self.db.execute(
+            "SELECT started_at FROM attempts WHERE job_id = ? ORDER BY n DESC LIMIT 1", (job_id,)
+        ).fetchone()
+        return None if found is None else float(found[0])

@@ -1,8 +1,11 @@
-"""Submitter: pending -> submitting -> submitted | uncertain | failed (DESIGN sections 3 and 4).
+"""Submitter: sends pending jobs and reports what the gateway's answer (or its absence) proves.
 
-The ``submitting`` row is durable before the POST leaves; the answer decides whether money may
-have been taken. Only an answer that proves the job was not created (a refusal in the service's
-own shape, or a connection that never opened) lets the job be sent again.
+The write-ahead happens at the wire: a job becomes ``submitting`` (durably, with its price
+committed and checked against the budget) only once its POST holds a rate token and a
+connection, just before its bytes leave. Anything that stops it earlier leaves it ``pending``
+with nothing counted. Once on the wire the POST is shielded: a stopping run lets it return
+within ``--stop-deadline`` instead of cutting it off. See ``docs/design.md``, sections "Job
+lifecycle" and "Who answered".
 """
 
 from __future__ import annotations
@@ -18,29 +21,59 @@ from pixazo_batch.context import RunContext
 from pixazo_batch.errors import (
     AnswerLostError,
     AuthRefusedError,
-    BalanceError,
-    GatewayError,
     HttpStatusError,
     NotSentError,
-    QuotaExhaustedError,
-    StateWriteError,
+    SubmitStopError,
 )
+from pixazo_batch.gateway import RateLimitedError
 from pixazo_batch.governor import BackoffPolicy
-from pixazo_batch.models import GenerationRequest, SubmitAccepted
+from pixazo_batch.jobrow import JobRow
+from pixazo_batch.lifecycle import (
+    Accepted,
+    Action,
+    AnswerLost,
+    Declined,
+    NotSent,
+    Outcome,
+    Refused,
+    Rejected,
+)
+from pixazo_batch.models import SubmitAccepted
 
 log = structlog.get_logger(__name__)
 
-#: 4xx answers that mean "this job, as written, will never be accepted"
-_REJECTED = frozenset({400, 404, 409, 413, 415, 422})
+#: the service's refusals that say "not now" rather than "never": retried, counted as attempts
+_TRY_LATER = frozenset({500})
+#: the gateway's answers that say "not now" for reasons not the job's: retried, never counted
+_BUSY = frozenset({503})
+
+
+class _StoppingError(Exception):
+    """Raised from the on-wire hook of a run that is stopping: the POST must not leave."""
+
+
+class _Post:
+    """One POST of one job: whether it reached the wire, and the job as it then stood."""
+
+    def __init__(self) -> None:
+        self.row: JobRow | None = None
+        self.scope = anyio.CancelScope()
+
+    @property
+    def on_wire(self) -> bool:
+        """True once the ``submitting`` row is durable and the bytes may have left."""
+        return self.row is not None
 
 
 class Submitter:
-    """Sends pending jobs to the gateway, at most ``max_in_flight`` unfinished at once."""
+    """Sends the jobs it receives, one at a time, and hands each outcome to the router."""
 
     def __init__(self, ctx: RunContext, *, backoff: BackoffPolicy | None = None) -> None:
         self.ctx = ctx
         self.backoff = backoff or BackoffPolicy(base=1.0, cap=60.0)
         self._rng = random.Random()
+        #: the last retry is paced by the rate governor already (a 429 paused every sender)
+        self._paced = False
 
     async def run(self, jobs: MemoryObjectReceiveStream[str]) -> None:
         """Submit every job id received until the run ends (the engine owns the stream)."""
@@ -48,139 +81,118 @@ class Submitter:
             await self.submit(job_id)
 
     async def submit(self, job_id: str) -> None:
-        """Take one pending job to ``submitted`` (and on to the poller) or to a resting state."""
-        ctx = self.ctx
-        if ctx.flags.stop_submitting:
-            ctx.ledger.leave()
-            return
-        await ctx.in_flight.acquire_on_behalf_of(job_id)
-        handed_on = False
-        try:
-            handed_on = await self._submit_with_retries(job_id)
-        finally:
-            if not handed_on:
-                ctx.in_flight.release_on_behalf_of(job_id)
-                ctx.ledger.leave()
-
-    async def _submit_with_retries(self, job_id: str) -> bool:
-        ctx = self.ctx
+        """Try the job until the router takes it elsewhere (or to rest)."""
         failures = 0
         while True:
-            await self._wait_for_healthy_gateway()
-            if ctx.flags.stop_submitting:
-                return False
-            row = ctx.store.begin_submit(job_id, ctx.settings.budget_cents)
-            if row is None:
-                ctx.flags.stop("--max-spend reached")
-                log.warning("budget_reached", job_id=job_id, cap_usd=str(ctx.settings.max_spend))
-                return False
-            log.debug("submitting", job_id=job_id, attempt=row.attempts)
-            try:
-                accepted = await self._post(job_id, row.request)
-            except NotSentError as exc:
-                retry = self._refused(job_id, row.attempts, str(exc), retryable=True)
-            except AnswerLostError as exc:
-                ctx.store.submit_uncertain(job_id, str(exc))
-                ctx.gateway.mark_unhealthy()
-                log.warning("submit_uncertain", job_id=job_id, attempt=row.attempts, error=str(exc))
-                if ctx.webhooks is None:
-                    return False
-                # The gateway's callback names the request if the job was created (it may have
-                # come already, while the POST was out): the poller looks for it, waits up to
-                # --uncertain-wait, and the job is then tracked without being paid for twice.
-                await ctx.queues.poll.send(job_id)
-                return True
-            except (BalanceError, QuotaExhaustedError) as exc:
-                ctx.store.submit_refused(job_id, str(exc), final=False)
-                ctx.flags.stop(str(exc))
-                log.error(
-                    "submissions_stopped",
-                    job_id=job_id,
-                    http_status=exc.status,
-                    error=str(exc),
-                    retry_after_s=exc.retry_after,
-                )
-                return False
-            except AuthRefusedError as exc:
-                ctx.store.submit_refused(job_id, str(exc), final=False)
-                raise
-            except HttpStatusError as exc:
-                retryable = exc.status not in _REJECTED
-                retry = self._refused(job_id, row.attempts, str(exc), retryable=retryable)
-            else:
-                try:
-                    ctx.store.submit_accepted(job_id, accepted.request_id, accepted.polling_url)
-                except StateWriteError:
-                    # The job will come back uncertain; the log is what can still name its
-                    # request for the operator.
-                    log.error(
-                        "accepted_not_recorded",
-                        job_id=job_id,
-                        request_id=accepted.request_id,
-                        state="submitting",
-                    )
-                    raise
-                log.info(
-                    "submitted",
-                    job_id=job_id,
-                    request_id=accepted.request_id,
-                    attempt=row.attempts,
-                    state="submitted",
-                )
-                await ctx.queues.poll.send(job_id)
-                return True
-            if not retry:
-                return False
-            failures += 1
-            await anyio.sleep(self.backoff.delay(failures, self._rng))
+            outcome = await self.attempt(job_id)
+            step = await self.ctx.router.settle(job_id, outcome)
+            if step.action is not Action.RETRY:
+                return
+            # A connection refused waits in ``health.ready``; a 429 in the governor.
+            if isinstance(outcome, (Refused, Declined)) and not self._paced:
+                failures += 1
+                await self.ctx.clock.sleep(self.backoff.delay(failures, self._rng))
 
-    def _refused(self, job_id: str, attempts: int, reason: str, *, retryable: bool) -> bool:
-        """Record a refusal that cost nothing; returns whether to try the job again."""
-        final = not retryable or attempts >= self.ctx.settings.max_attempts
-        self.ctx.store.submit_refused(job_id, reason, final=final)
-        log.warning(
-            "submit_refused",
-            job_id=job_id,
-            attempt=attempts,
-            error=reason,
-            state="failed" if final else "pending",
-        )
-        return not final
+    async def attempt(self, job_id: str) -> Outcome:
+        """One POST of the job, and what its answer proves.
 
-    async def _post(self, job_id: str, request: GenerationRequest) -> SubmitAccepted:
-        """The POST, shielded: a run that is stopping lets it return (within the stop deadline)
-        rather than cutting it off and leaving an uncertain job."""
+        Raises:
+            RunStopError: the key was refused, or the gateway stayed unreachable too long.
+        """
         ctx = self.ctx
+        if ctx.flags.stop_submitting:
+            return NotSent(ctx.flags.stop_submitting, retry=False)
+        await ctx.health.ready(self._probe)
+        self._paced = False
+        post = _Post()
+        try:
+            accepted = await self._post(job_id, post)
+        except _StoppingError:
+            return NotSent(ctx.flags.stop_submitting or "the run is stopping", retry=False)
+        except NotSentError as exc:
+            return NotSent(str(exc), retry=True)
+        except SubmitStopError as exc:
+            self._stop(job_id, exc)
+            return Declined(str(exc), retry=False) if post.on_wire else NotSent(str(exc), False)
+        except AuthRefusedError as exc:
+            if post.on_wire:
+                await ctx.router.settle(job_id, Declined(str(exc), retry=False))
+            raise
+        except AnswerLostError as exc:
+            ctx.health.answer_lost(str(exc))
+            log.warning("submit_uncertain", job_id=job_id, attempt=_attempt(post), error=str(exc))
+            return AnswerLost(str(exc), callbacks=ctx.webhooks is not None)
+        except HttpStatusError as exc:
+            return self._refusal(job_id, post, exc)
+        log.info(
+            "submitted",
+            job_id=job_id,
+            request_id=accepted.request_id,
+            attempt=_attempt(post),
+            state="submitted",
+        )
+        return Accepted(accepted.request_id, accepted.polling_url)
+
+    def _refusal(self, job_id: str, post: _Post, exc: HttpStatusError) -> Outcome:
+        """What a refusal in the gateway's own shape means for the job."""
+        attempt = _attempt(post)
+        if isinstance(exc, RateLimitedError) or exc.status in _BUSY:
+            self._paced = isinstance(exc, RateLimitedError)
+            log.info("submit_declined", job_id=job_id, http_status=exc.status, error=str(exc))
+            return Declined(str(exc), retry=True)
+        if exc.status in _TRY_LATER:
+            left = (attempt or 0) < self.ctx.settings.max_attempts
+            log.warning("submit_refused", job_id=job_id, attempt=attempt, error=str(exc))
+            return Refused(str(exc), attempts_left=left)
+        log.warning("submit_rejected", job_id=job_id, attempt=attempt, error=str(exc))
+        return Rejected(str(exc))
+
+    def _stop(self, job_id: str, exc: SubmitStopError) -> None:
+        """Stop all submissions, saying why once."""
+        if self.ctx.flags.stop(str(exc), exc.exit_code):
+            log.error(
+                "submissions_stopped",
+                job_id=job_id,
+                http_status=getattr(exc, "status", None),
+                error=str(exc),
+                retry_after_s=getattr(exc, "retry_after", None),
+            )
+
+    async def _post(self, job_id: str, post: _Post) -> SubmitAccepted:
+        """The POST; shielded from the moment it goes on the wire, so a stopping run lets it
+        return (within the stop deadline) rather than cut it off and leave it uncertain."""
+        ctx = self.ctx
+        row = ctx.store.get(job_id)
+        assert row is not None
         hooks = ctx.webhooks
         webhook_url = None if hooks is None else hooks.url_for(job_id)
-        webhook_mode = "terminal" if hooks is None else hooks.mode
-        with anyio.CancelScope(shield=True) as scope:
-            ctx.open_posts.add(scope)
+
+        def on_wire() -> None:
+            if ctx.flags.stop_submitting:
+                raise _StoppingError
+            post.row = ctx.router.on_wire(job_id, ctx.settings.budget_cents)
+            post.scope.shield = True
+            ctx.posts_on_wire.add(post.scope)
+            if ctx.flags.interrupted:
+                post.scope.deadline = anyio.current_time() + ctx.settings.stop_deadline
+            log.debug("submitting", job_id=job_id, attempt=post.row.attempts)
+
+        with post.scope:
             try:
-                if ctx.flags.interrupted:
-                    scope.deadline = anyio.current_time() + ctx.settings.stop_deadline
                 return await ctx.gateway.submit(
-                    request, webhook_url=webhook_url, webhook_mode=webhook_mode
+                    row.request,
+                    on_wire=on_wire,
+                    webhook_url=webhook_url,
+                    webhook_mode=ctx.settings.webhook_mode,
                 )
             finally:
-                ctx.open_posts.discard(scope)
+                ctx.posts_on_wire.discard(post.scope)
         raise AnswerLostError("the run stopped before the gateway answered")
 
-    async def _wait_for_healthy_gateway(self) -> None:
-        """After a lost answer, submit nothing until a status request is answered again, so an
-        outage costs at most the submissions that were already in flight."""
-        gateway = self.ctx.gateway
-        failures = 0
-        while not gateway.healthy.is_set():
-            with anyio.move_on_after(self.backoff.delay(failures + 1, self._rng) + 0.5):
-                await gateway.healthy.wait()
-            if gateway.healthy.is_set():
-                return
-            failures += 1
-            try:
-                # Any answer below 500 (a 404 for this made-up id) shows the backend is back.
-                await gateway.status(f"health-probe-{uuid.uuid4()}")
-            except (AuthRefusedError, QuotaExhaustedError):
-                raise
-            except GatewayError:
-                continue
+    async def _probe(self) -> None:
+        """A request that any answer below 500 (a 404 for this made-up id) shows to be heard."""
+        await self.ctx.gateway.status(f"health-probe-{uuid.uuid4()}")
+
+
+def _attempt(post: _Post) -> int | None:
+    return None if post.row is None else post.row.attempts

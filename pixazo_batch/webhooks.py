@@ -9,15 +9,17 @@ already seen for a request changes nothing.
 
 A callback names both our job and the gateway's request_id. That is what lets it resolve an
 **uncertain** job (a POST whose answer was lost) without paying for it again: the request it
-names is recorded as the job's, and the job is polled and downloaded like any other.
+names is kept in the state file as a hint before the callback is answered, and the poller
+attaches it to the job once a status request confirms it (``docs/design.md``, "Webhooks").
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -90,30 +92,14 @@ class CallbackBox:
                 await box.arrived.wait()
         return None
 
+    def request_ids(self, job_id: str) -> list[str]:
+        """Every request a callback has named for the job, in arrival order."""
+        box = self._boxes.get(job_id)
+        return [] if box is None else list(box.statuses)
+
     def forget(self, job_id: str) -> None:
         """Drop what is held for a job that has left the poller."""
         self._boxes.pop(job_id, None)
-
-
-def resolve_uncertain(store: StateStore, job_id: str, status: StatusResponse) -> bool:
-    """Record the request a callback named as the uncertain job's own (``uncertain ->
-    submitted``): the job is then polled and downloaded, never submitted again. Returns False
-    when the job is not uncertain, or the request is one of its earlier attempts (a late
-    callback of a request already settled)."""
-    row = store.get(job_id)
-    if row is None or row.state is not JobState.UNCERTAIN:
-        return False
-    if status.request_id in store.request_ids(job_id):
-        return False
-    store.submit_accepted(job_id, status.request_id, None)
-    log.warning(
-        "uncertain_resolved",
-        job_id=job_id,
-        request_id=status.request_id,
-        state="submitted",
-        remote_status=status.status.value,
-    )
-    return True
 
 
 class WebhookReceiver:
@@ -141,6 +127,8 @@ class WebhookReceiver:
     async def __aenter__(self) -> WebhookReceiver:
         from aiohttp import web  # noqa: PLC0415  (a server only for runs that ask for callbacks)
 
+        #: ids of uncertain jobs a callback named a request for (the engine adopts them)
+        self.hints, self._hint_reader = anyio.create_memory_object_stream[str](1000)
         self.store.add_webhook_secret(self._secret)
         self._secrets[self._run_id] = self._secret
         app = web.Application(client_max_size=1 << 20)
@@ -151,13 +139,24 @@ class WebhookReceiver:
             await web.TCPSite(self._runner, self._host, self._port).start()
         except OSError as exc:
             await self._runner.cleanup()
+            self.hints.close()
+            self._hint_reader.close()
             raise UsageError(f"--webhook-listen {self._host}:{self._port}: {exc}") from exc
         log.info("webhooks_listening", host=self._host, port=self._port, mode=self.mode)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self.hints.close()
+        self._hint_reader.close()
         if self._runner is not None:
-            await self._runner.cleanup()
+            with anyio.CancelScope(shield=True):
+                await self._runner.cleanup()
+
+    async def adopt_hinted(self, adopt: Callable[[str], Awaitable[object]]) -> None:
+        """Pass each uncertain job a callback named a request for to ``adopt``, until the run
+        ends."""
+        async for job_id in self._hint_reader:
+            await adopt(job_id)
 
     def url_for(self, job_id: str) -> str:
         """The ``X-Webhook-URL`` for one job's submission."""
@@ -187,8 +186,13 @@ class WebhookReceiver:
             request_id=status.request_id,
             remote_status=status.status.value,
         )
-        # Durable before the 200: once answered, the gateway may never say it again.
-        resolve_uncertain(self.store, job_id, status)
+        row = self.store.get(job_id)
+        if row is not None and row.state is JobState.UNCERTAIN:
+            # Durable before the 200: once answered, the gateway may never say it again.
+            self.store.keep_callback(job_id, status.request_id)
+            log.info("callback_kept", job_id=job_id, request_id=status.request_id)
+            with contextlib.suppress(anyio.WouldBlock):
+                self.hints.send_nowait(job_id)  # when full, the next run adopts it
         return web.Response(text="ok")
 
 

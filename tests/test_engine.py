@@ -135,13 +135,30 @@ async def test_a_vanished_output_is_downloaded_again_without_resubmitting(
 async def test_rejected_submission_fails_the_job_with_the_server_message(
     tmp_path: Path, make_settings: MakeSettings
 ) -> None:
-    async with simulator(fast(model_disabled=True)) as sim:
-        summary = await run_batch(make_settings(sim, manifest_of(tmp_path, 2)))
+    manifest = write_manifest(tmp_path / "jobs.jsonl", [job_line(0, prompt="   "), job_line(1)])
+    async with simulator() as sim:
+        settings = make_settings(sim, manifest)
+        summary = await run_batch(settings)
     assert summary.exit_code == 1
-    assert summary.counts["failed"] == 2
+    assert summary.counts["failed"] == 1 and summary.counts["downloaded"] == 1
+    assert summary.committed_usd == "0.20"
+    assert "prompt: is required" in results(settings)[0]["error"]
+
+
+async def test_a_refusal_every_job_would_get_stops_submitting_with_exit_2_and_jobs_pending(
+    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
+) -> None:
+    async with simulator(fast(model_disabled=True)) as sim:
+        settings = make_settings(sim, manifest_of(tmp_path, 6), concurrency=1)
+        summary = await run_batch(settings)
+        stats = sim.stats()
+    assert summary.exit_code == 2
+    assert summary.counts["pending"] == 6
     assert summary.committed_usd == "0.00"
-    records = results(make_settings(sim, tmp_path / "jobs.jsonl"))
-    assert all("Model not found" in r["error"] for r in records)
+    assert stats["submit_requests"] == 1, "the first refusal stops submitting"
+    assert len(log_tap.named("submissions_stopped")) == 1
+    assert "Model not found" in (summary.stop_reason or "")
+    assert {r["attempts"] for r in results(settings)} == {0}
 
 
 @pytest.mark.parametrize("key", ["wrong-key", "forbidden-key"])
@@ -198,7 +215,7 @@ async def test_a_lost_answer_makes_the_job_uncertain_and_it_is_never_resubmitted
         first = await run_batch(settings)
         second = await run_batch(settings)
         stats = sim.stats()
-    assert first.exit_code == second.exit_code == 3
+    assert first.exit_code == second.exit_code == 5, "held for a person's decision"
     assert sorted(first.uncertain) == ["job-000", "job-001", "job-002"]
     assert stats["accepted"] == 3, "each job charged once, none submitted again"
     assert first.committed_usd == "0.60"

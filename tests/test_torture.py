@@ -123,7 +123,7 @@ async def test_kill_nine_at_random_instants_never_pays_twice_nor_corrupts(
             if not set(result["states"]) & {"pending", "submitted", "completed", "errored"}:
                 break
     assert killed >= KILLS // 2, "most runs were really killed mid-way"
-    assert final.returncode in (0, 1, 3)
+    assert final.returncode in (0, 1, 3, 5)
     # Every job came to rest: nothing left in flight but jobs held as uncertain.
     assert set(result["states"]) <= {"downloaded", "failed", "uncertain"}
     assert not list(out.rglob("*.part"))

@@ -1,0 +1,119 @@
+"""GatewayHealth: whether submitting may go on, and how long the gateway has been out of reach.
+
+Two things pause submissions. A submit whose answer was lost (the backend may be failing after
+taking the job) pauses them until any request is answered again, so an outage costs at most the
+submissions already in flight. A refused connection (DNS, refused, TLS) pauses them too, and the
+gateway is then out of reach until a request is answered; after ``--outage-deadline`` seconds of
+that, the run stops (exit 3) and the untouched jobs stay ``pending``. While paused, one probe (a
+status request for a made-up id: any answer below 500 will do) retries with full-jitter back-off;
+polls and downloads go on where they can. See ``docs/design.md``, section "Outages".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Awaitable, Callable
+
+import anyio
+import structlog
+
+from pixazo_batch.errors import GatewayUnreachableError, RequestError
+from pixazo_batch.governor import BackoffPolicy, Clock
+
+log = structlog.get_logger(__name__)
+
+
+class GatewayHealth:
+    """Shared by every request to the gateway: answers mark it sound, refused connections and
+    lost answers pause submissions.
+
+    Usage: the gateway client calls ``answered()`` / ``unreachable()``; the submitter calls
+    ``await ready(probe)`` before each POST and ``answer_lost()`` after losing an answer.
+    """
+
+    def __init__(
+        self,
+        *,
+        outage_deadline: float,
+        clock: Clock,
+        backoff: BackoffPolicy | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.outage_deadline = outage_deadline
+        self.clock = clock
+        self.backoff = backoff or BackoffPolicy(base=1.0, cap=60.0)
+        self._rng = random.Random(seed)
+        self._sound = anyio.Event()
+        self._sound.set()
+        self._probing = False
+        #: when the gateway stopped taking connections (clock time), while it does not
+        self.down_since: float | None = None
+        #: why submitting is paused, while it is
+        self.reason: str | None = None
+        #: when the next probe goes (clock time), while submitting is paused
+        self.next_try_at: float | None = None
+
+    @property
+    def sound(self) -> bool:
+        """True while submitting may go on."""
+        return self._sound.is_set()
+
+    def answered(self) -> None:
+        """The gateway answered a request (below 500): it is reachable and its backend works."""
+        self.down_since = None
+        if not self._sound.is_set():
+            log.info("gateway_back", paused_for=self.reason)
+            self.reason = self.next_try_at = None
+            self._sound.set()
+
+    def unreachable(self, reason: str) -> None:
+        """A connection to the gateway could not be made.
+
+        Raises:
+            GatewayUnreachableError: it has been so for longer than the outage deadline.
+        """
+        now = self.clock.now()
+        if self.down_since is None:
+            self.down_since = now
+        self._pause(f"gateway unreachable: {reason}")
+        if now - self.down_since > self.outage_deadline:
+            raise GatewayUnreachableError(
+                f"the gateway could not be reached for {now - self.down_since:.0f} s "
+                f"(--outage-deadline {self.outage_deadline:g}): {reason}"
+            )
+
+    def answer_lost(self, reason: str) -> None:
+        """A submit's answer was lost: submit nothing more until a request is answered."""
+        self._pause(f"a submit's answer was lost: {reason}")
+
+    async def ready(self, probe: Callable[[], Awaitable[object]]) -> None:
+        """Return once submitting may go on. While it may not, the first caller probes with
+        back-off and the others wait for the outcome.
+
+        Raises:
+            GatewayUnreachableError: the outage outlasted the deadline.
+        """
+        failures = 0
+        while not self._sound.is_set():
+            if self._probing:
+                await self._sound.wait()
+                continue
+            self._probing = True
+            try:
+                failures += 1
+                delay = self.backoff.delay(failures, self._rng)
+                self.next_try_at = self.clock.now() + delay
+                event = "gateway_unreachable" if self.down_since is not None else "submits_paused"
+                log.warning(event, reason=self.reason, next_try_s=round(delay, 1))
+                await self.clock.sleep(delay)
+                # An answer, even a 404, has already marked the gateway sound.
+                with contextlib.suppress(RequestError):
+                    await probe()
+            finally:
+                self._probing = False
+
+    def _pause(self, reason: str) -> None:
+        if self._sound.is_set():
+            self._sound = anyio.Event()
+            self.reason = reason

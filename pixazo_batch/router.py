@@ -1,0 +1,191 @@
+"""Router: the one place that moves jobs between stages.
+
+A stage reports an outcome; the router asks ``lifecycle.next_step`` where it takes the job,
+records the transition in the state store (durably, before anything acts on it), and sends the
+job on. It also owns what the lifecycle does not decide: the in-flight slots that bound jobs
+submitted and not yet finished (``--max-in-flight``), and the set of jobs moving in this run,
+which tells the engine when the run's work is done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anyio
+import structlog
+from anyio.streams.memory import MemoryObjectSendStream
+
+from pixazo_batch.errors import InvalidTransitionError
+from pixazo_batch.jobrow import JobRow
+from pixazo_batch.lifecycle import (
+    Accepted,
+    Action,
+    AnswerLost,
+    CallbackNamed,
+    Declined,
+    Downloaded,
+    Interrupted,
+    Listed,
+    MediaRefreshed,
+    OnWire,
+    OperatorAbandoned,
+    OperatorFoundRequest,
+    OperatorNotSent,
+    Outcome,
+    Refused,
+    Rejected,
+    RemoteEnded,
+    Resumed,
+    Step,
+    UnknownRequest,
+    next_step,
+)
+from pixazo_batch.models import JobState
+from pixazo_batch.state import StateStore
+
+log = structlog.get_logger(__name__)
+
+#: actions after which a job occupies one of the ``--max-in-flight`` slots
+_IN_FLIGHT = (Action.SUBMIT, Action.POLL, Action.AWAIT_CALLBACK)
+#: actions the reporting stage carries out itself: the job does not change hands
+_STAYS = (Action.RETRY, Action.SEND)
+
+
+@dataclass
+class Queues:
+    """Send ends of the stage queues; each carries job ids. Unbounded: the in-flight slots,
+    taken before a job is queued, are what bounds them."""
+
+    submit: MemoryObjectSendStream[str]
+    poll: MemoryObjectSendStream[str]
+    download: MemoryObjectSendStream[str]
+
+
+def record(store: StateStore, row: JobRow, step: Step, outcome: Outcome) -> None:  # noqa: PLR0912
+    """Write the transition ``outcome`` causes, as one durable transaction (nothing when the
+    step leaves the job where it is)."""
+    job_id, reason = row.id, step.reason
+    if step.state is row.state and not isinstance(outcome, MediaRefreshed):
+        return
+    match outcome:
+        case Interrupted() | AnswerLost():
+            store.submit_uncertain(job_id, reason or "answer lost")
+        case Accepted(request_id=request_id, polling_url=polling_url):
+            store.submit_accepted(job_id, request_id, polling_url)
+        case CallbackNamed(request_id=request_id) | OperatorFoundRequest(request_id=request_id):
+            store.submit_accepted(job_id, request_id, None)
+        case Rejected() | Refused():
+            store.submit_refused(job_id, reason or "refused", final=step.state is JobState.FAILED)
+        case Declined():
+            store.submit_withdrawn(job_id, reason or "declined")
+        case RemoteEnded(status=status, media_url=media_url):
+            media = media_url if step.state is JobState.COMPLETED else None
+            store.remote_finished(
+                job_id, step.state, remote_status=status.value, media_url=media, error=reason
+            )
+        case UnknownRequest():
+            store.remote_finished(job_id, step.state, remote_status="NOT_FOUND", error=reason)
+        case Downloaded(size=size, sha256=sha256):
+            store.downloaded(job_id, size, sha256)
+        case MediaRefreshed(media_url=media_url):
+            store.refresh_media(job_id, media_url)
+        case Resumed():
+            store.file_missing(job_id)
+        case OperatorNotSent():
+            store.not_sent(job_id, reason or "not sent")
+        case Listed() | OperatorAbandoned():
+            store.set_state(job_id, step.state, reason)
+        case _:
+            raise InvalidTransitionError(f"job {job_id!r}: nothing records {outcome!r}")
+
+
+class Router:
+    """Moves each job on as its outcomes decide; the only code that queues jobs for a stage.
+
+    Usage: the producer calls ``await router.admit(row, outcome)`` for each job it finds; a
+    stage calls ``await router.settle(job_id, outcome)`` when it is done with a job, and tries
+    again itself when the returned step says ``RETRY``.
+    """
+
+    def __init__(self, store: StateStore, queues: Queues, *, max_in_flight: int) -> None:
+        self.store = store
+        self.queues = queues
+        #: fires once intake is closed and no job is moving: the run's work is done
+        self.settled = anyio.Event()
+        self._moving: set[str] = set()
+        self._intake_closed = False
+        self._slots = anyio.CapacityLimiter(max_in_flight)
+        self._holding: set[str] = set()
+
+    @property
+    def moving(self) -> int:
+        """How many jobs are moving through this run."""
+        return len(self._moving)
+
+    async def admit(self, row: JobRow, outcome: Outcome) -> Step:
+        """Take in a job the producer found (``Listed``, ``Resumed``, ``Interrupted``) or a
+        callback brought back; a job already moving is left where it is."""
+        if row.id in self._moving:
+            return Step(row.state, Action.REST)
+        step = self.apply(row, outcome)
+        if step.action is not Action.REST:
+            self._moving.add(row.id)
+            await self._dispatch(row.id, step.action)
+        return step
+
+    async def settle(self, job_id: str, outcome: Outcome) -> Step:
+        """Record what a stage reports and send the job on. Returns the step; with ``RETRY``
+        the reporting stage keeps the job and tries again."""
+        row = self.store.get(job_id)
+        if row is None:
+            raise InvalidTransitionError(f"unknown job {job_id!r}")
+        step = self.apply(row, outcome)
+        if step.action not in _STAYS:
+            await self._dispatch(job_id, step.action)
+        return step
+
+    def apply(self, row: JobRow, outcome: Outcome) -> Step:
+        """Decide and record, without moving the job (``resolve`` and dry runs use this)."""
+        step = next_step(row.state, outcome)
+        record(self.store, row, step, outcome)
+        return step
+
+    def on_wire(self, job_id: str, budget_cents: int | None) -> JobRow:
+        """The write-ahead of a POST about to leave: ``submitting``, durably, within budget.
+
+        Raises:
+            BudgetReachedError: the budget refuses the job; nothing changed.
+        """
+        row = self.store.get(job_id)
+        if row is None:
+            raise InvalidTransitionError(f"unknown job {job_id!r}")
+        next_step(row.state, OnWire())
+        return self.store.begin_submit(job_id, budget_cents)
+
+    def close_intake(self) -> None:
+        """No more jobs will be admitted."""
+        self._intake_closed = True
+        self._check_settled()
+
+    async def _dispatch(self, job_id: str, action: Action) -> None:
+        if action in _IN_FLIGHT:
+            if job_id not in self._holding:
+                await self._slots.acquire_on_behalf_of(job_id)
+                self._holding.add(job_id)
+        elif job_id in self._holding:
+            self._holding.discard(job_id)
+            self._slots.release_on_behalf_of(job_id)
+        match action:
+            case Action.SUBMIT:
+                self.queues.submit.send_nowait(job_id)
+            case Action.POLL | Action.AWAIT_CALLBACK:
+                self.queues.poll.send_nowait(job_id)
+            case Action.DOWNLOAD:
+                self.queues.download.send_nowait(job_id)
+            case _:
+                self._moving.discard(job_id)
+                self._check_settled()
+
+    def _check_settled(self) -> None:
+        if self._intake_closed and not self._moving:
+            self.settled.set()
