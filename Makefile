@@ -27,7 +27,7 @@ torture: install
 
 demo: install
 	rm -rf out
-	$(BIN)/pixazo-batch run jobs.example.jsonl --out out --sandbox --poll-interval 0.5
+	$(BIN)/pixazo-batch run jobs.example.jsonl --out out --sandbox
 	@ls -l out/*.mp4 out/*/*.mp4 2>/dev/null || true
 
 bench: install

@@ -23,17 +23,20 @@ from pydantic import SecretStr, ValidationError
 from pixazo_batch.config import (
     DEFAULT_BASE_URL,
     ENV_PREFIX,
+    SANDBOX_JOURNAL,
     STATE_FILE_NAME,
     Settings,
     load_settings,
 )
-from pixazo_batch.engine import RunSummary, run_batch
+from pixazo_batch.engine import RunSummary, one_off_client, run_batch
 from pixazo_batch.errors import EXIT_OK, EXIT_USAGE, PixazoBatchError, UsageError
+from pixazo_batch.lifecycle import OperatorAbandoned, OperatorFoundRequest, OperatorNotSent
 from pixazo_batch.logs import configure_logging
 from pixazo_batch.manifest import ManifestIssue, read_manifest
 from pixazo_batch.models import JobSpec
 from pixazo_batch.planning import plan_run
 from pixazo_batch.progress import TerminalProgress
+from pixazo_batch.resolve import Choice, resolve_job
 from pixazo_batch.results import iter_results, status_summary, write_csv
 from pixazo_batch.state import StateStore
 
@@ -50,7 +53,8 @@ _RUN_OPTIONS: dict[str, tuple[type, str]] = {
     "max_spend": (str, "USD cap on the committed spend recorded in the state file"),
     "downloads": (int, "downloads at once"),
     "download_tries": (int, "tries per download in one run"),
-    "stop_deadline": (float, "seconds in-flight POSTs get to return after SIGINT/SIGTERM"),
+    "stop_deadline": (float, "seconds POSTs on the wire get to return after SIGINT/SIGTERM"),
+    "outage_deadline": (float, "seconds the gateway may stay unreachable before the run stops"),
     "retry_after_cap": (float, "longest Retry-After honoured, in seconds"),
     "webhook_url": (str, "public https URL reaching --webhook-listen: turns callbacks on"),
     "webhook_listen": (str, "HOST:PORT the callback listener binds"),
@@ -73,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Pixazo gateway: resumable, budget-safe, never paying twice for a job.",
         epilog=f"The API key is read from {KEY_ENV} (or a --config file), never from the "
         "command line. Exit codes: 0 done, 1 jobs failed, 2 usage or manifest error, "
-        "3 incomplete (resume later), 4 key refused, 75 state file locked.",
+        "3 incomplete (the next run resumes by itself), 4 key refused, 5 uncertain jobs wait for "
+        "a decision (see 'resolve'), 75 state file locked.",
     )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
@@ -136,6 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "report":
             sub.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
 
+    resolve = commands.add_parser(
+        "resolve", help="settle one uncertain job: its request id, 'not sent', or abandon it"
+    )
+    resolve.add_argument("job", metavar="JOB", help="the id of an uncertain job")
+    resolve.add_argument("--out", type=Path, required=True, dest="out_dir", metavar="DIR")
+    resolve.add_argument("--state", type=Path, dest="state_path", metavar="FILE")
+    resolve.add_argument("--config", type=Path, metavar="FILE", help="TOML file of settings")
+    resolve.add_argument("--base-url", metavar="URL", help="gateway base URL")
+    choice = resolve.add_mutually_exclusive_group(required=True)
+    choice.add_argument(
+        "--request-id", metavar="ID", help="the request found in the Pixazo dashboard (checked)"
+    )
+    choice.add_argument("--not-sent", action="store_true", help="the POST never arrived: resend")
+    choice.add_argument("--abandon", action="store_true", help="give the job up (failed)")
+
     simulate = commands.add_parser("simulate", help="serve the local gateway simulator")
     simulate.add_argument("--port", type=int, default=8080, help="gateway port (0: any free one)")
     simulate.add_argument(
@@ -147,12 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (DESIGN section 6)."""
+    """Run the command line; returns the exit code (``docs/design.md``, "Exit codes")."""
     args = build_parser().parse_args(argv)
     args.sandbox_key = secrets.token_urlsafe(16)
     _configure_logs(args)
     handlers = {"run": _run, "validate": _validate, "status": _status, "report": _report,
-                "simulate": _simulate}  # fmt: skip
+                "resolve": _resolve, "simulate": _simulate}  # fmt: skip
     try:
         return handlers[args.command](args)
     except PixazoBatchError as exc:
@@ -169,13 +189,14 @@ def _configure_logs(args: argparse.Namespace, *more_secrets: str) -> None:
     configure_logging(secrets=[s for s in known if s], level=level, json_lines=json_lines)
 
 
-def _settings(args: argparse.Namespace, **forced: Any) -> Settings:
-    flags = {name: getattr(args, name) for name in (*_RUN_OPTIONS, *_RUN_SWITCHES)}
-    flags.update(manifest=args.manifest, out_dir=args.out_dir, state_path=args.state_path,
-                 base_url=args.base_url)  # fmt: skip
+def _settings(
+    args: argparse.Namespace, defaults: dict[str, Any] | None = None, **forced: Any
+) -> Settings:
+    names = (*_RUN_OPTIONS, *_RUN_SWITCHES, "manifest", "out_dir", "state_path", "base_url")
+    flags = {name: getattr(args, name, None) for name in names}
     flags.update(forced)
     try:
-        settings = load_settings(flags, config_file=args.config)
+        settings = load_settings(flags, config_file=args.config, defaults=defaults)
     except ValidationError as exc:
         problems = "; ".join(_field_problem(error) for error in exc.errors())
         raise UsageError(problems) from None
@@ -235,8 +256,20 @@ async def _run_in_sandbox(args: argparse.Namespace) -> int:
     except KeyError as exc:
         raise UsageError(str(exc.args[0])) from None
     scenario = dataclasses.replace(scenario, keys=frozenset({args.sandbox_key}))
-    async with Simulator(scenario) as sim:
-        settings = _settings(args, base_url=sim.base_url, api_key=SecretStr(args.sandbox_key))
+    if args.out_dir is None:
+        raise UsageError("--out DIR is required")
+    journal = args.out_dir / SANDBOX_JOURNAL  # the simulator's memory, so the sandbox resumes
+    try:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {args.out_dir}: {exc.strerror or exc}") from None
+    async with Simulator(scenario, journal=journal) as sim:
+        settings = _settings(
+            args,
+            defaults={"poll_interval": scenario.poll_interval},
+            base_url=sim.base_url,
+            api_key=SecretStr(args.sandbox_key),
+        )
         if args.dry_run:
             return _dry_run(settings)
         summary = await _run_settings(settings, args.quiet)
@@ -290,7 +323,28 @@ def _state_file(args: argparse.Namespace) -> Path:
 
 def _status(args: argparse.Namespace) -> int:
     with StateStore.open(_state_file(args), lock=False) as store:
-        print(json.dumps(status_summary(store)))
+        print(json.dumps(status_summary(store, out=args.out, state=args.state)))
+    return EXIT_OK
+
+
+def _resolve(args: argparse.Namespace) -> int:
+    state_file: Path = args.state_path or args.out_dir / STATE_FILE_NAME
+    if not state_file.is_file():
+        raise UsageError(f"no state file at {state_file}")
+    choice: Choice
+    if args.request_id is not None:
+        choice = OperatorFoundRequest(args.request_id)
+    else:
+        choice = OperatorNotSent() if args.not_sent else OperatorAbandoned()
+
+    async def settle() -> str:
+        if not isinstance(choice, OperatorFoundRequest):
+            return await resolve_job(state_file, args.job, choice)
+        settings = _settings(args, manifest=Path(os.devnull))
+        async with one_off_client(settings) as gateway:
+            return await resolve_job(state_file, args.job, choice, gateway)
+
+    print(anyio.run(settle))
     return EXIT_OK
 
 

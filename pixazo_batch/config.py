@@ -18,6 +18,8 @@ ENV_PREFIX = "PIXAZO_"
 DEFAULT_BASE_URL = "https://gateway.pixazo.ai"
 STATE_FILE_NAME = ".pixazo-batch.db"
 RESULTS_FILE_NAME = "results.jsonl"
+#: the sandbox simulator's memory of accepted jobs, in the output folder
+SANDBOX_JOURNAL = ".pixazo-batch.sandbox.jsonl"
 #: hosts for which a plain-http webhook URL is allowed (a gateway or proxy on this machine)
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -143,9 +145,11 @@ def load_settings(
     *,
     environ: Mapping[str, str] | None = None,
     config_file: Path | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Settings from, in rising precedence: a TOML file, ``PIXAZO_<FIELD>`` environment
-    variables (``PIXAZO_API_KEY``, ``PIXAZO_BASE_URL``, ``PIXAZO_MAX_SPEND``...), and flags.
+    """Settings from, in rising precedence: ``defaults`` (the sandbox's), a TOML file,
+    ``PIXAZO_<FIELD>`` environment variables (``PIXAZO_API_KEY``, ``PIXAZO_BASE_URL``,
+    ``PIXAZO_MAX_SPEND``...), and flags.
 
     Flags whose value is None count as not given.
 
@@ -153,7 +157,7 @@ def load_settings(
         pydantic.ValidationError: a value is missing or invalid (the message names the field).
         OSError, tomllib.TOMLDecodeError: the config file cannot be read.
     """
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(defaults or {})
     if config_file is not None:
         with open(config_file, "rb") as source:
             values.update(tomllib.load(source))

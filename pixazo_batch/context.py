@@ -53,3 +53,14 @@ class RunContext:
     posts_on_wire: set[anyio.CancelScope] = field(default_factory=set)
     #: the callback listener, when ``--webhook-url`` is set
     webhooks: WebhookReceiver | None = None
+    _post_ended: anyio.Event = field(default_factory=anyio.Event)
+
+    def post_ended(self, scope: anyio.CancelScope) -> None:
+        """A POST left the wire (answered, lost or refused)."""
+        self.posts_on_wire.discard(scope)
+        self._post_ended.set()
+        self._post_ended = anyio.Event()
+
+    async def next_post_end(self) -> None:
+        """Wait until some POST now on the wire leaves it."""
+        await self._post_ended.wait()

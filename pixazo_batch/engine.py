@@ -130,6 +130,19 @@ async def run_batch(
 
 
 @contextlib.asynccontextmanager
+async def one_off_client(settings: Settings) -> AsyncIterator[GatewayClient]:
+    """A gateway client for one command outside a run (``resolve``), paced like a run's."""
+    clock = MonotonicClock()
+    health = GatewayHealth(outage_deadline=settings.outage_deadline, clock=clock)
+    governor = RateGovernor(settings.rps, clock=clock)
+    key = settings.api_key.get_secret_value()
+    async with GatewayClient(
+        settings.base_url, key, governor, health, retry_after_cap=settings.retry_after_cap
+    ) as gateway:
+        yield gateway
+
+
+@contextlib.asynccontextmanager
 async def _callbacks(
     settings: Settings, store: StateStore
 ) -> AsyncIterator[WebhookReceiver | None]:

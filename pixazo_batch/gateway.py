@@ -261,9 +261,9 @@ class GatewayClient:
                 wait = self.retry_after_cap
             wait += RETRY_AFTER_MARGIN
         paused = self.governor.on_rate_limited(wait)
-        log.info("rate_limited", http_status=429, pause_s=round(paused, 3), rps=self.governor.rate)
         if self._on_pause is not None:
             self._on_pause(time.time() + paused)
+        log.info("rate_limited", http_status=429, pause_s=round(paused, 3), rps=self.governor.rate)
 
     @staticmethod
     def _error(answer: Answer) -> GatewayAnswerError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,8 +69,20 @@ def write_csv(store: StateStore, sink: IO[str]) -> None:
         writer.writerow({**record, "request_ids": " ".join(record["request_ids"])})
 
 
-def status_summary(store: StateStore) -> dict[str, Any]:
-    """What ``status`` shows: counts, money, the oldest pending job, and every problem job."""
+def resolve_commands(job_id: str, out: Path | None, state: Path | None = None) -> list[str]:
+    """The command lines that settle an uncertain job, one per possible answer."""
+    where = f"--out {shlex.quote(str(out or 'DIR'))}"
+    if state is not None:
+        where += f" --state {shlex.quote(str(state))}"
+    base = f"pixazo-batch resolve {shlex.quote(job_id)} {where}"
+    return [f"{base} --request-id REQUEST_ID", f"{base} --not-sent", f"{base} --abandon"]
+
+
+def status_summary(
+    store: StateStore, *, out: Path | None = None, state: Path | None = None
+) -> dict[str, Any]:
+    """What ``status`` shows: counts, money, the oldest pending job, every problem job, and for
+    each uncertain job when its POST left, what was lost, and how to settle it."""
     counts = {state.value: n for state, n in store.counts().items()}
     oldest = store.db.execute(
         "SELECT id, created_at FROM jobs WHERE state = 'pending' ORDER BY created_at LIMIT 1"
@@ -87,7 +100,15 @@ def status_summary(store: StateStore) -> dict[str, Any]:
         "committed_usd": f"{store.committed_cents() / 100:.2f}",
         "spent_usd": f"{store.spent_cents() / 100:.2f}",
         "oldest_pending": None if oldest is None else {"id": oldest[0], "since": _iso(oldest[1])},
-        "uncertain": [p["id"] for p in problems if p["state"] == JobState.UNCERTAIN.value],
+        "uncertain": [
+            {
+                "id": row.id,
+                "post_sent": _iso(store.last_post(row.id)),
+                "lost": row.error,
+                "resolve": resolve_commands(row.id, out, state),
+            }
+            for row in store.iter_jobs(JobState.UNCERTAIN)
+        ],
         "problems": problems,
         "last_run": None
         if last_run is None

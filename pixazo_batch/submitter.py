@@ -21,6 +21,7 @@ from pixazo_batch.context import RunContext
 from pixazo_batch.errors import (
     AnswerLostError,
     AuthRefusedError,
+    BudgetReachedError,
     HttpStatusError,
     NotSentError,
     SubmitStopError,
@@ -111,6 +112,12 @@ class Submitter:
             return NotSent(ctx.flags.stop_submitting or "the run is stopping", retry=False)
         except NotSentError as exc:
             return NotSent(str(exc), retry=True)
+        except BudgetReachedError as exc:
+            if ctx.posts_on_wire:  # one of them may yet be declined and free its price
+                await ctx.next_post_end()
+                return NotSent(str(exc), retry=True)
+            self._stop(job_id, exc)
+            return NotSent(str(exc), retry=False)
         except SubmitStopError as exc:
             self._stop(job_id, exc)
             return Declined(str(exc), retry=False) if post.on_wire else NotSent(str(exc), False)
@@ -186,7 +193,8 @@ class Submitter:
                     webhook_mode=ctx.settings.webhook_mode,
                 )
             finally:
-                ctx.posts_on_wire.discard(post.scope)
+                if post.on_wire:
+                    ctx.post_ended(post.scope)
         raise AnswerLostError("the run stopped before the gateway answered")
 
     async def _probe(self) -> None:

@@ -97,9 +97,7 @@ def test_run_without_a_key_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_sandbox_run_leaves_playable_videos_status_and_report(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = run_cli(
-        "run", "jobs.example.jsonl", "--out", str(out), "--sandbox", "--poll-interval", "0.5"
-    )
+    result = run_cli("run", "jobs.example.jsonl", "--out", str(out), "--sandbox")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["counts"]["downloaded"] == 6
     videos = sorted(out.rglob("*.mp4"))

@@ -7,12 +7,16 @@ Usage::
     async with Simulator(scenario_named("fast")) as sim:
         ...  # talk to sim.base_url with key sim.key; read sim.stats()
 
+With ``journal=path`` it remembers every accepted job in that file and takes them back when it
+starts again, as ``run --sandbox`` does so that an interrupted sandbox run can resume.
+
 The engine never imports this package; only the CLI (``simulate``, ``--sandbox``), the tests and
 the benchmarks do.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -33,36 +37,56 @@ class Simulator:
     Usage: ``async with Simulator(scenario, port=0) as sim: sim.base_url``.
     """
 
-    def __init__(self, scenario: Scenario, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        journal: Path | None = None,
+    ) -> None:
         self.scenario = scenario
-        self.state = SimState(scenario)
+        self.state = SimState(scenario, journal=journal)
         self.host = host
         self.port = port
         self.key = next(iter(sorted(scenario.keys)), "")
         self.base_url = ""
         self.media_url = ""
         self._webhooks = WebhookSender(self.state)
-        self._runners: list[web.AppRunner] = []
+        self._gateway = GatewayApp(self.state, self._webhooks)
+        self._media_runner: web.AppRunner | None = None
+        self._gateway_runner: web.AppRunner | None = None
 
     async def __aenter__(self) -> Self:
+        self.state.restore()
         media_app = web.Application()
         media_app.add_routes(media_routes(self.state))
-        self.media_url = await self._serve(media_app, 0)
-        gateway = GatewayApp(self.state, self._webhooks)
-        gateway.media_base = self.media_url
-        self._webhooks.media_url = gateway.media_url
-        gateway_app = web.Application()
-        gateway_app.add_routes(gateway.routes())
-        self.base_url = await self._serve(gateway_app, self.port)
+        self._media_runner, self.media_url = await self._serve(media_app, 0)
+        self._gateway.media_base = self.media_url
+        self._webhooks.media_url = self._gateway.media_url
+        await self.start_gateway()
         return self
 
-    async def _serve(self, app: web.Application, port: int) -> str:
+    async def start_gateway(self) -> None:
+        """Serve the gateway origin (again, after ``stop_gateway``, on the same port)."""
+        gateway_app = web.Application()
+        gateway_app.add_routes(self._gateway.routes())
+        port = self.port if not self.base_url else int(self.base_url.rsplit(":", 1)[1])
+        self._gateway_runner, self.base_url = await self._serve(gateway_app, port)
+
+    async def stop_gateway(self) -> None:
+        """An outage: the gateway origin closes every connection and refuses new ones until
+        ``start_gateway``. Jobs, the wallet and the media origin are kept."""
+        if self._gateway_runner is not None:
+            await self._gateway_runner.cleanup()
+            self._gateway_runner = None
+
+    async def _serve(self, app: web.Application, port: int) -> tuple[web.AppRunner, str]:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        self._runners.append(runner)
         await web.TCPSite(runner, self.host, port).start()
         host, bound_port = runner.addresses[0][:2]
-        return f"http://{host}:{bound_port}"
+        return runner, f"http://{host}:{bound_port}"
 
     async def __aexit__(
         self,
@@ -71,8 +95,9 @@ class Simulator:
         tb: TracebackType | None,
     ) -> None:
         await self._webhooks.close()
-        for runner in reversed(self._runners):
-            await runner.cleanup()
+        await self.stop_gateway()
+        if self._media_runner is not None:
+            await self._media_runner.cleanup()
 
     def stats(self) -> dict[str, Any]:
         """The same counters ``GET /_sim/stats`` serves."""

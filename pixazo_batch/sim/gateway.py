@@ -64,6 +64,19 @@ def validate_body(data: Any) -> GenerationRequest | str:
     return GenerationRequest.model_validate(known)
 
 
+def _foreign_answer(kind: str) -> web.Response:
+    """What a CDN or proxy in front of the gateway may answer after forwarding a submit."""
+    if kind == "524-html":
+        page = "<html><body><h1>Error 524</h1>A timeout occurred</body></html>"
+        return web.Response(status=524, text=page, content_type="text/html")
+    if kind == "503-html":
+        page = "<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>"
+        return web.Response(status=503, text=page, content_type="text/html")
+    if kind == "408":
+        return web.Response(status=408, text="Request Timeout", content_type="text/plain")
+    return web.json_response({"status": "QUEUED"}, status=200)
+
+
 class GatewayApp:
     """Handlers of the gateway origin; ``routes()`` mounts them."""
 
@@ -115,6 +128,14 @@ class GatewayApp:
         """``POST /{model}/v1/{model}-request``: validate, charge, queue; or fail as told."""
         state = self.state
         state.stats.submit_requests += 1
+        raw = await request.read()
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        checked = validate_body(data)
+        if not isinstance(checked, str):
+            state.stats.arrived_by_hash[checked.request_hash()] += 1
         await state.pause(state.scenario.response_delay)
         refusal = self._admit(request)
         if refusal is not None:
@@ -122,12 +143,8 @@ class GatewayApp:
         if state.scenario.model_disabled:
             message = f"Model '{MODEL_ID}' not found or is disabled"
             return _service_error(400, "Model not found", message)
-        raw = await request.read()
-        try:
-            data = json.loads(raw)
-        except ValueError:
+        if data is None:
             return _service_error(400, "Bad Request", "Request body is not valid JSON")
-        checked = validate_body(data)
         if isinstance(checked, str):
             return _service_error(400, "Bad Request", checked)
         webhook = self._webhook(request)
@@ -141,23 +158,35 @@ class GatewayApp:
         if state.draw("submit_refused", state.scenario.submit_refused_rate):
             return _service_error(500, "Internal Server Error", "The request could not be queued")
         job = state.book.accept(checked, now, checked.request_hash())
+        state.remember(job)
         state.stats.accepted += 1
         state.stats.accepted_by_hash[job.request_hash] += 1
         if webhook is not None:
             job.webhook_url, job.webhook_mode = webhook
             self.webhooks.schedule(job)
+        lost = await self._lose_answer(request)
+        if lost is not None:
+            return lost
+        polling_url = f"{request.url.origin()}/v2/requests/status/{job.request_id}"
+        body = {"request_id": job.request_id, "status": "QUEUED", "polling_url": polling_url}
+        return web.json_response(body, status=202)
+
+    async def _lose_answer(self, request: web.Request) -> web.Response | None:
+        """The faults that hide an accepted job's answer (the double-charge traps), if one
+        strikes: a reset, an intermediary's page, or the API front's 504/500 after a delay."""
+        state = self.state
         if state.draw("submit_reset", state.scenario.submit_reset_rate):
             assert request.transport is not None
             request.transport.abort()
             return web.Response(status=500)
+        if state.draw("submit_foreign", state.scenario.submit_foreign_rate):
+            return _foreign_answer(state.scenario.submit_foreign_kind)
         if state.draw("submit_lost", state.scenario.submit_lost_answer_rate):
             await state.pause(state.scenario.seconds(state.scenario.lost_answer_delay))
             if state.stats.faults["submit_lost"] % 2:
                 return _front_error(504, "Gateway Timeout")
             return _front_error(500, "Internal server error", activityId=str(uuid.uuid4()))
-        polling_url = f"{request.url.origin()}/v2/requests/status/{job.request_id}"
-        body = {"request_id": job.request_id, "status": "QUEUED", "polling_url": polling_url}
-        return web.json_response(body, status=202)
+        return None
 
     def _webhook(self, request: web.Request) -> tuple[str, str] | web.Response | None:
         url = request.headers.get("X-Webhook-URL")

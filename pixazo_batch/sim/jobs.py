@@ -202,16 +202,20 @@ class JobBook:
             tick=s.seconds(self.rng.uniform(*s.status_tick)),
             media_size=self._media_size(request),
         )
-        self.jobs[request_id] = job
-        price = request.price_cents
+        self.book(job)
+        return job
+
+    def book(self, job: SimJob) -> None:
+        """Keep ``job`` and charge for it (refunded later if it ends in ERROR)."""
+        self.jobs[job.request_id] = job
+        price = job.request.price_cents
         self.spent_cents += price
         if self.balance_cents is not None:
             self.balance_cents -= price
-        if outcome is RemoteStatus.ERROR or (
-            outcome is RemoteStatus.FAILED and not s.failed_is_charged
+        if job.outcome is RemoteStatus.ERROR or (
+            job.outcome is RemoteStatus.FAILED and not self.scenario.failed_is_charged
         ):
-            heapq.heappush(self._refunds, (job.visible(finished), request_id))
-        return job
+            heapq.heappush(self._refunds, (job.visible(job.finished), job.request_id))
 
 
 def _image_urls(request: GenerationRequest) -> list[str]:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 RetryAfterStyle = Literal["seconds", "http-date", "iso", "absent"]
+#: answers to a submit from something in front of the gateway (the job was forwarded, and made)
+ForeignAnswer = Literal["524-html", "503-html", "408", "2xx-no-id"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -22,6 +24,8 @@ class Scenario:
 
     name: str = "custom"
     seed: int = 7
+    #: the poll interval that suits this scenario's timings (``--sandbox`` uses it by default)
+    poll_interval: float = 5.0
     time_scale: float = 1.0
     keys: frozenset[str] = frozenset({"sandbox"})
     #: keys that authenticate but are forbidden (403 that is not a quota message)
@@ -70,6 +74,9 @@ class Scenario:
     submit_reset_rate: float = 0.0
     #: APIM 500 with activityId on a status request
     status_error_rate: float = 0.0
+    #: an answer from an intermediary instead of the gateway's (the job IS created and charged)
+    submit_foreign_rate: float = 0.0
+    submit_foreign_kind: ForeignAnswer = "524-html"
     #: how many requests in a row a fault lasts once it starts (a burst)
     fault_burst: int = 1
     #: extra latency added to every gateway answer
@@ -110,6 +117,7 @@ class Scenario:
 
 _DEMO = Scenario(
     name="demo",
+    poll_interval=0.5,
     dispatch_delay=(0.2, 0.5),
     processing_median={"540p": 2.0, "720p": 2.5, "1080p": 3.5},
     long_duration_factor=1.3,
@@ -123,6 +131,7 @@ _DEMO = Scenario(
 
 _FAST = Scenario(
     name="fast",
+    poll_interval=0.05,
     slots=10_000,
     dispatch_delay=(0.0, 0.0),
     processing_median={"540p": 0.0, "720p": 0.0, "1080p": 0.0},
@@ -140,6 +149,7 @@ _REALISTIC = Scenario(name="realistic", rate_limit=60, rate_window=60.0)
 
 _HOSTILE = Scenario(
     name="hostile",
+    poll_interval=0.5,
     dispatch_delay=(0.2, 1.0),
     processing_median={"540p": 3.0, "720p": 4.0, "1080p": 6.0},
     straggler_rate=0.0,

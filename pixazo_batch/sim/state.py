@@ -10,11 +10,13 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from pixazo_batch.sim.jobs import JobBook, SimJob
+from pixazo_batch.sim.journal import record, replay
 from pixazo_batch.sim.scenario import Scenario
 
 if TYPE_CHECKING:
@@ -30,6 +32,8 @@ class SimStats:
     submit_requests: int = 0
     status_requests: int = 0
     accepted: int = 0
+    #: submissions that reached the gateway, accepted or not, per request hash of the body
+    arrived_by_hash: Counter[str] = field(default_factory=Counter)
     #: accepted (created and charged) submissions per request hash
     accepted_by_hash: Counter[str] = field(default_factory=Counter)
     polls_by_request: Counter[str] = field(default_factory=Counter)
@@ -53,6 +57,7 @@ class SimStats:
             "status_requests": self.status_requests,
             "gateway_requests": self.submit_requests + self.status_requests,
             "accepted": self.accepted,
+            "arrived_by_hash": dict(self.arrived_by_hash),
             "accepted_by_hash": dict(self.accepted_by_hash),
             "duplicate_charges": sum(n - 1 for n in self.accepted_by_hash.values() if n > 1),
             "polls_by_request": dict(self.polls_by_request),
@@ -74,9 +79,26 @@ class SimStats:
 class SimState:
     """Everything both simulator origins share; one per running simulator."""
 
-    def __init__(self, scenario: Scenario) -> None:
+    def __init__(self, scenario: Scenario, *, journal: Path | None = None) -> None:
         self.scenario = scenario
+        #: where accepted jobs are remembered across restarts (``--sandbox``), if anywhere
+        self.journal = journal
         self.reset()
+
+    def restore(self) -> int:
+        """Take back the jobs the journal remembers; returns how many."""
+        if self.journal is None:
+            return 0
+        jobs = list(replay(self.journal, self.now()))
+        for job in jobs:
+            self.book.book(job)
+        return len(jobs)
+
+    def remember(self, job: SimJob) -> None:
+        """Append an accepted job to the journal (flushed: it survives a kill of the process)."""
+        if self.journal is not None:
+            with open(self.journal, "a", encoding="utf-8") as sink:
+                sink.write(record(job) + "\n")
 
     def reset(self) -> None:
         """Forget every job and counter, as after a restart of the service."""
