@@ -44,7 +44,7 @@ def _http_url(value: str) -> str:
 
 
 class ManifestLine(BaseModel):
-    """The JSON object on one manifest line (see DESIGN section 2)."""
+    """The JSON object on one manifest line (``docs/design.md``, "The manifest")."""
 
     model_config = ConfigDict(extra="forbid")
 
