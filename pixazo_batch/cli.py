@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import secrets
+import sqlite3
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -53,6 +54,8 @@ _RUN_OPTIONS: dict[str, tuple[type, str]] = {
     "max_spend": (str, "USD cap on the committed spend recorded in the state file"),
     "downloads": (int, "downloads at once"),
     "download_tries": (int, "tries per download in one run"),
+    "max_video_mb": (int, "largest video accepted, in MiB"),
+    "download_stall": (float, "seconds a media body may bring (almost) nothing before a restart"),
     "stop_deadline": (float, "seconds POSTs on the wire get to return after SIGINT/SIGTERM"),
     "outage_deadline": (float, "seconds the gateway may stay unreachable before the run stops"),
     "retry_after_cap": (float, "longest Retry-After honoured, in seconds"),
@@ -178,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PixazoBatchError as exc:
         print(f"pixazo-batch: {exc}", file=sys.stderr)
         return exc.exit_code
+    except sqlite3.DatabaseError as exc:  # a state file damaged under a read
+        print(f"pixazo-batch: the state file is damaged or unreadable: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 

@@ -57,6 +57,10 @@ class Settings(BaseModel):
     retry_after_cap: float = Field(default=300.0, gt=0)
     downloads: int = Field(default=4, ge=1)
     download_tries: int = Field(default=5, ge=1)
+    #: a video announcing or bringing more than this many MiB is refused
+    max_video_mb: int = Field(default=1024, ge=1)
+    #: a media body is cut and resumed when it brings (almost) nothing for this many seconds
+    download_stall: float = Field(default=60.0, gt=0)
     submit_timeout: float = Field(default=120.0, gt=0)
     #: after SIGINT/SIGTERM, how long in-flight POSTs may take to return
     stop_deadline: float = Field(default=30.0, ge=0)

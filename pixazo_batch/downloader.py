@@ -1,22 +1,18 @@
 """Downloader: fetches completed jobs' videos. A final path only ever holds a whole, verified video.
 
 Bytes stream into ``<output>.part`` while being hashed (sha256, recorded); an interrupted
-``.part`` is resumed with ``Range``. Before the rename the file must have the announced length and
-start with an MP4 ``ftyp`` box, and a file assembled from more than one answer must match the
-CDN's ETag where that is a plain MD5 (a single answer is already whole by TCP's checks; a resume
-is where two versions of an object could be spliced, so only then is the MD5 worth its cost).
-The media host never sees the API key: this stage has its own HTTP session that carries none.
+``.part`` is resumed with ``Range``; ``mediafile.commit`` proves the file whole before the
+rename. A body is bounded: one announcing or bringing more than ``--max-video-mb`` is refused,
+and one that stalls (fewer than ``STALL_MIN_BYTES`` in ``--download-stall`` seconds) is cut and
+resumed. The media host never sees the API key: this stage has its own HTTP session that carries
+none.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import random
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import aiohttp
 import anyio
@@ -28,60 +24,29 @@ from pixazo_batch.errors import MediaError, RequestError, SubmitStopError
 from pixazo_batch.governor import BackoffPolicy
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.lifecycle import Action, Downloaded, DownloadFailed, MediaRefreshed, Outcome
+from pixazo_batch.mediafile import CHUNK, PartFile, commit
 from pixazo_batch.models import RemoteStatus
+from pixazo_batch.safefs import UnsafePathError, confined_path
 
 log = structlog.get_logger(__name__)
 
-CHUNK = 1 << 20
 #: a piece this small is written and hashed on the event loop (microseconds into the page
 #: cache), where a hand-off to a worker thread would cost more than the work
 INLINE_CHUNK = 64 << 10
-#: bytes at the start of a file that hold its ``ftyp`` box header
-_HEAD = 12
+#: a body bringing fewer bytes than this in a stall window is cut (and resumed later)
+STALL_MIN_BYTES = 16 << 10
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
-_PLAIN_MD5 = re.compile(r'^"?([0-9a-f]{32})"?$')
-
-
-def confined_path(root: Path, relative: str) -> Path:
-    """``root / relative``, refusing any path that leaves ``root`` (a resolved folder) through
-    a symlink.
-
-    Raises:
-        ValueError: the resolved location is outside the output folder.
-    """
-    target = (root / relative).resolve()
-    if not target.is_relative_to(root):
-        raise ValueError(f"{relative!r} resolves outside the output folder ({target})")
-    return target
-
-
-@dataclass
-class _Progress:
-    """Bytes saved so far, their running sha256, their first bytes (where an MP4 has its
-    ``ftyp`` box), and whether they came in more than one answer."""
-
-    sha256: hashlib._Hash
-    size: int = 0
-    head: bytes = b""
-    resumed: bool = False
-
-    def append(self, sink: BinaryIO, chunk: bytes) -> None:
-        """Write ``chunk`` to ``sink`` and fold it into the hash."""
-        sink.write(chunk)
-        self.sha256.update(chunk)
-        if len(self.head) < _HEAD:
-            self.head += chunk[: _HEAD - len(self.head)]
-        self.size += len(chunk)
 
 
 class Downloader:
     """Fetches completed jobs' videos into the output folder."""
 
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunContext, *, backoff: BackoffPolicy | None = None) -> None:
         self.ctx = ctx
-        self.backoff = BackoffPolicy(base=0.5, cap=30.0)
+        self.backoff = backoff or BackoffPolicy(base=0.5, cap=30.0)
         self._rng = random.Random()
         self._root = ctx.settings.out_dir.resolve()
+        self._limit = ctx.settings.max_video_mb << 20
 
     async def run(self, jobs: MemoryObjectReceiveStream[str]) -> None:
         """Download each job id received until the run ends (the engine owns the stream)."""
@@ -108,21 +73,21 @@ class Downloader:
         try:
             final = confined_path(self._root, row.output)
             final.parent.mkdir(parents=True, exist_ok=True)
-        except (ValueError, OSError) as exc:
+        except OSError as exc:
             log.error("download_refused", job_id=row.id, error=str(exc))
             return DownloadFailed(str(exc), tries_left=False)
         part = final.with_name(final.name + ".part")
         try:
-            size, sha256 = await self._fetch(row, part)
-            await _commit_file(part, final)
+            size, sha256 = await self._fetch(row, part, final)
         except MediaError as exc:
             log.warning("download_retry", job_id=row.id, attempt=tries, error=str(exc))
             if exc.discard_part:
                 part.unlink(missing_ok=True)
             if exc.expired:
                 return await self._refresh_url(row, str(exc), tries_left=left)
+            left = left and not exc.final
             if not left:
-                log.error("download_gave_up", job_id=row.id, tries=tries)
+                log.error("download_gave_up", job_id=row.id, tries=tries, error=str(exc))
             return DownloadFailed(str(exc), tries_left=left)
         log.info(
             "downloaded", job_id=row.id, request_id=row.request_id, bytes=size, state="downloaded"
@@ -141,117 +106,83 @@ class Downloader:
             return MediaRefreshed(status.media_url)
         return DownloadFailed(reason, tries_left=tries_left)
 
-    async def _fetch(self, row: JobRow, part: Path) -> tuple[int, str]:
+    async def _fetch(self, row: JobRow, part_path: Path, final: Path) -> tuple[int, str]:
+        """Bring the body into the part file and commit it; (size, sha256)."""
         assert row.media_url is not None
-        progress = _Progress(hashlib.sha256())
         try:
             # One stat on the loop costs less than a thread hop; only a resume reads the part.
-            if part.exists():  # noqa: ASYNC240
-                progress = await anyio.to_thread.run_sync(_hash_existing, part)
+            if part_path.is_symlink() or part_path.exists():  # noqa: ASYNC240
+                part = await anyio.to_thread.run_sync(PartFile.resume, part_path)
+            else:
+                part = PartFile(part_path)
+        except UnsafePathError as exc:
+            raise MediaError(str(exc), discard_part=True) from exc
         except OSError as exc:
-            raise MediaError(f"cannot read {part.name}: {exc}", discard_part=True) from exc
-        headers = {"Range": f"bytes={progress.size}-"} if progress.size else {}
+            raise MediaError(f"cannot read {part_path.name}: {exc}", discard_part=True) from exc
+        headers = {"Range": f"bytes={part.size}-"} if part.size else {}
         try:
             async with self.ctx.media.get(row.media_url, headers=headers) as response:
-                total, etag = self._check_answer(response, progress.size)
-                if response.status == 200 and progress.size:
-                    progress = _Progress(hashlib.sha256())
-                progress.resumed = progress.size > 0
-                await _save(response, part, progress)
+                total, etag = self._check_answer(response, part.size)
+                if response.status == 200 and part.size:
+                    part.restart()
+                part.resumed = part.size > 0
+                await self._save(response, part)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise MediaError(f"{type(exc).__name__}: {exc}") from exc
+        except UnsafePathError as exc:
+            raise MediaError(str(exc), discard_part=True) from exc
         except OSError as exc:
-            raise MediaError(f"cannot write {part.name}: {exc.strerror or exc}") from exc
-        await _check_whole(part, progress, total, etag)
-        return progress.size, progress.sha256.hexdigest()
+            raise MediaError(f"cannot write {part_path.name}: {exc.strerror or exc}") from exc
+        await anyio.to_thread.run_sync(commit, part, final, total, etag)
+        return part.size, part.sha256.hexdigest()
 
-    @staticmethod
-    def _check_answer(response: aiohttp.ClientResponse, offset: int) -> tuple[int, str | None]:
+    def _check_answer(
+        self, response: aiohttp.ClientResponse, offset: int
+    ) -> tuple[int, str | None]:
         """The full file size and ETag the answer announces, or why this try cannot go on."""
         status = response.status
         if status in (403, 404, 410):
             raise MediaError(f"media URL answered {status}", expired=True)
         if status == 416:
             raise MediaError("the saved part no longer fits the file", discard_part=True)
+        total: int | None = None
         if status == 206:
             match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
             if match is None or int(match.group(1)) != offset:
                 raise MediaError("unexpected Content-Range", discard_part=True)
-            return int(match.group(3)), response.headers.get("ETag")
-        if status == 200 and response.content_length is not None:
-            return response.content_length, response.headers.get("ETag")
-        raise MediaError(f"media URL answered {status}")
+            total = int(match.group(3))
+        elif status == 200 and response.content_length is not None:
+            total = response.content_length
+        if total is None:
+            raise MediaError(f"media URL answered {status}")
+        if total > self._limit:
+            raise MediaError(
+                f"the video announces {total} bytes, over --max-video-mb "
+                f"{self.ctx.settings.max_video_mb}",
+                discard_part=True,
+                final=True,
+            )
+        return total, response.headers.get("ETag")
 
-
-async def _save(response: aiohttp.ClientResponse, part: Path, progress: _Progress) -> None:
-    """Append the body to ``part``, hashing as it goes."""
-    # A plain file opened and closed on the loop cannot leak when the task is cancelled
-    # (aiofiles' threaded open/close can); a large piece is written and hashed in a worker
-    # thread that a cancellation waits for, so a piece is never half-recorded.
-    with open(part, "ab" if progress.size else "wb") as sink:  # noqa: ASYNC230
-        async for chunk in response.content.iter_chunked(CHUNK):
-            if len(chunk) <= INLINE_CHUNK:
-                progress.append(sink, chunk)
-            else:
-                await anyio.to_thread.run_sync(progress.append, sink, chunk)
-
-
-async def _check_whole(part: Path, progress: _Progress, total: int, etag: str | None) -> None:
-    """Raise unless the saved file is the whole video: its announced length, an MP4, and (when
-    assembled from more than one answer) the CDN's MD5."""
-    if progress.size != total:
-        raise MediaError(f"got {progress.size} of {total} bytes")
-    if progress.head[4:8] != b"ftyp":
-        raise MediaError("not an MP4 file (no ftyp box)", discard_part=True)
-    match = _PLAIN_MD5.match(etag or "")
-    if progress.resumed and match is not None:
-        try:
-            md5 = await anyio.to_thread.run_sync(_md5_of, part)
-        except OSError as exc:
-            raise MediaError(f"cannot read {part.name}: {exc.strerror or exc}") from exc
-        if md5 != match.group(1):
-            raise MediaError("resumed content does not match the CDN's ETag", discard_part=True)
-
-
-def _hash_existing(part: Path) -> _Progress:
-    """What is already saved in ``part``: its size, sha256 and first bytes (none when the part
-    has gone meanwhile)."""
-    progress = _Progress(hashlib.sha256())
-    try:
-        with open(part, "rb") as saved:
-            while piece := saved.read(CHUNK):
-                progress.sha256.update(piece)
-                if not progress.head:
-                    progress.head = piece[:_HEAD]
-                progress.size += len(piece)
-    except FileNotFoundError:
-        pass
-    return progress
-
-
-def _md5_of(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as saved:
-        while piece := saved.read(CHUNK):
-            digest.update(piece)
-    return digest.hexdigest()
-
-
-async def _commit_file(part: Path, final: Path) -> None:
-    """Move the verified part into place, all or nothing."""
-    try:
-        await anyio.to_thread.run_sync(_fsync_and_rename, part, final)
-    except OSError as exc:
-        raise MediaError(f"cannot move {part.name} into place: {exc.strerror or exc}") from exc
-
-
-def _fsync_and_rename(part: Path, final: Path) -> None:
-    """fsync the part, rename it over the final path, fsync the folder."""
-    with open(part, "rb") as saved:
-        os.fsync(saved.fileno())
-    os.replace(part, final)
-    folder = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    async def _save(self, response: aiohttp.ClientResponse, part: PartFile) -> None:
+        """Append the body to the part file, hashing as it goes; cut a body that stalls or runs
+        past what it announced."""
+        # A plain file descriptor opened and closed on the loop cannot leak when the task is
+        # cancelled (aiofiles' threaded open/close can); a large piece is written and hashed in
+        # a worker thread that a cancellation waits for, so a piece is never half-recorded.
+        stall = self.ctx.settings.download_stall
+        window_start, window_bytes = anyio.current_time(), 0
+        with part:
+            async for chunk in response.content.iter_chunked(CHUNK):
+                if part.size + len(chunk) > self._limit:
+                    raise MediaError("the body runs past --max-video-mb", discard_part=True)
+                if len(chunk) <= INLINE_CHUNK:
+                    part.append(chunk)
+                else:
+                    await anyio.to_thread.run_sync(part.append, chunk)
+                window_bytes += len(chunk)
+                now = anyio.current_time()
+                if now - window_start >= stall:
+                    if window_bytes < STALL_MIN_BYTES:
+                        raise MediaError(f"stalled: {window_bytes} bytes in {stall:g} s")
+                    window_start, window_bytes = now, 0

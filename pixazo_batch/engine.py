@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,10 @@ from pixazo_batch.errors import (
     AuthRefusedError,
     ManifestError,
     RunStopError,
+    StateDamagedError,
+    StateError,
     StateWriteError,
+    UsageError,
     worst_exit,
 )
 from pixazo_batch.estimator import CompletionEstimator
@@ -107,8 +111,11 @@ async def run_batch(
     """
     if not settings.manifest.is_file():
         raise ManifestError(f"{settings.manifest}: no such manifest file")
-    settings.out_dir.mkdir(parents=True, exist_ok=True)
-    with StateStore.open(settings.state_file) as store:
+    try:
+        settings.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {settings.out_dir}: {exc.strerror or exc}") from None
+    with StateStore.open(settings.state_file, folder=settings.out_dir) as store:
         store.begin_run()
         async with _callbacks(settings, store) as webhooks:
             summary = await _run(
@@ -123,7 +130,7 @@ async def run_batch(
         try:
             write_results(store, settings.out_dir / RESULTS_FILE_NAME)
             store.end_run(summary.exit_code)
-        except (OSError, StateWriteError) as exc:  # the disk that stopped the run, most likely
+        except (OSError, StateError) as exc:  # the disk that stopped the run, most likely
             log.error("results_not_written", error=str(exc))
         log.info("summary", **dataclasses.asdict(summary))
         return summary
@@ -192,7 +199,8 @@ async def _run(
     async with (
         gateway,
         aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(sock_read=60, connect=30), read_bufsize=MEDIA_BUFFER
+            timeout=aiohttp.ClientTimeout(sock_read=settings.download_stall, connect=30),
+            read_bufsize=MEDIA_BUFFER,
         ) as media,
         submit_send,
         poll_send,
@@ -234,6 +242,10 @@ async def _run(
                         group.cancel_scope.cancel()
             except* RunStopError as group_error:
                 stopped_by = _first(group_error, RunStopError)
+                _log_stop(stopped_by, ctx)
+            except* sqlite3.DatabaseError as group_error:
+                damaged = _first(group_error, sqlite3.DatabaseError)
+                stopped_by = StateDamagedError(f"the state file is damaged: {damaged}")
                 _log_stop(stopped_by, ctx)
             finally:
                 guard.cancel_scope.cancel()

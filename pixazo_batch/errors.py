@@ -173,9 +173,18 @@ class HttpStatusError(GatewayAnswerError, RequestError):
 
 
 class MediaError(RequestError):
-    """One download try failed; the ``.part`` file is kept when it is still good."""
+    """One download try failed; the ``.part`` file is kept when it is still good. ``expired``:
+    the media URL needs refreshing; ``final``: trying again this run would not help."""
 
-    def __init__(self, message: str, *, discard_part: bool = False, expired: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        discard_part: bool = False,
+        expired: bool = False,
+        final: bool = False,
+    ) -> None:
         super().__init__(message)
         self.discard_part = discard_part
         self.expired = expired
+        self.final = final

@@ -197,7 +197,8 @@ class GatewayClient:
 
     @staticmethod
     def _not_accepted(status: int, body: ErrorBody) -> bool:
-        """Whether a submit's error answer proves the job was not taken (``docs/design.md``, "Who answered")."""
+        """Whether a submit's error answer proves the job was not taken (``docs/design.md``,
+        "Who answered")."""
         if not body.from_gateway:
             return False
         if status in (400, 401, 402, 403, 404, 429, 503):

@@ -38,7 +38,7 @@ async def resolve_job(
         RequestError: the gateway could not be asked; nothing changed.
         StateLockedError: a run holds the state file.
     """
-    with StateStore.open(state_file) as store:
+    with StateStore.open(state_file, folder=state_file.parent) as store:
         row = store.get(job_id)
         if row is None:
             raise UsageError(f"no job {job_id!r} in {state_file}")

@@ -13,6 +13,7 @@ from typing import IO, Any
 
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.models import JobState
+from pixazo_batch.safefs import write_fresh
 from pixazo_batch.state import StateStore
 
 
@@ -46,7 +47,7 @@ def write_results(store: StateStore, path: Path) -> int | None:
         return None
     temporary = path.with_name(path.name + ".tmp")
     count = 0
-    with open(temporary, "w", encoding="utf-8") as sink:
+    with os.fdopen(write_fresh(temporary), "w", encoding="utf-8") as sink:
         for record in iter_results(store):
             sink.write(json.dumps(record, separators=(",", ":")) + "\n")
             count += 1

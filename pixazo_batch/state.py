@@ -4,8 +4,7 @@ Each transition is one transaction, checked against ``ALLOWED_TRANSITIONS`` and 
 the caller acts on it. The file runs in WAL mode with ``synchronous=NORMAL`` (a commit survives the
 process being killed at any instant); the transitions that decide whether money may be spent
 twice (``submitting``, ``submitted``, ``uncertain``) are committed with ``synchronous=FULL`` so
-they also survive a power cut. A lock file beside the database keeps a second run out; the kernel
-drops the lock when its holder dies, so a stale lock is taken over without ceremony.
+they also survive a power cut. ``statefile.py`` finds, checks, creates and locks the file.
 """
 
 from __future__ import annotations
@@ -16,22 +15,19 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from pixazo_batch.errors import (
     BudgetReachedError,
     InvalidTransitionError,
-    StateError,
+    StateDamagedError,
     StateWriteError,
 )
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.models import ALLOWED_TRANSITIONS, JobSpec, JobState
-from pixazo_batch.runlock import take_lock
+from pixazo_batch.statefile import locked_connection, read_only_connection
 from pixazo_batch.statereader import StateReader
-
-SCHEMA = resources.files("pixazo_batch").joinpath("schema.sql").read_text(encoding="utf-8")
 
 
 class StateStore(StateReader):
@@ -41,53 +37,38 @@ class StateStore(StateReader):
 
     Raises:
         StateLockedError: from ``open`` when another live run holds the file.
-        StateError: from ``open`` when the file is not a usable SQLite database.
+        StateError: from ``open`` when the file is not a usable pixazo-batch state file.
         StateWriteError: from any write the disk refuses (full, failing); nothing of it is kept.
+        StateDamagedError: from any write that finds the file damaged.
     """
 
-    def __init__(self, path: Path, lock_file: IO[str] | None) -> None:
+    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
         self.path = path
-        self._lock_file = lock_file
+        self.db = db
         self.run_id = 0
         #: job rows this connection inserted or changed
         self.job_changes = 0
-        if lock_file is None:
-            self.db = sqlite3.connect(
-                f"{path.resolve().as_uri()}?mode=ro", isolation_level=None, uri=True
-            )
-            return
-        try:
-            self.db = sqlite3.connect(path, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise StateError(f"cannot open the state file {path}: {exc}") from exc
 
     @classmethod
     @contextmanager
-    def open(cls, path: Path, *, lock: bool = True) -> Iterator[StateStore]:
-        """Open (creating if needed) and lock the state file for the duration of the block.
+    def open(
+        cls, path: Path, *, lock: bool = True, folder: Path | None = None
+    ) -> Iterator[StateStore]:
+        """Open (creating if needed) and lock the state file for the duration of the block
+        (``statefile.py``: a link inside ``folder``, the output folder, is refused).
 
         With ``lock=False`` the file is opened read-only, without the lock (``status``,
         ``report``, ``--dry-run``): it must exist, and nothing is written.
         """
         if not lock:
-            store = cls(path, None)
+            db = read_only_connection(path)
             try:
-                yield store
+                yield cls(path, db)
             finally:
-                store.db.close()
+                db.close()
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = path.with_name(path.name + ".lock")
-        with open(lock_path, "a+", encoding="utf-8") as lock_file:
-            take_lock(lock_file, lock_path)
-            store = cls(path, lock_file)
-            try:
-                yield store
-            finally:
-                store.db.close()
+        with locked_connection(path, folder=folder) as db:
+            yield cls(path, db)
 
     # --- runs ---------------------------------------------------------------------------------
 
@@ -326,6 +307,8 @@ class StateStore(StateReader):
             # A full disk or a failing one: nothing of this transaction was recorded, so the
             # caller must not act on it; the run stops, and resumes once the disk is sound.
             raise StateWriteError(f"cannot write the state file {self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise StateDamagedError(f"the state file {self.path} is damaged: {exc}") from exc
 
     def _current(self, job_id: str) -> JobRow:
         row = self.get(job_id)

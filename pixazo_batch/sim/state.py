@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
 import time
 from collections import Counter, deque
@@ -97,7 +98,8 @@ class SimState:
     def remember(self, job: SimJob) -> None:
         """Append an accepted job to the journal (flushed: it survives a kill of the process)."""
         if self.journal is not None:
-            with open(self.journal, "a", encoding="utf-8") as sink:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+            with os.fdopen(os.open(self.journal, flags, 0o600), "a", encoding="utf-8") as sink:
                 sink.write(record(job) + "\n")
 
     def reset(self) -> None:
