@@ -74,6 +74,8 @@ class Settings(BaseModel):
     webhook_mode: Literal["terminal", "sync"] = "terminal"
     #: with webhooks, how long a job whose POST answer was lost waits for its callback
     uncertain_wait: float = Field(default=600.0, ge=0)
+    #: days an earlier run's callback URLs stay valid
+    webhook_secret_days: float = Field(default=7.0, gt=0)
 
     @model_validator(mode="after")
     def _exclusive_uncertain_choices(self) -> Settings:

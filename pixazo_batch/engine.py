@@ -158,7 +158,11 @@ async def _callbacks(
         yield None
         return
     receiver = WebhookReceiver(
-        store, settings.webhook_url, settings.webhook_listen, settings.webhook_mode
+        store,
+        settings.webhook_url,
+        settings.webhook_listen,
+        settings.webhook_mode,
+        secret_ttl=settings.webhook_secret_days * 86400,
     )
     async with receiver:
         yield receiver

@@ -10,6 +10,7 @@ answer in the gateway's own shapes against anything else (a proxy's page, a CDN'
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from pixazo_batch.errors import (
 )
 from pixazo_batch.governor import RateGovernor
 from pixazo_batch.health import GatewayHealth
+from pixazo_batch.logs import REDACTED
 from pixazo_batch.models import (
     STATUS_PATH_PREFIX,
     SUBMIT_PATH,
@@ -247,6 +249,8 @@ class GatewayClient:
         except NotSentError as exc:
             self.health.unreachable(str(exc))
             raise
+        if self._key in answer.text:  # an echoed key must never be stored, printed or logged
+            answer = dataclasses.replace(answer, text=answer.text.replace(self._key, REDACTED))
         if answer.status < 500:
             self.health.answered()
         if answer.status != 429:

@@ -33,6 +33,21 @@ class SecretRedactor:
         return event
 
 
+class _LibraryLogs(logging.Handler):
+    """Sends what libraries log through the standard ``logging`` module (aiohttp's server, say)
+    to structlog as one line, without a traceback: stderr stays JSON lines under cron."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        error = record.exc_info[1] if record.exc_info else None
+        structlog.get_logger(record.name).log(
+            record.levelno,
+            "library_log",
+            library=record.name,
+            message=record.getMessage()[:500],
+            error=None if error is None else f"{type(error).__name__}: {error}"[:500],
+        )
+
+
 def configure_logging(
     *,
     secrets: Iterable[str] = (),
@@ -55,6 +70,10 @@ def configure_logging(
         structlog.processors.format_exc_info,
         renderer,
     ]
+    root = logging.getLogger()
+    if not any(isinstance(handler, _LibraryLogs) for handler in root.handlers):
+        root.addHandler(_LibraryLogs())
+    root.setLevel(logging.WARNING)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -12,15 +12,38 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from pixazo_batch.models import AspectRatio, Duration, GenerationRequest, JobSpec, Resolution
 
-#: names inside the output folder that belong to pixazo-batch itself
-RESERVED_NAMES = ("results.jsonl", ".pixazo-batch.db")
+#: names inside the output folder that belong to pixazo-batch itself (and their temp names)
+RESERVED_NAMES = ("results.jsonl", "report.html", "inputs")
+#: suffixes of the files pixazo-batch writes on the way to a final name
+RESERVED_SUFFIXES = (".part", ".tmp", ".lock")
 PROMPT_LIMITS = (3, 5000)
+#: the longest manifest line read; a longer one is skipped (and reported) in constant memory
+MAX_LINE_BYTES = 1 << 20
+CHUNK = 1 << 16
+
+
+class _DuplicateKeyError(ValueError):
+    """One JSON object names a key twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    found: dict[str, object] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _DuplicateKeyError(key)
+        found[key] = value
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +57,14 @@ class ManifestIssue:
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.field}: {self.message}"
+
+
+def _encodable(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone surrogate escape (not text)") from None
+    return value
 
 
 def _http_url(value: str) -> str:
@@ -58,6 +89,11 @@ class ManifestLine(BaseModel):
     duration: Duration = Duration.SHORT
     output: str | None = None
 
+    @field_validator("id", "prompt", "image_url", "end_image_url", "output", mode="before")
+    @classmethod
+    def _text(cls, value: object) -> object:
+        return _encodable(value) if isinstance(value, str) else value
+
     @field_validator("image_url")
     @classmethod
     def _image_url(cls, value: str) -> str:
@@ -77,15 +113,20 @@ def safe_output(value: str) -> str:
     """
     if not value or value != value.strip() or "\x00" in value or "\\" in value:
         raise ValueError("must be a plain relative path such as 'spring/tree-01.mp4'")
+    if value.endswith("/"):
+        raise ValueError("must name a file, not a folder")
     path = PurePosixPath(value)
     if path.is_absolute() or ":" in path.parts[0]:
         raise ValueError("must be relative to the output folder, not absolute")
     if ".." in path.parts:
         raise ValueError("must stay inside the output folder ('..' is not allowed)")
+    if path.name in ("", "."):
+        raise ValueError("must name a file, not a folder")
+    name = path.name.casefold()
     if (
-        path.name in RESERVED_NAMES
-        or path.name.startswith(".pixazo-batch")
-        or path.suffix == ".part"
+        path.parts[0].casefold() in RESERVED_NAMES
+        or name.startswith(".pixazo-batch")
+        or name.endswith(RESERVED_SUFFIXES)
     ):
         raise ValueError(f"{path.name!r} is a name pixazo-batch uses itself")
     return str(path)
@@ -121,10 +162,33 @@ class _DuplicateIndex:
         )
         if added.rowcount == 1:
             return None
-        (earlier,) = self.db.execute(
+        return self._line_of(kind, value)
+
+    def output_conflict(self, output: str, line: int) -> str | None:
+        """Why ``output`` cannot coexist with the outputs seen so far (the same file, a file
+        where another needs a folder, or the reverse), or None (and remember it)."""
+        parents = [str(p) for p in PurePosixPath(output).parents if str(p) != "."]
+        earlier = self._line_of("output", output)
+        if earlier is not None:
+            return f"{output!r} is already the output of line {earlier}"
+        earlier = self._line_of("folder", output)
+        if earlier is not None:
+            return f"{output!r} is a folder of the output of line {earlier}"
+        for parent in parents:
+            earlier = self._line_of("output", parent)
+            if earlier is not None:
+                return f"{parent!r} is the output of line {earlier}, so it cannot be a folder"
+        self.db.executemany(
+            "INSERT INTO seen VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            [("output", output, line), *(("folder", parent, line) for parent in parents)],
+        )
+        return None
+
+    def _line_of(self, kind: str, value: str) -> int | None:
+        found = self.db.execute(
             "SELECT line FROM seen WHERE kind = ? AND value = ?", (kind, value)
         ).fetchone()
-        return int(earlier)
+        return None if found is None else int(found[0])
 
 
 def read_manifest(path: Path) -> Iterator[JobSpec | ManifestIssue]:
@@ -142,10 +206,26 @@ def read_manifest(path: Path) -> Iterator[JobSpec | ManifestIssue]:
     ):
         seen = _DuplicateIndex(scratch)
         try:
-            for number, raw in enumerate(lines, start=1):
+            for number, raw in enumerate(_lines(lines), start=1):
+                if raw is None:
+                    message = f"longer than {MAX_LINE_BYTES} bytes; skipped"
+                    yield ManifestIssue(name, number, "(line)", message)
+                    continue
                 yield from _parse_line(name, number, raw, seen)
         finally:
             seen.db.close()
+
+
+def _lines(source: BinaryIO) -> Iterator[bytes | None]:
+    """Each line of ``source``; None for a line over ``MAX_LINE_BYTES``, which is skipped
+    without ever being held whole."""
+    while line := source.readline(MAX_LINE_BYTES + 1):
+        if len(line) <= MAX_LINE_BYTES or line.endswith(b"\n"):
+            yield line
+            continue
+        while (rest := source.readline(CHUNK)) and not rest.endswith(b"\n"):
+            pass
+        yield None
 
 
 def _parse_line(
@@ -156,10 +236,18 @@ def _parse_line(
     except UnicodeDecodeError as exc:
         yield ManifestIssue(name, number, "(line)", f"not valid UTF-8 (byte {exc.start + 1})")
         return
+    if number == 1:
+        text = text.removeprefix("\ufeff")  # the byte order mark spreadsheets write
     if not text or text.startswith("#"):
         return
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKeyError as exc:
+        yield ManifestIssue(name, number, exc.key, "given twice in one object")
+        return
+    except RecursionError:
+        yield ManifestIssue(name, number, "(line)", "invalid JSON: nested too deeply")
+        return
     except ValueError as exc:
         yield ManifestIssue(name, number, "(line)", f"invalid JSON: {exc}")
         return
@@ -185,10 +273,8 @@ def _parse_line(
         message = f"duplicate id {job_id!r} (first on line {earlier}){hint}"
         yield ManifestIssue(name, number, "id", message)
         return
-    earlier = seen.first_line("output", output, number)
-    if earlier is not None:
-        yield ManifestIssue(
-            name, number, "output", f"{output!r} is already the output of line {earlier}"
-        )
+    conflict = seen.output_conflict(output, number)
+    if conflict is not None:
+        yield ManifestIssue(name, number, "output", conflict)
         return
     yield JobSpec(id=job_id, request=request, output=output, line=number)

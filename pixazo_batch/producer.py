@@ -82,7 +82,8 @@ async def _register_manifest(
             continue
         row = ctx.store.register(item)
         if isinstance(row, str):
-            issue = ManifestIssue(str(settings.manifest), item.line, "id", row)
+            field = "id" if row.startswith("id ") else "output"
+            issue = ManifestIssue(str(settings.manifest), item.line, field, row)
             _report(issue, issues, on_issue, strict=settings.strict)
             continue
         jobs += 1

@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pixazo_batch.errors import (
@@ -101,7 +101,8 @@ class StateStore(StateReader):
 
     def register(self, spec: JobSpec) -> JobRow | str:
         """Record a manifest job (new ones as ``pending``). Returns its row, or why it conflicts
-        with what earlier runs recorded: an id whose request changed, or an output path in use."""
+        with what earlier runs recorded (an id whose request changed, an output path in use or
+        needed as a folder), in a sentence starting with the field it concerns."""
         request_hash = spec.request.request_hash()
         row = self.get(spec.id)
         if row is not None:
@@ -111,8 +112,11 @@ class StateStore(StateReader):
                     "changed job a new id (the old one may already be paid for)"
                 )
             if row.output != spec.output:
-                return f"id {spec.id!r} was recorded with output {row.output!r}"
+                return f"output {row.output!r} was recorded for id {spec.id!r}, not {spec.output!r}"
             return row
+        conflict = self._folder_conflict(spec.output)
+        if conflict is not None:
+            return conflict
         now = time.time()
         try:
             with self._transaction():
@@ -139,6 +143,27 @@ class StateStore(StateReader):
         row = self.get(spec.id)
         assert row is not None
         return row
+
+    def _folder_conflict(self, output: str) -> str | None:
+        """Why ``output`` cannot coexist with a recorded output: one of them would have to be
+        both a file and a folder."""
+        parents = [str(p) for p in PurePosixPath(output).parents if str(p) != "."]
+        if parents:
+            marks = ", ".join("?" * len(parents))
+            found = self.db.execute(
+                f"SELECT id, output FROM jobs WHERE output IN ({marks}) LIMIT 1",  # noqa: S608
+                parents,
+            ).fetchone()
+            if found is not None:
+                return f"output {found[1]!r} of job {found[0]!r} cannot also be a folder"
+        # "/" sorts just before "0": the range holds exactly the paths below ``output``.
+        found = self.db.execute(
+            "SELECT id FROM jobs WHERE output >= ? AND output < ? LIMIT 1",
+            (output + "/", output + "0"),
+        ).fetchone()
+        if found is not None:
+            return f"output {output!r} is a folder of job {found[0]!r}'s output"
+        return None
 
     def remember_manifest(self, digest: str, jobs: int) -> None:
         """Note that a manifest with this digest was registered in full, without a bad line."""

@@ -122,9 +122,14 @@ class StateReader:
         (total,) = self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()
         return bool(found[0] == total)
 
-    def webhook_secrets(self) -> dict[int, str]:
-        """Every run's webhook signing secret, by run id."""
-        return dict(self.db.execute("SELECT run_id, secret FROM webhook_secrets").fetchall())
+    def webhook_secrets(self, *, newer_than: float = 0.0) -> dict[int, str]:
+        """The webhook signing secrets of runs started after ``newer_than``, by run id."""
+        rows = self.db.execute(
+            "SELECT w.run_id, w.secret FROM webhook_secrets w JOIN runs r ON r.id = w.run_id"
+            " WHERE r.started_at > ?",
+            (newer_than,),
+        ).fetchall()
+        return dict(rows)
 
     def previous_run_ended(self, run_id: int) -> bool:
         """Whether the run before ``run_id`` came to its end (so wrote ``results.jsonl``)."""

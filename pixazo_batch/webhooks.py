@@ -19,8 +19,10 @@ import contextlib
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING
 
 import anyio
@@ -28,7 +30,9 @@ import structlog
 from pydantic import ValidationError
 from yarl import URL
 
-from pixazo_batch.errors import UsageError
+from pixazo_batch.errors import StateError, UsageError
+from pixazo_batch.gateway import usable_request_id
+from pixazo_batch.listener import BoundedListener
 from pixazo_batch.models import JobState, StatusResponse
 from pixazo_batch.state import StateStore
 
@@ -39,6 +43,13 @@ log = structlog.get_logger(__name__)
 
 #: with webhooks on, polls are this many times further apart: a fallback, not the main path
 FALLBACK_POLL_FACTOR = 4.0
+#: the largest callback body read (a status answer is a few hundred bytes)
+MAX_BODY = 64 << 10
+#: seconds a callback may take to send its body
+BODY_SECONDS = 10.0
+#: requests held per job, and statuses held in all, before callbacks are refused (429)
+MAX_PER_JOB = 8
+MAX_HELD = 10_000
 
 
 def new_secret() -> str:
@@ -60,23 +71,42 @@ class _Mailbox:
     arrived: anyio.Event = field(default_factory=anyio.Event)
 
 
+class Delivery(Enum):
+    """What became of a delivered status."""
+
+    #: kept, and the job's tracker woken
+    NEW = "new"
+    #: a repeat of the status already held for that request: nothing changed
+    DUPLICATE = "duplicate"
+    #: refused: the box holds as much as it may
+    FULL = "full"
+
+
 class CallbackBox:
-    """Statuses delivered by callbacks, waiting for the job's tracker to read them."""
+    """Statuses delivered by callbacks, waiting for the job's tracker to read them; bounded
+    per job and in all, so callbacks cannot fill memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, per_job: int = MAX_PER_JOB, total: int = MAX_HELD) -> None:
         self._boxes: dict[str, _Mailbox] = {}
+        self._per_job, self._total = per_job, total
+        self._held = 0
 
-    def deliver(self, job_id: str, status: StatusResponse) -> bool:
-        """Keep ``status`` as the latest of its request and wake the job's tracker. Returns
-        False (and does nothing) for a repeat of the status already held for that request."""
-        box = self._boxes.setdefault(job_id, _Mailbox())
-        held = box.statuses.get(status.request_id)
+    def deliver(self, job_id: str, status: StatusResponse) -> Delivery:
+        """Keep ``status`` as the latest of its request and wake the job's tracker."""
+        box = self._boxes.get(job_id)
+        held = None if box is None else box.statuses.get(status.request_id)
         if held is not None and held.status is status.status:
-            return False
+            return Delivery.DUPLICATE
+        if held is None and (
+            self._held >= self._total or (box is not None and len(box.statuses) >= self._per_job)
+        ):
+            return Delivery.FULL
+        box = self._boxes.setdefault(job_id, _Mailbox())
+        self._held += held is None
         box.statuses[status.request_id] = status
         box.arrived.set()
         box.arrived = anyio.Event()
-        return True
+        return Delivery.NEW
 
     async def wait(
         self, job_id: str, wanted: Callable[[StatusResponse], bool], patience: float
@@ -99,7 +129,9 @@ class CallbackBox:
 
     def forget(self, job_id: str) -> None:
         """Drop what is held for a job that has left the poller."""
-        self._boxes.pop(job_id, None)
+        box = self._boxes.pop(job_id, None)
+        if box is not None:
+            self._held -= len(box.statuses)
 
 
 class WebhookReceiver:
@@ -112,7 +144,15 @@ class WebhookReceiver:
         UsageError: from ``__aenter__`` when the listen address cannot be bound.
     """
 
-    def __init__(self, store: StateStore, public_url: str, listen: str, mode: str) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        public_url: str,
+        listen: str,
+        mode: str,
+        *,
+        secret_ttl: float = 7 * 86400,
+    ) -> None:
         self.store = store
         self.public_url = URL(public_url)
         self.mode = mode
@@ -121,8 +161,10 @@ class WebhookReceiver:
         self._host, self._port = host.strip("[]") or "127.0.0.1", int(port)
         self._run_id = store.run_id
         self._secret = new_secret()
-        self._secrets = store.webhook_secrets()
+        # The secrets of earlier runs still recognise their late callbacks, for a while only.
+        self._secrets = store.webhook_secrets(newer_than=time.time() - secret_ttl)
         self._runner: web.AppRunner | None = None
+        self._listener: BoundedListener | None = None
 
     async def __aenter__(self) -> WebhookReceiver:
         from aiohttp import web  # noqa: PLC0415  (a server only for runs that ask for callbacks)
@@ -131,12 +173,14 @@ class WebhookReceiver:
         self.hints, self._hint_reader = anyio.create_memory_object_stream[str](1000)
         self.store.add_webhook_secret(self._secret)
         self._secrets[self._run_id] = self._secret
-        app = web.Application(client_max_size=1 << 20)
+        app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post("/{tail:.*}", self._callback)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         try:
-            await web.TCPSite(self._runner, self._host, self._port).start()
+            self._listener = await BoundedListener(
+                self._runner, self._host, self._port
+            ).__aenter__()
         except OSError as exc:
             await self._runner.cleanup()
             self.hints.close()
@@ -148,6 +192,8 @@ class WebhookReceiver:
     async def __aexit__(self, *exc_info: object) -> None:
         self.hints.close()
         self._hint_reader.close()
+        if self._listener is not None:
+            await self._listener.__aexit__(None, None, None)
         if self._runner is not None:
             with anyio.CancelScope(shield=True):
                 await self._runner.cleanup()
@@ -174,11 +220,23 @@ class WebhookReceiver:
             log.warning("webhook_refused", job_id=job_id or None, http_status=403)
             return web.Response(status=403, text="unknown signature")
         try:
-            status = StatusResponse.model_validate_json(await request.read())
-        except ValidationError as exc:
+            with anyio.fail_after(BODY_SECONDS):
+                body = await request.read()
+            status = StatusResponse.model_validate_json(body)
+        except TimeoutError:
+            log.warning("webhook_too_slow", job_id=job_id, http_status=408)
+            return web.Response(status=408, text="too slow")
+        except (ValidationError, web.HTTPException) as exc:
             log.warning("webhook_unreadable", job_id=job_id, error=str(exc).splitlines()[0])
             return web.Response(status=400, text="not a status body")
-        if not self.box.deliver(job_id, status):
+        if not usable_request_id(status.request_id):
+            log.warning("webhook_unreadable", job_id=job_id, error="not a request id")
+            return web.Response(status=400, text="not a request id")
+        delivery = self.box.deliver(job_id, status)
+        if delivery is Delivery.FULL:
+            log.warning("webhook_overflow", job_id=job_id, http_status=429)
+            return web.Response(status=429, text="too many callbacks held")
+        if delivery is Delivery.DUPLICATE:
             return web.Response(text="duplicate")
         log.info(
             "webhook",
@@ -186,13 +244,24 @@ class WebhookReceiver:
             request_id=status.request_id,
             remote_status=status.status.value,
         )
+        return self._keep_if_uncertain(job_id, status.request_id)
+
+    def _keep_if_uncertain(self, job_id: str, request_id: str) -> web.Response:
+        """Keep a callback that names a request for an uncertain job, durably, before the 200:
+        once answered, the gateway may never say it again."""
+        from aiohttp import web  # noqa: PLC0415  (loaded by __aenter__ already)
+
         row = self.store.get(job_id)
-        if row is not None and row.state is JobState.UNCERTAIN:
-            # Durable before the 200: once answered, the gateway may never say it again.
-            self.store.keep_callback(job_id, status.request_id)
-            log.info("callback_kept", job_id=job_id, request_id=status.request_id)
-            with contextlib.suppress(anyio.WouldBlock):
-                self.hints.send_nowait(job_id)  # when full, the next run adopts it
+        if row is None or row.state is not JobState.UNCERTAIN:
+            return web.Response(text="ok")
+        try:
+            self.store.keep_callback(job_id, request_id)
+        except StateError as exc:
+            log.error("callback_not_kept", job_id=job_id, request_id=request_id, error=str(exc))
+            return web.Response(status=503, text="try again")
+        log.info("callback_kept", job_id=job_id, request_id=request_id)
+        with contextlib.suppress(anyio.WouldBlock):
+            self.hints.send_nowait(job_id)  # when full, the next run adopts it
         return web.Response(text="ok")
 
 
