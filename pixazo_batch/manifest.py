@@ -116,12 +116,12 @@ def safe_output(value: str) -> str:
     if value.endswith("/"):
         raise ValueError("must name a file, not a folder")
     path = PurePosixPath(value)
+    if path.name in ("", "."):
+        raise ValueError("must name a file, not a folder")
     if path.is_absolute() or ":" in path.parts[0]:
         raise ValueError("must be relative to the output folder, not absolute")
     if ".." in path.parts:
         raise ValueError("must stay inside the output folder ('..' is not allowed)")
-    if path.name in ("", "."):
-        raise ValueError("must name a file, not a folder")
     name = path.name.casefold()
     if (
         path.parts[0].casefold() in RESERVED_NAMES

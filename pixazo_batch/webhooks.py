@@ -226,6 +226,9 @@ class WebhookReceiver:
         except TimeoutError:
             log.warning("webhook_too_slow", job_id=job_id, http_status=408)
             return web.Response(status=408, text="too slow")
+        except web.HTTPRequestEntityTooLarge:
+            log.warning("webhook_too_large", job_id=job_id, http_status=413)
+            return web.Response(status=413, text="too large")
         except (ValidationError, web.HTTPException) as exc:
             log.warning("webhook_unreadable", job_id=job_id, error=str(exc).splitlines()[0])
             return web.Response(status=400, text="not a status body")

@@ -167,7 +167,11 @@ class GatewayApp:
         lost = await self._lose_answer(request)
         if lost is not None:
             return lost
-        polling_url = f"{request.url.origin()}/v2/requests/status/{job.request_id}"
+        polling_url = {
+            "absolute": f"{request.url.origin()}/v2/requests/status/{job.request_id}",
+            "relative": f"/v2/requests/status/{job.request_id}",
+            "malformed": "http://[::1",
+        }[state.scenario.polling_url_form]
         body = {"request_id": job.request_id, "status": "QUEUED", "polling_url": polling_url}
         return web.json_response(body, status=202)
 

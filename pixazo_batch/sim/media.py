@@ -116,7 +116,10 @@ def media_routes(state: SimState) -> web.RouteTableDef:
             return _xml_error(503, "ServiceUnavailable")
         if state.draw("media_not_mp4", state.scenario.media_not_mp4_rate):
             # A proxy or captive portal answering 200 with its own page instead of the video.
-            return web.Response(text=_NOT_A_VIDEO, content_type="text/html")
+            page = _NOT_A_VIDEO.encode()
+            if state.scenario.media_not_mp4_kind == "ftyp-html":
+                page = struct.pack(">I4s", 16, b"ftyp") + b"isom\0\0\0\0" + page
+            return web.Response(body=page, content_type="text/html")
         return await _send(request, state, job)
 
     return routes
@@ -157,8 +160,15 @@ async def _send(request: web.Request, state: SimState, job: SimJob) -> web.Strea
     cut_at = end
     if state.draw("media_truncate", scenario.media_truncate_rate):
         cut_at = start + (end - start) // 2
+    stall_at = end
+    if state.draw("media_stall", scenario.media_stall_rate):
+        stall_at = start + (end - start) // 2
+    position = start
     for piece in media.chunks(start, cut_at, scenario.media_chunk):
+        if position <= stall_at < position + len(piece):
+            await state.pause(scenario.media_stall_seconds)
         await response.write(piece)
+        position += len(piece)
         state.stats.media_bytes += len(piece)
         if scenario.media_throughput:
             await state.pause(len(piece) / scenario.media_throughput)

@@ -77,6 +77,8 @@ class Scenario:
     #: an answer from an intermediary instead of the gateway's (the job IS created and charged)
     submit_foreign_rate: float = 0.0
     submit_foreign_kind: ForeignAnswer = "524-html"
+    #: how the 202's ``polling_url`` is written (a careless gateway may give a relative one)
+    polling_url_form: Literal["absolute", "relative", "malformed"] = "absolute"
     #: how many requests in a row a fault lasts once it starts (a burst)
     fault_burst: int = 1
     #: extra latency added to every gateway answer
@@ -95,6 +97,11 @@ class Scenario:
     media_error_rate: float = 0.0
     #: a 200 carrying an HTML page instead of the video (a proxy or captive portal)
     media_not_mp4_rate: float = 0.0
+    #: ``html``: a page; ``ftyp-html``: an ``ftyp`` box followed by a page (fools an 8-byte check)
+    media_not_mp4_kind: Literal["html", "ftyp-html"] = "html"
+    #: a body that stops half way for ``media_stall_seconds``, then goes on
+    media_stall_rate: float = 0.0
+    media_stall_seconds: float = 0.0
     #: a media URL handed out already expired (403) until the status is polled again
     media_expire_rate: float = 0.0
     #: per-connection throughput cap in bytes per second (None = unlimited)

@@ -1,0 +1,64 @@
+"""Peak memory against hostile input: a 400 MB answer to a submit, a video announcing 50 GiB,
+and a manifest line of 100 MB. Each is refused after reading at most its cap (1 MiB for an
+answer, ``--max-video-mb`` for a video, 1 MiB for a line), so memory stays flat.
+
+Usage: ``python bench/hostile.py [--line-mb 100]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import tempfile
+from pathlib import Path
+
+from common import PYTHON, ROOT, ChildCost, free_port, run_child, run_engine, table, write_manifest
+
+
+def against(mode: str, folder: Path) -> ChildCost:
+    """One engine run of one job against the hostile server in ``mode``."""
+    port = free_port()
+    server = subprocess.Popen(
+        [PYTHON, str(ROOT / "bench" / "hostile_server.py"), mode, str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        server.stdout.readline()
+        manifest = write_manifest(folder / f"{mode}.jsonl", 1)
+        return run_engine(
+            manifest, folder / mode, f"http://127.0.0.1:{port}", "--download-tries", "1"
+        )
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def main() -> None:
+    """Run the three cases and print their peak RSS."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--line-mb", type=int, default=100)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pixazo-hostile-") as scratch:
+        folder = Path(scratch)
+        answer = against("answer", folder)
+        media = against("media", folder)
+        manifest = folder / "long.jsonl"
+        with open(manifest, "w", encoding="utf-8") as sink:
+            sink.write('{"prompt": "' + "x" * (args.line_mb << 20) + '"}\n')
+            sink.write('{"prompt": "a fine line", "image_url": "https://x.example/a.jpg"}\n')
+        line = run_child([PYTHON, "-m", "pixazo_batch", "validate", str(manifest)])
+    table(
+        "Hostile input: peak RSS of one pixazo-batch process",
+        [
+            ("400 MB answer to a submit: peak RSS MB", f"{answer.peak_rss_mb:.0f} (exit {answer.returncode})", "-", "<= 150"),
+            ("video announcing 50 GiB: peak RSS MB", f"{media.peak_rss_mb:.0f} (exit {media.returncode})", "-", "<= 150"),
+            (f"{args.line_mb} MB manifest line (validate): peak RSS MB", f"{line.peak_rss_mb:.0f} (exit {line.returncode})", "-", "<= 150"),
+            (f"{args.line_mb} MB manifest line (validate): seconds", f"{line.wall_s:.1f}", "-", "-"),
+        ],
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

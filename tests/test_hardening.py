@@ -1,0 +1,554 @@
+"""Hostile manifests, gateways, callbacks and output folders change nothing they should not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import stat
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, closing
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pixazo_batch.config import Settings
+from pixazo_batch.engine import run_batch
+from pixazo_batch.errors import StateError
+from pixazo_batch.listener import BoundedListener
+from pixazo_batch.manifest import ManifestIssue, read_manifest
+from pixazo_batch.models import SUBMIT_PATH, JobSpec, StatusResponse
+from pixazo_batch.state import StateStore
+from pixazo_batch.webhooks import CallbackBox, Delivery, signature
+from tests.conftest import TEST_KEY, LogTap, fast, job_line, simulator, write_manifest
+from tests.test_cli import cli_env, run_cli
+from tests.test_webhooks import hooked, with_webhooks
+
+pytestmark = pytest.mark.anyio
+
+MakeSettings = Callable[..., Settings]
+
+
+def manifest_of(tmp_path: Path, count: int, **fields: Any) -> Path:
+    return write_manifest(tmp_path / "jobs.jsonl", [job_line(i, **fields) for i in range(count)])
+
+
+def victim(tmp_path: Path) -> Path:
+    """A file outside the output folder that a planted link points at."""
+    target = tmp_path / "victim.txt"
+    target.write_text("precious\n", encoding="utf-8")
+    return target
+
+
+# --- files in the output folder ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("planted", ["job-000.mp4.part", "results.jsonl.tmp"])
+async def test_a_link_planted_in_the_output_folder_is_never_written_through(
+    tmp_path: Path, make_settings: MakeSettings, planted: str
+) -> None:
+    target = victim(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / planted).symlink_to(target)
+    async with simulator() as sim:
+        summary = await run_batch(make_settings(sim, manifest_of(tmp_path, 1)))
+    assert target.read_text(encoding="utf-8") == "precious\n"
+    assert summary.exit_code == 0
+    assert (out / "job-000.mp4").read_bytes()[4:8] == b"ftyp"
+    assert json.loads((out / "results.jsonl").read_text(encoding="utf-8"))["state"] == "downloaded"
+
+
+@pytest.mark.parametrize("planted", [".pixazo-batch.db", ".pixazo-batch.db.lock"])
+async def test_a_linked_state_or_lock_file_is_refused_and_its_target_untouched(
+    tmp_path: Path, make_settings: MakeSettings, planted: str
+) -> None:
+    target = victim(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / planted).symlink_to(target)
+    async with simulator() as sim:
+        with pytest.raises(StateError, match="symbolic link"):
+            await run_batch(make_settings(sim, manifest_of(tmp_path, 1)))
+        stats = sim.stats()
+    assert target.read_text(encoding="utf-8") == "precious\n"
+    assert stats["submit_requests"] == 0
+
+
+async def test_the_state_its_log_and_its_lock_are_private(
+    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
+) -> None:
+    names = (".pixazo-batch.db", ".pixazo-batch.db.lock", ".pixazo-batch.db-wal")
+    modes: dict[str, int] = {}
+    out = tmp_path / "out"
+
+    def look() -> None:  # while the run holds them open (SQLite removes its log at the end)
+        modes.update({name: stat.S_IMODE((out / name).stat().st_mode) for name in names})
+
+    log_tap.on("submitted", 1, look)
+    async with simulator() as sim:
+        await run_batch(make_settings(sim, manifest_of(tmp_path, 1)))
+    assert modes == dict.fromkeys(names, 0o600)
+
+
+def test_one_state_file_reached_through_a_link_is_locked_once(tmp_path: Path) -> None:
+    real = tmp_path / "real.db"
+    link = tmp_path / "link.db"
+    link.symlink_to(real)
+    with (
+        StateStore.open(real),
+        pytest.raises(StateError, match="another pixazo-batch run"),
+        StateStore.open(link),
+    ):
+        pass
+
+
+def test_a_damaged_state_file_is_one_line_and_exit_2_for_every_command(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = manifest_of(tmp_path, 1)
+    state = out / ".pixazo-batch.db"
+    env = cli_env(PIXAZO_API_KEY=TEST_KEY)
+
+    def foreign_tables() -> None:
+        with closing(sqlite3.connect(state)) as db:
+            db.execute("CREATE TABLE t (x)")
+            db.commit()
+
+    damages = {
+        "not sqlite": lambda: state.write_bytes(b"this is not a database" * 100),
+        "truncated": lambda: state.write_bytes(b"SQLite format 3\x00" + b"\x00" * 50),
+        "tables missing": foreign_tables,
+    }
+    for name, damage in damages.items():
+        for leftover in out.iterdir():
+            leftover.unlink()
+        damage()
+        before = state.read_bytes()
+        commands = [
+            ("run", str(manifest), "--out", str(out), "--base-url", "http://127.0.0.1:9"),
+            ("status", "--out", str(out)),
+            ("report", "--out", str(out)),
+            ("resolve", "job-000", "--out", str(out), "--abandon"),
+        ]
+        for command in commands:
+            result = run_cli(*command, env=env)
+            assert result.returncode == 2, (name, command, result.stderr)
+            assert "Traceback" not in result.stderr, (name, command)
+            assert len(result.stderr.strip().splitlines()) == 1, (name, command, result.stderr)
+        assert state.read_bytes() == before, f"{name}: the damaged file was changed"
+
+
+# --- the manifest ---------------------------------------------------------------------------
+
+
+HOSTILE_LINES: list[tuple[bytes, str, str]] = [
+    (json.dumps(job_line(0, output=".")).encode(), "output", "must name a file"),
+    (json.dumps(job_line(0, output="a/")).encode(), "output", "must name a file"),
+    (json.dumps(job_line(0, output="results.jsonl.tmp")).encode(), "output", "uses itself"),
+    (json.dumps(job_line(0, output="x.mp4.part")).encode(), "output", "uses itself"),
+    (b"[" * 1000 + b"]" * 1000, "(line)", "nested too deeply"),
+    (b'{"a":' * 5000 + b"1" + b"}" * 5000, "(line)", "nested too deeply"),
+    (
+        json.dumps(job_line(0)).replace('"job-000"', '"job-000", "id": "job-999"').encode(),
+        "id",
+        "given twice",
+    ),
+    (json.dumps(job_line(0, output="\udc80.mp4")).encode(), "output", "lone surrogate"),
+    (json.dumps(job_line(0, image_url="https://x/\udc80.jpg")).encode(), "image_url", "surrogate"),
+    (
+        json.dumps(job_line(0, end_image_url="https://x/\udc80.jpg")).encode(),
+        "end_image_url",
+        "surrogate",
+    ),
+    (b'{"prompt": "' + b"x" * (3 << 20) + b'"}', "(line)", "longer than"),
+]
+
+
+@pytest.mark.parametrize(("line", "field", "message"), HOSTILE_LINES)
+def test_a_hostile_line_is_reported_and_the_rest_runs(
+    tmp_path: Path, line: bytes, field: str, message: str
+) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(line + b"\n" + json.dumps(job_line(1)).encode() + b"\n")
+    items = list(read_manifest(path))
+    assert isinstance(items[0], ManifestIssue), items[0]
+    assert (items[0].line, items[0].field) == (1, field)
+    assert message in items[0].message
+    assert isinstance(items[1], JobSpec) and items[1].line == 2
+
+
+def test_validate_and_run_report_every_hostile_line_without_a_traceback(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes(b"\n".join(line for line, _, _ in HOSTILE_LINES) + b"\n")
+    result = run_cli("validate", str(manifest))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count(f"{manifest}:") == len(HOSTILE_LINES)
+
+
+def test_outputs_that_need_a_file_and_a_folder_at_one_path_are_refused(tmp_path: Path) -> None:
+    path = write_manifest(
+        tmp_path / "m.jsonl",
+        [
+            job_line(0, output="x"),
+            job_line(1, output="x/y.mp4"),
+            job_line(2, output="a/b/c.mp4"),
+            job_line(3, output="a/b"),
+            job_line(4, output="a/d.mp4"),
+        ],
+    )
+    items = list(read_manifest(path))
+    assert [type(i).__name__ for i in items] == [
+        "JobSpec", "ManifestIssue", "JobSpec", "ManifestIssue", "JobSpec",
+    ]  # fmt: skip
+    assert "cannot be a folder" in items[1].message  # type: ignore[union-attr]
+    assert "is a folder of the output of line 3" in items[3].message  # type: ignore[union-attr]
+
+
+async def test_an_output_conflicting_with_a_recorded_one_is_refused_on_a_later_run(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    async with simulator() as sim:
+        first = write_manifest(tmp_path / "a.jsonl", [job_line(0, output="clips")])
+        await run_batch(make_settings(sim, first))
+        later = write_manifest(tmp_path / "b.jsonl", [job_line(1, output="clips/one.mp4")])
+        summary = await run_batch(make_settings(sim, later))
+    assert summary.exit_code == 2
+    assert "output 'clips' of job 'job-000' cannot also be a folder" in summary.manifest_issues[0]
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+_LINES = st.one_of(
+    st.binary(max_size=200),
+    _JSON.map(lambda value: json.dumps(value).encode()),
+    st.builds(
+        lambda fields: json.dumps({**job_line(0), **fields}).encode(),
+        st.dictionaries(st.sampled_from([*sorted(job_line(0)), "output", "loop"]), _JSON),
+    ),
+    st.integers(1, 3000).map(lambda depth: b"[" * depth + b"]" * depth),
+    st.text().map(lambda text: json.dumps({"prompt": text, "output": text}).encode()),
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(lines=st.lists(_LINES, max_size=8))
+def test_no_generated_line_makes_the_reader_raise(tmp_path: Path, lines: list[bytes]) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b"\n".join(line.replace(b"\n", b" ") for line in lines) + b"\n")
+    items = list(read_manifest(path))
+    assert all(isinstance(item, JobSpec | ManifestIssue) for item in items)
+    assert len({item.line for item in items if isinstance(item, JobSpec)}) == sum(
+        isinstance(item, JobSpec) for item in items
+    )
+    for item in items:
+        if isinstance(item, JobSpec):
+            item.output.encode("utf-8")  # storable and usable as a path
+
+
+# --- the gateway's answers -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["relative", "malformed"])
+async def test_an_unusable_polling_url_is_ignored_now_and_when_read_back(
+    tmp_path: Path, make_settings: MakeSettings, form: str
+) -> None:
+    slow = fast(polling_url_form=form, processing_median={"540p": 300.0}, processing_sigma=0.0)
+    async with simulator(slow) as sim:
+        settings = make_settings(sim, manifest_of(tmp_path, 2), job_deadline=0.2)
+        stalled = await run_batch(settings)
+        for job in sim.state.book.jobs.values():
+            job.started = job.finished = job.created
+        resumed = await run_batch(make_settings(sim, manifest_of(tmp_path, 2)))
+    assert stalled.exit_code == 3 and stalled.counts["submitted"] == 2
+    assert resumed.exit_code == 0 and resumed.counts["downloaded"] == 2
+
+
+@asynccontextmanager
+async def echoing_gateway() -> AsyncIterator[str]:
+    """A gateway that quotes the key it was sent in its refusal (some do, in debug modes)."""
+
+    async def submit(request: web.Request) -> web.Response:
+        key = request.headers.get("Ocp-Apim-Subscription-Key", "")
+        message = f"prompt: refused for subscription {key}"
+        return web.json_response({"error": "Bad Request", "message": message}, status=400)
+
+    app = web.Application()
+    app.router.add_post(SUBMIT_PATH, submit)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_key_echoed_by_the_gateway_is_never_stored_printed_or_written(
+    tmp_path: Path,
+) -> None:
+    manifest = manifest_of(tmp_path, 2)
+    out = tmp_path / "out"
+    env = cli_env(PIXAZO_API_KEY=TEST_KEY)
+    async with echoing_gateway() as base:
+        command = ["run", str(manifest), "--out", str(out), "--base-url", base]
+        result = await anyio.to_thread.run_sync(lambda: run_cli(*command, env=env))
+    status = await anyio.to_thread.run_sync(lambda: run_cli("status", "--out", str(out), env=env))
+    report = await anyio.to_thread.run_sync(lambda: run_cli("report", "--out", str(out), env=env))
+    assert result.returncode == 1
+    assert "refused for subscription [REDACTED]" in (out / "results.jsonl").read_text("utf-8")
+    for text in (result.stdout, result.stderr, status.stdout, report.stdout):
+        assert TEST_KEY not in text
+    for path in out.rglob("*"):
+        assert TEST_KEY.encode() not in path.read_bytes(), path
+
+
+# --- downloads ------------------------------------------------------------------------------
+
+
+async def test_a_video_announcing_more_than_the_cap_is_refused_before_a_byte_is_saved(
+    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
+) -> None:
+    async with simulator(fast(media_bytes=3 << 20, media_size_jitter=0.0)) as sim:
+        settings = make_settings(sim, manifest_of(tmp_path, 1), max_video_mb=2)
+        summary = await run_batch(settings)
+        stats = sim.stats()
+    assert summary.exit_code == 3 and summary.counts["completed"] == 1
+    assert stats["media_requests"] == 1, "refused for good, not tried again"
+    assert not list(settings.out_dir.glob("*.mp4*"))
+    assert "over --max-video-mb 2" in log_tap.named("download_gave_up")[0]["error"]
+
+
+async def test_a_stalled_body_is_cut_and_resumed(
+    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
+) -> None:
+    scenario = fast(
+        media_bytes=400_000,
+        media_chunk=20_000,
+        media_stall_rate=1.0,
+        media_stall_seconds=30.0,
+        fault_burst=1,
+    )
+    async with simulator(scenario) as sim:
+        settings = make_settings(sim, manifest_of(tmp_path, 1), download_stall=0.3)
+        with anyio.fail_after(20):
+            summary = await run_batch(settings)
+        stats = sim.stats()
+    assert summary.exit_code in (0, 3)
+    assert any(
+        "TimeoutError" in e["error"] or "stalled" in e["error"]
+        for e in log_tap.named("download_retry")
+    )
+    assert stats["media_range_requests"] >= 1
+
+
+async def test_an_ftyp_box_followed_by_a_web_page_never_reaches_the_final_path(
+    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
+) -> None:
+    scenario = fast(media_not_mp4_rate=1.0, media_not_mp4_kind="ftyp-html")
+    async with simulator(scenario) as sim:
+        settings = make_settings(sim, manifest_of(tmp_path, 1), download_tries=2)
+        summary = await run_batch(settings)
+    assert summary.exit_code == 3
+    assert not list(settings.out_dir.glob("*.mp4"))
+    assert (
+        "not a whole MP4" in log_tap.named("download_retry")[0]["error"]
+        or "fit" in (log_tap.named("download_retry")[0]["error"])
+    )
+
+
+# --- webhooks -------------------------------------------------------------------------------
+
+
+async def post_callback(settings: Settings, query: dict[str, str], body: Any) -> int:
+    assert settings.webhook_url is not None
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(settings.webhook_url, params=query, json=body) as answer,
+    ):
+        return answer.status
+
+
+async def test_a_leaked_callback_url_cannot_finish_a_job_or_hand_it_a_foreign_video(
+    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
+) -> None:
+    slow = hooked(processing_median={"540p": 600.0}, processing_sigma=0.0)
+    manifest = manifest_of(tmp_path, 1)
+    answers: list[int] = []
+    async with simulator(slow) as sim:
+        settings = with_webhooks(make_settings, sim, manifest, job_deadline=1.5)
+        submitted = anyio.Event()
+        log_tap.on("submitted", 1, submitted.set)
+
+        async def replay_leaked_url() -> None:
+            await submitted.wait()
+            with closing(sqlite3.connect(settings.state_file)) as db:
+                run, secret = db.execute("SELECT run_id, secret FROM webhook_secrets").fetchone()
+                (request_id,) = db.execute("SELECT request_id FROM jobs").fetchone()
+            query = {"job": "job-000", "run": str(run), "sig": signature(secret, "job-000")}
+            body = {
+                "request_id": request_id,
+                "status": "COMPLETED",
+                "output": {"media_url": ["https://attacker.example/evil.mp4"]},
+            }
+            answers.append(await post_callback(settings, query, body))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(replay_leaked_url)
+            summary = await run_batch(settings)
+        stats = sim.stats()
+    assert answers == [200]
+    assert summary.counts["submitted"] == 1, "the status answer, not the callback, decides"
+    assert stats["media_requests"] == 0
+
+
+async def test_a_leaked_callback_url_cannot_attach_a_made_up_request_to_an_uncertain_job(
+    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
+) -> None:
+    # The real job takes long: its one (terminal) callback comes after the wait is over.
+    scenario = hooked(
+        submit_reset_rate=1.0, processing_median={"540p": 600.0}, processing_sigma=0.0
+    )
+    manifest = manifest_of(tmp_path, 1)
+    async with simulator(scenario) as sim:
+        settings = with_webhooks(make_settings, sim, manifest, uncertain_wait=2.0)
+        lost = anyio.Event()
+        log_tap.on("submit_uncertain", 1, lost.set)
+
+        async def forge() -> None:
+            await lost.wait()
+            with closing(sqlite3.connect(settings.state_file)) as db:
+                run, secret = db.execute("SELECT run_id, secret FROM webhook_secrets").fetchone()
+            query = {"job": "job-000", "run": str(run), "sig": signature(secret, "job-000")}
+            body = {
+                "request_id": "luma-dream-machine-ray-2-flash-image-to-video_madeup",
+                "status": "COMPLETED",
+            }
+            await post_callback(settings, query, body)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(forge)
+            summary = await run_batch(settings)
+    assert summary.uncertain == ["job-000"]
+    assert log_tap.named("callback_refused")
+
+
+async def test_callback_urls_of_a_run_older_than_the_secret_lifetime_are_refused(
+    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
+) -> None:
+    manifest = manifest_of(tmp_path, 1)
+    async with simulator(hooked()) as sim:
+        settings = with_webhooks(make_settings, sim, manifest)
+        await run_batch(settings)
+        with closing(sqlite3.connect(settings.state_file)) as db:
+            db.execute("UPDATE runs SET started_at = ?", (time.time() - 8 * 86400,))
+            db.commit()
+            run, secret = db.execute("SELECT run_id, secret FROM webhook_secrets").fetchone()
+        query = {"job": "job-000", "run": str(run), "sig": signature(secret, "job-000")}
+        body = {"request_id": "x", "status": "COMPLETED"}
+        answers: list[int] = []
+        listening = anyio.Event()
+        log_tap.on("webhooks_listening", 2, listening.set)
+
+        async def late_callback() -> None:
+            await listening.wait()
+            answers.append(await post_callback(settings, query, body))
+
+        held = write_manifest(tmp_path / "held.jsonl", [job_line(5, resolution="1080p")])
+        slow_settings = settings.model_copy(update={"manifest": held, "job_deadline": 1.0})
+        sim.state.scenario = hooked(processing_median={"1080p": 600.0}, processing_sigma=0.0)
+        async with anyio.create_task_group() as group:
+            group.start_soon(late_callback)
+            await run_batch(slow_settings)
+    assert answers == [403]
+
+
+async def test_the_listener_caps_connections_and_closes_silent_and_old_ones() -> None:
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", ok)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    listener = BoundedListener(
+        runner, "127.0.0.1", 0, max_connections=5, first_byte=0.3, lifetime=5.0
+    )
+    async with listener:
+        assert listener._server is not None
+        port = listener._server.sockets[0].getsockname()[1]
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+        extra_reader, extra_writer = await asyncio.open_connection("127.0.0.1", port)
+        refused = await extra_reader.read(200)
+        closed = [await reader.read(10) for reader, _ in idle]  # b"" once the server closes
+        for _, writer in [*idle, (extra_reader, extra_writer)]:
+            writer.close()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/") as r,
+        ):
+            served = r.status
+    await runner.cleanup()
+    assert refused.startswith(b"HTTP/1.1 503")
+    assert closed == [b""] * 5
+    assert served == 200
+    assert listener.refused == 1
+
+
+def test_the_callback_box_holds_a_bounded_number_of_statuses() -> None:
+    box = CallbackBox(per_job=2, total=3)
+
+    def status(request_id: str) -> StatusResponse:
+        return StatusResponse(request_id=request_id, status="PROCESSING")  # type: ignore[arg-type]
+
+    results = [
+        box.deliver("a", status("r1")),
+        box.deliver("a", status("r1")),
+        box.deliver("a", status("r2")),
+        box.deliver("a", status("r3")),
+        box.deliver("b", status("r4")),
+        box.deliver("c", status("r5")),
+    ]
+    box.forget("a")
+    assert results == [
+        Delivery.NEW, Delivery.DUPLICATE, Delivery.NEW, Delivery.FULL, Delivery.NEW, Delivery.FULL,
+    ]  # fmt: skip
+    assert box.deliver("c", status("r5")) is Delivery.NEW
+
+
+async def test_an_oversized_callback_is_refused_with_one_log_line(
+    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
+) -> None:
+    slow = hooked(processing_median={"540p": 600.0}, processing_sigma=0.0)
+    answers: list[int] = []
+    async with simulator(slow) as sim:
+        settings = with_webhooks(make_settings, sim, manifest_of(tmp_path, 1), job_deadline=1.0)
+        submitted = anyio.Event()
+        log_tap.on("submitted", 1, submitted.set)
+
+        async def flood() -> None:
+            await submitted.wait()
+            with closing(sqlite3.connect(settings.state_file)) as db:
+                run, secret = db.execute("SELECT run_id, secret FROM webhook_secrets").fetchone()
+            query = {"job": "job-000", "run": str(run), "sig": signature(secret, "job-000")}
+            answers.append(await post_callback(settings, query, {"error": "x" * (100 << 10)}))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(flood)
+            await run_batch(settings)
+    assert answers == [413]
+    assert log_tap.named("webhook_too_large")
