@@ -27,6 +27,7 @@ def main() -> None:
         ["rate_limited.py", "--jobs", "400" if full else "200"],
         ["download.py", "--files", "20", "--mb", "100" if full else "20"],
         ["resume.py", "--jobs", "100000" if full else "20000"],
+        ["hostile.py", "--line-mb", "100" if full else "20"],
     ]
     for script, *args in runs:
         subprocess.run([sys.executable, str(HERE / script), *args], check=True)
