@@ -63,6 +63,7 @@ _RUN_OPTIONS: dict[str, tuple[type, str]] = {
     "webhook_listen": (str, "HOST:PORT the callback listener binds"),
     "webhook_mode": (str, "terminal: one callback at the end; sync: one per gateway tick too"),
     "uncertain_wait": (float, "with webhooks, seconds a lost-answer job waits for its callback"),
+    "webhook_secret_days": (float, "days an earlier run's callback URLs stay valid"),
 }
 _RUN_SWITCHES: dict[str, str] = {
     "resubmit_uncertain": "submit uncertain jobs again (each may then be paid twice)",
