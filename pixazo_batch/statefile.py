@@ -71,8 +71,14 @@ def read_only_connection(path: Path) -> sqlite3.Connection:
     if not real.is_file():
         raise UsageError(f"no state file at {path}")
     try:
-        db = sqlite3.connect(f"{real.as_uri()}?mode=ro", isolation_level=None, uri=True)
-        _check_tables(db, real)
+        try:
+            db = sqlite3.connect(f"{real.as_uri()}?mode=ro", isolation_level=None, uri=True)
+            _check_tables(db, real)
+        except sqlite3.OperationalError:
+            # On a read-only disk SQLite cannot make the WAL's shared-memory file; nothing
+            # writes the file there either, so it may be read as it stands.
+            db = sqlite3.connect(f"{real.as_uri()}?immutable=1", isolation_level=None, uri=True)
+            _check_tables(db, real)
     except sqlite3.DatabaseError as exc:
         raise StateDamagedError(f"cannot read the state file {path}: {exc}") from None
     return db

@@ -6,6 +6,7 @@ import asyncio
 import json
 import sqlite3
 import stat
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, closing
@@ -552,3 +553,52 @@ async def test_an_oversized_callback_is_refused_with_one_log_line(
             await run_batch(settings)
     assert answers == [413]
     assert log_tap.named("webhook_too_large")
+
+
+@pytest.fixture
+def read_only(tmp_path: Path) -> Any:
+    """A folder made read-only by a bind mount (CI runs as root, whom permissions do not stop)."""
+    mounted: list[Path] = []
+
+    def freeze(folder: Path) -> Path:
+        view = tmp_path / f"{folder.name}-read-only"
+        view.mkdir()
+        bind = ["mount", "--bind", str(folder), str(view)]
+        done = subprocess.run(bind, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot make a read-only mount here: {done.stderr.strip()}")
+        mounted.append(view)
+        remount = ["mount", "-o", "remount,bind,ro", str(view)]
+        done = subprocess.run(remount, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot make a read-only mount here: {done.stderr.strip()}")
+        return view
+
+    yield freeze
+    for view in mounted:
+        subprocess.run(["umount", str(view)], check=False)
+
+
+async def test_on_a_read_only_disk_run_and_resolve_say_so_in_one_line_and_status_still_reads(
+    tmp_path: Path, make_settings: MakeSettings, read_only: Any
+) -> None:
+    async with simulator() as sim:
+        settings = make_settings(sim, manifest_of(tmp_path, 1))
+        await run_batch(settings)
+        out = read_only(settings.out_dir)
+        env = cli_env(PIXAZO_API_KEY=TEST_KEY)
+        commands = {
+            "run": ("run", str(settings.manifest), "--out", str(out), "--base-url", sim.base_url),
+            "resolve": ("resolve", "job-000", "--out", str(out), "--abandon"),
+            "status": ("status", "--out", str(out)),
+        }
+        results = {
+            name: await anyio.to_thread.run_sync(lambda c=command: run_cli(*c, env=env))
+            for name, command in commands.items()
+        }
+    for name in ("run", "resolve"):
+        assert results[name].returncode == 2, results[name].stderr
+        assert len(results[name].stderr.strip().splitlines()) == 1, results[name].stderr
+        assert "Traceback" not in results[name].stderr
+    assert results["status"].returncode == 0, results["status"].stderr
+    assert json.loads(results["status"].stdout)["counts"] == {"downloaded": 1}
