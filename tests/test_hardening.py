@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, closing
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -593,7 +594,7 @@ async def test_on_a_read_only_disk_run_and_resolve_say_so_in_one_line_and_status
             "status": ("status", "--out", str(out)),
         }
         results = {
-            name: await anyio.to_thread.run_sync(lambda c=command: run_cli(*c, env=env))
+            name: await anyio.to_thread.run_sync(partial(run_cli, *command, env=env))
             for name, command in commands.items()
         }
     for name in ("run", "resolve"):
