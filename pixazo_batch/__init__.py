@@ -17,9 +17,10 @@ Library use::
 """
 
 from pixazo_batch.config import Settings, load_settings
-from pixazo_batch.engine import RunSummary, run_batch
+from pixazo_batch.engine import run_batch
 from pixazo_batch.errors import PixazoBatchError
 from pixazo_batch.models import GenerationRequest, JobSpec, JobState, RemoteStatus
+from pixazo_batch.summary import RunSummary
 
 __all__ = [
     "GenerationRequest",

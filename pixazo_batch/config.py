@@ -10,8 +10,17 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from pixazo_batch.errors import UsageError
 from pixazo_batch.lifecycle import RunFlags
 
 ENV_PREFIX = "PIXAZO_"
@@ -155,22 +164,52 @@ def load_settings(
 ) -> Settings:
     """Settings from, in rising precedence: ``defaults`` (the sandbox's), a TOML file,
     ``PIXAZO_<FIELD>`` environment variables (``PIXAZO_API_KEY``, ``PIXAZO_BASE_URL``,
-    ``PIXAZO_MAX_SPEND``...), and flags.
+    ``PIXAZO_MAX_SPEND``...), and flags (``--max-spend``).
 
     Flags whose value is None count as not given.
 
     Raises:
-        pydantic.ValidationError: a value is missing or invalid (the message names the field).
-        OSError, tomllib.TOMLDecodeError: the config file cannot be read.
+        UsageError: the config file cannot be read, or a value is missing or invalid; the
+            message names each value's source (``PIXAZO_MAX_SPEND``, ``jobs.toml: max_spend``,
+            ``--max-spend``) and never quotes the key.
     """
     values: dict[str, Any] = dict(defaults or {})
+    sources: dict[str, str] = {}
     if config_file is not None:
-        with open(config_file, "rb") as source:
-            values.update(tomllib.load(source))
+        try:
+            with open(config_file, "rb") as source:
+                from_file = tomllib.load(source)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UsageError(f"--config {config_file}: {exc}") from None
+        values.update(from_file)
+        sources.update({name: f"{config_file}: {name}" for name in from_file})
     environ = os.environ if environ is None else environ
     for name in Settings.model_fields:
         from_env = environ.get(ENV_PREFIX + name.upper())
         if from_env:
             values[name] = from_env
-    values.update({name: value for name, value in flags.items() if value is not None})
-    return Settings.model_validate(values)
+            sources[name] = ENV_PREFIX + name.upper()
+    for name, value in flags.items():
+        if value is not None:
+            values[name] = value
+            sources[name] = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = [_problem(error, sources) for error in exc.errors()]
+        raise UsageError("; ".join(problems)) from None
+
+
+#: settings given on the command line under another name than ``--<field>``
+FLAG_NAMES = {"out_dir": "--out", "state_path": "--state", "manifest": "MANIFEST"}
+
+
+def _problem(error: Any, sources: Mapping[str, str]) -> str:
+    """One validation error as a line naming where the value came from."""
+    name = ".".join(map(str, error["loc"])) or "settings"
+    if name == "api_key" and error["type"] == "missing":
+        return f"set the API key in the environment variable {ENV_PREFIX}API_KEY"
+    if error["type"] == "missing":
+        return f"{FLAG_NAMES.get(name, '--' + name.replace('_', '-'))} is required"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{sources.get(name, name)}: {message}"

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiohttp
 import anyio
 
 from pixazo_batch.config import Settings
 from pixazo_batch.errors import EXIT_INCOMPLETE
+from pixazo_batch.estimator import CompletionEstimator
 from pixazo_batch.gateway import GatewayClient
-from pixazo_batch.governor import Clock
+from pixazo_batch.governor import Clock, RateGovernor
 from pixazo_batch.health import GatewayHealth
 from pixazo_batch.router import Router
 from pixazo_batch.state import StateStore
@@ -64,3 +66,24 @@ class RunContext:
     async def next_post_end(self) -> None:
         """Wait until some POST now on the wire leaves it."""
         await self._post_ended.wait()
+
+
+@dataclass(frozen=True)
+class RunView:
+    """What an observer (the progress display) may read while a run goes on; it writes
+    nothing."""
+
+    settings: Settings
+    store: StateStore
+    gateway: GatewayClient
+    governor: RateGovernor
+    health: GatewayHealth
+    estimator: CompletionEstimator
+
+
+class RunObserver(Protocol):
+    """Something that watches a run from the side (a progress display)."""
+
+    async def watch(self, view: RunView) -> None:
+        """Observe until cancelled."""
+        ...

@@ -26,6 +26,7 @@ from pixazo_batch.jobrow import JobRow
 from pixazo_batch.lifecycle import Action, Downloaded, DownloadFailed, MediaRefreshed, Outcome
 from pixazo_batch.mediafile import CHUNK, PartFile, commit
 from pixazo_batch.models import RemoteStatus
+from pixazo_batch.mp4 import Mp4Info, mismatch
 from pixazo_batch.safefs import UnsafePathError, confined_path
 
 log = structlog.get_logger(__name__)
@@ -78,7 +79,7 @@ class Downloader:
             return DownloadFailed(str(exc), tries_left=False)
         part = final.with_name(final.name + ".part")
         try:
-            size, sha256 = await self._fetch(row, part, final)
+            size, sha256, video = await self._fetch(row, part, final)
         except MediaError as exc:
             log.warning("download_retry", job_id=row.id, attempt=tries, error=str(exc))
             if exc.discard_part:
@@ -92,7 +93,13 @@ class Downloader:
         log.info(
             "downloaded", job_id=row.id, request_id=row.request_id, bytes=size, state="downloaded"
         )
-        return Downloaded(size, sha256)
+        request = row.request
+        differs = mismatch(
+            video, seconds=request.duration.seconds, aspect_ratio=request.aspect_ratio.value
+        )
+        if differs is not None:
+            log.warning("video_mismatch", job_id=row.id, request_id=row.request_id, error=differs)
+        return Downloaded(size, sha256, video, differs)
 
     async def _refresh_url(self, row: JobRow, reason: str, *, tries_left: bool) -> Outcome:
         """Ask the status endpoint for a fresh media URL (the old one expired)."""
@@ -106,8 +113,8 @@ class Downloader:
             return MediaRefreshed(status.media_url)
         return DownloadFailed(reason, tries_left=tries_left)
 
-    async def _fetch(self, row: JobRow, part_path: Path, final: Path) -> tuple[int, str]:
-        """Bring the body into the part file and commit it; (size, sha256)."""
+    async def _fetch(self, row: JobRow, part_path: Path, final: Path) -> tuple[int, str, Mp4Info]:
+        """Bring the body into the part file and commit it; (size, sha256, its headers)."""
         assert row.media_url is not None
         try:
             # One stat on the loop costs less than a thread hop; only a resume reads the part.
@@ -133,8 +140,8 @@ class Downloader:
             raise MediaError(str(exc), discard_part=True) from exc
         except OSError as exc:
             raise MediaError(f"cannot write {part_path.name}: {exc.strerror or exc}") from exc
-        await anyio.to_thread.run_sync(commit, part, final, total, etag)
-        return part.size, part.sha256.hexdigest()
+        video = await anyio.to_thread.run_sync(commit, part, final, total, etag)
+        return part.size, part.sha256.hexdigest(), video
 
     def _check_answer(
         self, response: aiohttp.ClientResponse, offset: int

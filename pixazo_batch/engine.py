@@ -16,9 +16,8 @@ import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import aiohttp
 import anyio
@@ -26,13 +25,10 @@ import structlog
 from yarl import URL
 
 from pixazo_batch.config import RESULTS_FILE_NAME, Settings
-from pixazo_batch.context import RunContext
+from pixazo_batch.context import RunContext, RunObserver, RunView
 from pixazo_batch.downloader import Downloader
 from pixazo_batch.errors import (
-    EXIT_DECIDE,
-    EXIT_FAILED_JOBS,
     EXIT_INCOMPLETE,
-    EXIT_USAGE,
     AuthRefusedError,
     ManifestError,
     RunStopError,
@@ -40,7 +36,6 @@ from pixazo_batch.errors import (
     StateError,
     StateWriteError,
     UsageError,
-    worst_exit,
 )
 from pixazo_batch.estimator import CompletionEstimator
 from pixazo_batch.gateway import GatewayClient
@@ -52,9 +47,11 @@ from pixazo_batch.models import JobState
 from pixazo_batch.poller import Poller
 from pixazo_batch.producer import feed
 from pixazo_batch.results import write_results
+from pixazo_batch.reviewpage import PAGE_NAME, write_page
 from pixazo_batch.router import Queues, Router
 from pixazo_batch.state import StateStore
 from pixazo_batch.submitter import Submitter
+from pixazo_batch.summary import RunSummary, summarise
 from pixazo_batch.webhooks import WebhookReceiver
 
 log = structlog.get_logger(__name__)
@@ -63,31 +60,6 @@ _E = TypeVar("_E", bound=BaseException)
 #: bytes aiohttp may buffer per media connection before it stops reading the socket; at the
 #: default 64 KiB the socket stalls whenever a chunk is being hashed and written
 MEDIA_BUFFER = 4 * 1024 * 1024
-
-#: states of jobs a later run finishes by itself (pending aside)
-_IN_FLIGHT = (JobState.SUBMITTING, JobState.SUBMITTED, JobState.COMPLETED, JobState.ERRORED)
-
-
-@dataclass
-class RunSummary:
-    """What a run did and how it ended; ``exit_code`` follows ``docs/design.md``, "Exit codes"."""
-
-    exit_code: int
-    counts: dict[str, int]
-    committed_usd: str
-    spent_usd: str
-    manifest_issues: list[str] = field(default_factory=list)
-    uncertain: list[str] = field(default_factory=list)
-    stalled: list[str] = field(default_factory=list)
-    stop_reason: str | None = None
-
-
-class RunObserver(Protocol):
-    """Something that watches a run from the side (a progress display)."""
-
-    async def watch(self, store: StateStore) -> None:
-        """Observe until cancelled; must not write to the store."""
-        ...
 
 
 async def run_batch(
@@ -128,7 +100,9 @@ async def run_batch(
                 clock=clock or MonotonicClock(),
             )
         try:
-            write_results(store, settings.out_dir / RESULTS_FILE_NAME)
+            written = write_results(store, settings.out_dir / RESULTS_FILE_NAME)
+            if written is not None or not (settings.out_dir / PAGE_NAME).is_file():
+                write_page(store, settings.out_dir)
             store.end_run(summary.exit_code)
         except (OSError, StateError) as exc:  # the disk that stopped the run, most likely
             log.error("results_not_written", error=str(exc))
@@ -228,7 +202,8 @@ async def _run(
             if handle_signals:
                 guard.start_soon(_watch_signals, ctx, pipeline)
             if observer is not None:
-                guard.start_soon(observer.watch, store)
+                view = RunView(settings, store, gateway, governor, health, estimator)
+                guard.start_soon(observer.watch, view)
             try:
                 # The engine, not the stages, owns the receive ends: a stage that fails must not
                 # close its queue under a sender and bury the real error under a broken stream.
@@ -255,7 +230,7 @@ async def _run(
                 guard.cancel_scope.cancel()
     if isinstance(stopped_by, ManifestError):
         raise stopped_by
-    return _summarise(ctx, issues, stopped_by)
+    return summarise(ctx.store, ctx.flags, issues, stopped_by)
 
 
 async def _adopt(ctx: RunContext, job_id: str) -> None:
@@ -335,35 +310,3 @@ async def _watch_signals(ctx: RunContext, scope: anyio.CancelScope) -> None:
             for post in ctx.posts_on_wire:
                 post.deadline = deadline
             scope.cancel()
-
-
-def _summarise(ctx: RunContext, issues: list[str], stopped_by: RunStopError | None) -> RunSummary:
-    store, flags = ctx.store, ctx.flags
-    counts = store.counts()
-    uncertain = [row.id for row in store.iter_jobs(JobState.UNCERTAIN)]
-    codes: set[int] = set()
-    if stopped_by is not None:
-        codes.add(stopped_by.exit_code)
-    if uncertain:
-        codes.add(EXIT_DECIDE)
-    if flags.stop_submitting is not None:
-        codes.add(flags.stop_exit_code)
-    # Jobs left pending by a refused setting wait for the settings to be fixed (exit 2); any
-    # other unfinished job resumes by itself (exit 3).
-    waiting = _IN_FLIGHT if flags.stop_exit_code == EXIT_USAGE else (*_IN_FLIGHT, JobState.PENDING)
-    if flags.interrupted or flags.stalled or any(counts.get(state, 0) for state in waiting):
-        codes.add(EXIT_INCOMPLETE)
-    if issues:
-        codes.add(EXIT_USAGE)
-    if counts.get(JobState.FAILED, 0):
-        codes.add(EXIT_FAILED_JOBS)
-    return RunSummary(
-        exit_code=worst_exit(codes),
-        counts={state.value: counts.get(state, 0) for state in JobState},
-        committed_usd=f"{store.committed_cents() / 100:.2f}",
-        spent_usd=f"{store.spent_cents() / 100:.2f}",
-        manifest_issues=issues,
-        uncertain=uncertain,
-        stalled=list(flags.stalled),
-        stop_reason=flags.stop_submitting,
-    )

@@ -110,6 +110,8 @@ class GatewayClient:
         self.retry_after_cap = retry_after_cap
         self._on_pause = on_pause
         self._session: aiohttp.ClientSession | None = None
+        #: requests sent to the gateway so far (for the progress display)
+        self.requests = 0
 
     async def __aenter__(self) -> Self:
         tracing = aiohttp.TraceConfig(trace_config_ctx_factory=SimpleNamespace)
@@ -241,6 +243,7 @@ class GatewayClient:
         if session is None:
             raise RuntimeError("GatewayClient used outside 'async with'")
         headers = {**headers, KEY_HEADER: self._key}
+        self.requests += 1
         try:
             async with self._limiter:
                 answer = await _exchange(

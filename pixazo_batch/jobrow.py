@@ -30,6 +30,11 @@ class JobRow:
     updated_at: float
     submitted_at: float | None
     finished_at: float | None
+    #: what the downloaded video's headers say, and how it differs from the request
+    video_seconds: float | None = None
+    video_width: int | None = None
+    video_height: int | None = None
+    mismatch: str | None = None
 
     @property
     def request(self) -> GenerationRequest:

@@ -14,6 +14,7 @@ from enum import StrEnum
 
 from pixazo_batch.errors import InvalidTransitionError
 from pixazo_batch.models import JobState, RemoteStatus
+from pixazo_batch.mp4 import Mp4Info
 
 
 class Action(StrEnum):
@@ -183,10 +184,13 @@ class NoCallback:
 
 @dataclass(frozen=True, slots=True)
 class Downloaded:
-    """The verified video is at its final path."""
+    """The verified video is at its final path; ``mismatch`` says how it differs from the
+    request (it is kept all the same: it is paid for)."""
 
     size: int
     sha256: str
+    video: Mp4Info | None = None
+    mismatch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from typing import TextIO
 
 import structlog
+from rich.console import Console
+from rich.text import Text
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 REDACTED = "[REDACTED]"
@@ -48,24 +50,49 @@ class _LibraryLogs(logging.Handler):
         )
 
 
+class ConsoleSink:
+    """A file-like sink that prints each rendered log line through a rich ``Console``, so a
+    live display on the same console keeps its lines below the logs, never among them."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def write(self, text: str) -> None:
+        """Print one rendered line (its ANSI colours kept)."""
+        line = text.rstrip("\n")
+        if line:
+            self.console.print(Text.from_ansi(line), soft_wrap=True, highlight=False)
+
+    def flush(self) -> None:
+        """Nothing to flush: the console writes at once."""
+
+
 def configure_logging(
     *,
     secrets: Iterable[str] = (),
     level: str = "info",
     json_lines: bool | None = None,
     stream: TextIO | None = None,
+    console: Console | None = None,
 ) -> None:
-    """Route all logs to ``stream`` (stderr by default), JSON lines unless it is a terminal."""
-    sink = stream or sys.stderr
-    if json_lines is None:
-        json_lines = not sink.isatty()
+    """Route all logs to ``stream`` (stderr by default), JSON lines unless it is a terminal;
+    with ``console`` (a terminal shared with the progress display), readable lines through it.
+    """
+    stream = stream or sys.stderr
+    sink: TextIO | ConsoleSink = stream
+    if console is not None:
+        sink, json_lines = ConsoleSink(console), False
+    elif json_lines is None:
+        json_lines = not stream.isatty()
     renderer: Processor = (
-        structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer()
+        if json_lines
+        else structlog.dev.ConsoleRenderer(colors=console is not None and console.is_terminal)
     )
     processors: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.TimeStamper(fmt="iso" if json_lines else "%H:%M:%S", utc=json_lines),
         SecretRedactor(secrets),
         structlog.processors.format_exc_info,
         renderer,
@@ -79,6 +106,6 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sink),
+        logger_factory=structlog.PrintLoggerFactory(file=sink),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )

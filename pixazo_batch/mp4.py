@@ -136,3 +136,21 @@ def _tkhd_size(tkhd: bytes) -> tuple[int, int]:
     except struct.error as exc:
         raise Mp4Error("the track header (tkhd) is cut short") from exc
     return width >> 16, height >> 16
+
+
+#: how far a video may stray from its request before it is flagged
+DURATION_TOLERANCE = 1.0
+ASPECT_TOLERANCE = 0.02
+
+
+def mismatch(info: Mp4Info, *, seconds: float, aspect_ratio: str) -> str | None:
+    """How the video differs from what was asked (``aspect_ratio`` as "16:9"), or None."""
+    problems: list[str] = []
+    if abs(info.duration - seconds) > DURATION_TOLERANCE:
+        problems.append(f"lasts {info.duration:.1f} s, not {seconds:g} s")
+    wide, high = (int(part) for part in aspect_ratio.split(":"))
+    if not info.width or not info.height:
+        problems.append("has no video track")
+    elif abs((info.width / info.height) / (wide / high) - 1) > ASPECT_TOLERANCE:
+        problems.append(f"is {info.width}x{info.height}, not {aspect_ratio}")
+    return "; ".join(problems) or None

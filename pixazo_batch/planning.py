@@ -26,9 +26,9 @@ class DryRunTotals:
     def as_json(self) -> dict[str, object]:
         """The totals line."""
         return {
-            "would_submit": self.jobs,
+            "jobs": self.jobs,
             "price_usd": f"{self.cents / 100:.2f}",
-            "manifest_issues": self.issues,
+            "problems": self.issues,
         }
 
 

@@ -63,7 +63,9 @@ class Poller:
     ) -> None:
         self.ctx = ctx
         self.estimator = estimator or CompletionEstimator(ctx.settings.poll_interval)
-        self.backoff = backoff or BackoffPolicy(base=1.0, cap=60.0)
+        # A failed status read is retried on the scale of the poll interval: reads are free.
+        base = max(0.05, ctx.settings.poll_interval)
+        self.backoff = backoff or BackoffPolicy(base=base, cap=60.0)
         self._rng = random.Random()
 
     async def run(self, jobs: MemoryObjectReceiveStream[str]) -> None:

@@ -101,7 +101,14 @@ def _report(
     issues.append(str(issue))
     if on_issue is not None:
         on_issue(issue)
-    log.warning("manifest_issue", line=issue.line, field=issue.field, error=issue.message)
+    log.warning(
+        "manifest_issue",
+        file=issue.path,
+        line=issue.line,
+        field=issue.field,
+        error=issue.message,
+        problem=str(issue),
+    )
     if strict:
         raise ManifestError(f"{issue} (--strict stops at the first bad line)")
 

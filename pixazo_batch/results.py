@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import shlex
@@ -30,6 +31,10 @@ def result_record(row: JobRow, request_ids: list[str], cents: int) -> dict[str, 
         "cost_usd": f"{cents / 100:.2f}",
         "attempts": row.attempts,
         "error": row.error,
+        "video_seconds": row.video_seconds,
+        "video_width": row.video_width,
+        "video_height": row.video_height,
+        "mismatch": row.mismatch,
     }
 
 
@@ -59,6 +64,7 @@ def write_results(store: StateStore, path: Path) -> int | None:
 
 CSV_FIELDS = (
     "id", "state", "request_id", "output", "bytes", "sha256", "cost_usd", "attempts", "error",
+    "video_seconds", "video_width", "video_height", "mismatch",
 )  # fmt: skip
 
 
@@ -82,15 +88,25 @@ def resolve_commands(job_id: str, out: Path | None, state: Path | None = None) -
 def status_summary(
     store: StateStore, *, out: Path | None = None, state: Path | None = None
 ) -> dict[str, Any]:
-    """What ``status`` shows: counts, money, the oldest pending job, every problem job, and for
-    each uncertain job when its POST left, what was lost, and how to settle it."""
+    """What ``status`` shows: counts, money, the oldest pending job, every job that needs
+    attention (failed, uncertain, errored, or downloaded but not what was asked), and for each
+    uncertain job when its POST left, what was lost, and how to settle it."""
     counts = {state.value: n for state, n in store.counts().items()}
     oldest = store.db.execute(
         "SELECT id, created_at FROM jobs WHERE state = 'pending' ORDER BY created_at LIMIT 1"
     ).fetchone()
-    problems = [
-        {"id": row.id, "state": row.state.value, "request_id": row.request_id, "error": row.error}
-        for row in store.iter_jobs(JobState.FAILED, JobState.UNCERTAIN, JobState.ERRORED)
+    attention = [
+        {
+            "id": row.id,
+            "state": row.state.value,
+            "request_id": row.request_id,
+            "error": row.error,
+            "mismatch": row.mismatch,
+        }
+        for row in itertools.chain(
+            store.iter_jobs(JobState.FAILED, JobState.UNCERTAIN, JobState.ERRORED),
+            store.iter_mismatched(),
+        )
     ]
     last_run = store.db.execute(
         "SELECT id, started_at, ended_at, exit_code FROM runs ORDER BY id DESC LIMIT 1"
@@ -110,7 +126,8 @@ def status_summary(
             }
             for row in store.iter_jobs(JobState.UNCERTAIN)
         ],
-        "problems": problems,
+        "problems": len(attention),
+        "attention": attention,
         "last_run": None
         if last_run is None
         else {

@@ -85,8 +85,8 @@ def record(store: StateStore, row: JobRow, step: Step, outcome: Outcome) -> None
             )
         case UnknownRequest():
             store.remote_finished(job_id, step.state, remote_status="NOT_FOUND", error=reason)
-        case Downloaded(size=size, sha256=sha256):
-            store.downloaded(job_id, size, sha256)
+        case Downloaded(size=size, sha256=sha256, video=video, mismatch=mismatch):
+            store.downloaded(job_id, size, sha256, video, mismatch)
         case MediaRefreshed(media_url=media_url):
             store.refresh_media(job_id, media_url)
         case Resumed():

@@ -17,7 +17,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     submitted_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    video_seconds REAL,
+    video_width INTEGER,
+    video_height INTEGER,
+    mismatch TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS attempts (

@@ -26,6 +26,7 @@ from pixazo_batch.errors import (
 )
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.models import ALLOWED_TRANSITIONS, JobSpec, JobState
+from pixazo_batch.mp4 import Mp4Info
 from pixazo_batch.statefile import locked_connection, read_only_connection
 from pixazo_batch.statereader import StateReader
 
@@ -266,10 +267,22 @@ class StateStore(StateReader):
         with self._transaction():
             self._move(self._current(job_id), JobState.COMPLETED, media_url=media_url)
 
-    def downloaded(self, job_id: str, size: int, sha256: str) -> None:
-        """``completed -> downloaded``: the verified file is at its final path."""
+    def downloaded(
+        self, job_id: str, size: int, sha256: str, video: Mp4Info | None, mismatch: str | None
+    ) -> None:
+        """``completed -> downloaded``: the verified file is at its final path; what its
+        headers say, and how it differs from the request, are kept with it."""
         with self._transaction():
-            self._move(self._current(job_id), JobState.DOWNLOADED, bytes=size, sha256=sha256)
+            self._move(
+                self._current(job_id),
+                JobState.DOWNLOADED,
+                bytes=size,
+                sha256=sha256,
+                video_seconds=None if video is None else video.duration,
+                video_width=None if video is None else video.width,
+                video_height=None if video is None else video.height,
+                mismatch=mismatch,
+            )
 
     def file_missing(self, job_id: str) -> None:
         """``downloaded -> completed``: the file vanished from disk; fetch it again."""

@@ -79,6 +79,7 @@ def read_only_connection(path: Path) -> sqlite3.Connection:
             # writes the file there either, so it may be read as it stands.
             db = sqlite3.connect(f"{real.as_uri()}?immutable=1", isolation_level=None, uri=True)
             _check_tables(db, real)
+        _check_columns(db, real)
     except sqlite3.DatabaseError as exc:
         raise StateDamagedError(f"cannot read the state file {path}: {exc}") from None
     return db
@@ -99,6 +100,7 @@ def _connect(real: Path) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(SCHEMA)
+        _add_new_columns(db)
     except (sqlite3.OperationalError, OSError) as exc:
         db.close()
         raise StateError(f"cannot open the state file {real}: {exc}") from None
@@ -109,6 +111,22 @@ def _connect(real: Path) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+#: columns later versions added to ``jobs``, with their types (older files gain them on open)
+NEW_COLUMNS = {
+    "video_seconds": "REAL",
+    "video_width": "INTEGER",
+    "video_height": "INTEGER",
+    "mismatch": "TEXT",
+}
+
+
+def _add_new_columns(db: sqlite3.Connection) -> None:
+    present = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    for name, kind in NEW_COLUMNS.items():
+        if name not in present:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
 
 def _create_private(real: Path) -> bool:
@@ -127,4 +145,12 @@ def _check_tables(db: sqlite3.Connection, real: Path) -> None:
     if found != 2:
         raise StateDamagedError(
             f"{real} is not a pixazo-batch state file (its jobs and attempts tables are missing)"
+        )
+
+
+def _check_columns(db: sqlite3.Connection, real: Path) -> None:
+    present = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    if not set(NEW_COLUMNS) <= present:
+        raise StateDamagedError(
+            f"{real} was written by an older pixazo-batch: one 'run' brings it up to date"
         )

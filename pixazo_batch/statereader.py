@@ -54,6 +54,12 @@ class StateReader:
                 return
             last = rows[-1][0]
 
+    def iter_mismatched(self) -> Iterator[JobRow]:
+        """Downloaded jobs whose video differs from the request."""
+        query = f"SELECT {_COLUMNS} FROM jobs WHERE mismatch IS NOT NULL ORDER BY rowid"  # noqa: S608
+        for found in self.db.execute(query):
+            yield row_from(found)
+
     def iter_ledger(self, batch: int = 1000) -> Iterator[tuple[JobRow, list[str], int]]:
         """Every job with all its request_ids and what it may have cost, in insertion order,
         in constant memory and one query per ``batch`` jobs."""

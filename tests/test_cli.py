@@ -77,7 +77,7 @@ def test_validate_prices_the_example_manifest() -> None:
     summary = json.loads(result.stdout)
     assert result.returncode == 0
     assert summary["jobs"] == 6
-    assert summary["estimated_cost_usd"] == "1.36"
+    assert summary["price_usd"] == "1.36"
 
 
 def test_validate_reports_bad_lines_and_exits_2(tmp_path: Path) -> None:

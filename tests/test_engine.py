@@ -12,11 +12,11 @@ import anyio
 import pytest
 
 from pixazo_batch.config import Settings
-from pixazo_batch.engine import RunSummary, run_batch
+from pixazo_batch.engine import run_batch
 from pixazo_batch.errors import ManifestError, StateLockedError
 from pixazo_batch.sim import Simulator
-from pixazo_batch.sim.media import MediaFile
 from pixazo_batch.state import StateStore
+from pixazo_batch.summary import RunSummary
 from tests.conftest import TEST_KEY, LogTap, fast, job_line, simulator, write_manifest
 
 pytestmark = pytest.mark.anyio
@@ -39,7 +39,7 @@ def assert_all_served_files_intact(sim: Simulator, settings: Settings) -> None:
         if record["state"] != "downloaded":
             continue
         job = sim.state.book.jobs[record["request_id"]]
-        media = MediaFile(job.request_id, job.media_size)
+        media = sim.state.media_file(job)
         expected = hashlib.sha256(b"".join(media.chunks(0, media.size, 1 << 20))).hexdigest()
         data = (settings.out_dir / record["output"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == expected == record["sha256"]
@@ -542,3 +542,26 @@ async def test_an_exhausted_quota_stops_the_run_with_exit_3_and_says_when_it_ret
     assert summary.counts["pending"] == 2
     assert "Out of call volume quota" in (summary.stop_reason or "")
     assert "returns in about 42" in (summary.stop_reason or "")
+
+
+async def test_each_video_is_checked_against_its_request_and_a_mismatch_is_kept_and_flagged(
+    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
+) -> None:
+    manifest = write_manifest(
+        tmp_path / "jobs.jsonl",
+        [job_line(0), job_line(1, aspect_ratio="9:16", duration="9s")],
+    )
+    async with simulator(fast(media_clip="fixed")) as wrong:
+        flagged = make_settings(wrong, manifest)
+        summary = await run_batch(flagged)
+    async with simulator() as right:
+        matching = make_settings(right, manifest, out_dir=tmp_path / "right")
+        await run_batch(matching)
+    assert summary.exit_code == 0, "paid for and kept; flagged, not failed"
+    good, bad = results(flagged)
+    assert good["mismatch"] is None and good["video_seconds"] == 5.0
+    assert bad["mismatch"] == "lasts 5.0 s, not 9 s; is 96x54, not 9:16"
+    assert [e["job_id"] for e in log_tap.named("video_mismatch")] == ["job-001"]
+    tall = results(matching)[1]
+    assert tall["mismatch"] is None
+    assert (tall["video_seconds"], tall["video_width"], tall["video_height"]) == (9.0, 54, 96)

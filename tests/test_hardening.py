@@ -342,7 +342,7 @@ async def test_a_stalled_body_is_cut_and_resumed(
         media_bytes=400_000,
         media_chunk=20_000,
         media_stall_rate=1.0,
-        media_stall_seconds=30.0,
+        media_stall_seconds=3.0,
         fault_burst=1,
     )
     async with simulator(scenario) as sim:

@@ -12,14 +12,14 @@ from typing import Any
 import anyio
 import pytest
 from aiohttp import web
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
 import pixazo_batch
 from pixazo_batch.config import Settings, load_settings
 from pixazo_batch.engine import run_batch
+from pixazo_batch.errors import UsageError
 from pixazo_batch.manifest import read_manifest
 from pixazo_batch.models import JobSpec
-from pixazo_batch.state import StateStore
 from pixazo_batch.urlcheck import check_image_urls
 from tests.conftest import TEST_KEY, LogTap, job_line, simulator, write_manifest
 from tests.test_cli import PYTHON, cli_env, run_cli
@@ -54,15 +54,20 @@ def test_flags_beat_environment_beat_config_file(tmp_path: Path) -> None:
     assert "k-env" not in repr(settings), "the key is a secret type"
 
 
-def test_unknown_config_keys_and_bad_values_name_the_field(tmp_path: Path) -> None:
+def test_unknown_config_keys_and_bad_values_name_the_field_and_its_source(
+    tmp_path: Path,
+) -> None:
     config = tmp_path / "pixazo.toml"
-    config.write_text("colour = 'blue'\n")
-    with pytest.raises(ValidationError, match="colour"):
-        load_settings(
-            {"manifest": "m", "out_dir": "o"}, environ={"PIXAZO_API_KEY": "k"}, config_file=config
-        )
-    with pytest.raises(ValidationError, match="rps"):
-        load_settings({"manifest": "m", "out_dir": "o", "rps": -1}, environ={"PIXAZO_API_KEY": "k"})
+    config.write_text("colour = 'blue'\nmax_spend = 'lots'\n")
+    env = {"PIXAZO_API_KEY": "k"}
+    with pytest.raises(UsageError) as from_file:
+        load_settings({"manifest": "m", "out_dir": "o"}, environ=env, config_file=config)
+    with pytest.raises(UsageError, match=r"^--rps: Input should be greater than 0$"):
+        load_settings({"manifest": "m", "out_dir": "o", "rps": -1}, environ=env)
+    with pytest.raises(UsageError, match=r"^PIXAZO_MAX_SPEND: Input should be a valid decimal$"):
+        load_settings({"manifest": "m", "out_dir": "o"}, environ={**env, "PIXAZO_MAX_SPEND": "abc"})
+    assert f"{config}: colour: Extra inputs are not permitted" in str(from_file.value)
+    assert f"{config}: max_spend: Input should be a valid decimal" in str(from_file.value)
 
 
 def test_cli_reports_a_missing_out_folder_and_bad_values(tmp_path: Path) -> None:
@@ -71,8 +76,8 @@ def test_cli_reports_a_missing_out_folder_and_bad_values(tmp_path: Path) -> None
     missing = run_cli("run", str(manifest), env=env)
     negative = run_cli("run", str(manifest), "--out", str(tmp_path / "o"), "--rps", "-3", env=env)
     assert missing.returncode == negative.returncode == 2
-    assert "--out DIR is required" in missing.stderr
-    assert "rps:" in negative.stderr
+    assert "the following arguments are required: --out" in missing.stderr
+    assert "--rps: Input should be greater than 0" in negative.stderr
 
 
 async def test_dry_run_prices_what_would_be_submitted_and_sends_nothing(tmp_path: Path) -> None:
@@ -101,12 +106,7 @@ async def test_dry_run_prices_what_would_be_submitted_and_sends_nothing(tmp_path
     first = [json.loads(line) for line in before.stdout.decode().splitlines()]
     second = [json.loads(line) for line in after.stdout.decode().splitlines()]
     assert before.returncode == 0
-    assert first[-1] == {
-        "event": "dry_run",
-        "would_submit": 3,
-        "price_usd": "0.76",
-        "manifest_issues": 0,
-    }
+    assert first[-1] == {"event": "dry_run", "jobs": 3, "price_usd": "0.76", "problems": 0}
     assert [job["id"] for job in second[:-1]] == ["job-003"]
     assert second[-1]["price_usd"] == "0.20"
 
@@ -126,7 +126,8 @@ async def test_status_and_csv_report_from_the_state_file(
     assert status["counts"] == {"failed": 2}
     assert status["committed_usd"] == status["spent_usd"] == "0.40", "FAILED is charged"
     assert status["oldest_pending"] is None
-    assert {p["id"] for p in status["problems"]} == {"job-000", "job-001"}
+    assert status["problems"] == 2
+    assert {p["id"] for p in status["attention"]} == {"job-000", "job-001"}
     assert status["last_run"]["exit_code"] == 1
     assert [r["id"] for r in rows] == ["job-000", "job-001"]
     assert rows[0]["state"] == "failed" and rows[0]["cost_usd"] == "0.20"
@@ -248,20 +249,19 @@ def test_garbage_manifests_get_clear_errors_never_a_traceback(tmp_path: Path) ->
     assert "absent.jsonl" in missing.stderr
 
 
-async def test_terminal_progress_shows_states_money_and_eta(
+async def test_terminal_progress_shows_bars_money_and_eta(
     tmp_path: Path, make_settings: Any
 ) -> None:
     from rich.console import Console
 
     from pixazo_batch.progress import TerminalProgress
 
+    console = Console(record=True, width=140, force_terminal=True)
     async with simulator() as sim:
         settings = make_settings(
             sim, write_manifest(tmp_path / "m.jsonl", [job_line(0), job_line(1)])
         )
-        await run_batch(settings)
-    console = Console(record=True, width=140)
-    with StateStore.open(settings.state_file, lock=False) as store:
-        console.print(TerminalProgress(console).render(store, started=0.0, baseline=0))
+        await run_batch(settings, observer=TerminalProgress(console))
     text = console.export_text()
-    assert "downloaded" in text and "2/2 done" in text and "$0.40 committed" in text
+    assert "downloaded" in text and "2/2" in text
+    assert "$0.40 committed" in text and "requests/min" in text and "ETA" in text

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import struct
 
 import aiohttp
 import pytest
 
+from pixazo_batch.mp4 import inspect
 from pixazo_batch.sim import Simulator
-from pixazo_batch.sim.media import MediaFile, parse_range, sample_mp4
+from pixazo_batch.sim.media import MediaFile, clip, parse_range
 from pixazo_batch.sim.scenario import Scenario
 from tests.conftest import TEST_KEY, fast, post_submit, simulator
 
@@ -38,12 +40,23 @@ async def media_url(session: aiohttp.ClientSession, sim: Simulator) -> str:
     return url
 
 
-def test_shipped_sample_is_an_h264_mp4() -> None:
-    data = sample_mp4()
+ASPECTS = ("16:9", "9:16", "4:3", "3:4", "21:9", "9:21")
+
+
+@pytest.mark.parametrize("aspect", ASPECTS)
+@pytest.mark.parametrize("duration", ["5s", "9s"])
+def test_each_shipped_clip_is_an_h264_mp4_of_its_aspect_ratio_and_duration(
+    aspect: str, duration: str
+) -> None:
+    data = clip(aspect, duration)
     kinds = [kind for kind, _ in top_level_boxes(data)]
     assert kinds[0] == "ftyp"
     assert {"moov", "mdat"} <= set(kinds)
     assert b"avc1" in data
+    info = inspect(io.BytesIO(data), len(data))
+    wide, high = (int(n) for n in aspect.split(":"))
+    assert info.duration == float(duration.removesuffix("s"))
+    assert info.width / info.height == pytest.approx(wide / high, rel=0.01)
 
 
 def test_padded_file_stays_a_valid_mp4_with_a_trailing_free_box() -> None:

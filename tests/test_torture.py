@@ -26,7 +26,6 @@ import pytest
 from pixazo_batch.engine import run_batch
 from pixazo_batch.models import JobState
 from pixazo_batch.sim import Simulator, scenario_named
-from pixazo_batch.sim.media import MediaFile
 from tests.conftest import TEST_KEY, LogTap, fast, job_line, simulator, write_manifest
 from tests.test_cli import cli_env, log_events, run_args
 from tests.test_webhooks import free_port
@@ -48,7 +47,7 @@ def hostile() -> Any:
 
 def served_sha256(sim: Simulator, request_id: str) -> str:
     job = sim.state.book.jobs[request_id]
-    media = MediaFile(job.request_id, job.media_size)
+    media = sim.state.media_file(job)
     return hashlib.sha256(b"".join(media.chunks(0, media.size, 1 << 20))).hexdigest()
 
 

@@ -324,8 +324,8 @@ async def test_an_interrupted_sandbox_run_resumes_with_the_same_command(tmp_path
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
-        ("--base-url", "gateway.pixazo.ai", "base_url: Value error, must be an http(s) URL"),
-        ("--base-url", "http://[::1", "base_url"),
+        ("--base-url", "gateway.pixazo.ai", "--base-url: must be an http(s) URL with a host"),
+        ("--base-url", "http://[::1", "--base-url: Invalid IPv6 URL"),
     ],
 )
 def test_settings_are_checked_before_any_request(
@@ -348,6 +348,6 @@ def test_a_key_with_a_line_break_is_refused_before_anything_is_sent(tmp_path: Pa
         env=cli_env(PIXAZO_API_KEY="abc\ndef"),
     )  # fmt: skip
     assert result.returncode == 2
-    assert "api_key: Value error, contains a space, a line break" in result.stderr
+    assert "PIXAZO_API_KEY: contains a space, a line break" in result.stderr
     assert "abc" not in result.stderr
     assert not (tmp_path / "out").exists()

@@ -234,7 +234,7 @@ async def test_a_listen_address_in_use_is_a_usage_error(tmp_path: Path, make_set
     [
         ("--webhook-url", "http://hooks.example.com/pixazo", "must be an https URL"),
         ("--webhook-listen", "8787", "must be HOST:PORT"),
-        ("--webhook-mode", "always", "webhook_mode"),
+        ("--webhook-mode", "always", "--webhook-mode: invalid choice: 'always'"),
     ],
 )
 def test_webhook_settings_are_checked_before_anything_runs(

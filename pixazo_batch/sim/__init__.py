@@ -64,7 +64,11 @@ class Simulator:
         self._media_runner, self.media_url = await self._serve(media_app, 0)
         self._gateway.media_base = self.media_url
         self._webhooks.media_url = self._gateway.media_url
-        await self.start_gateway()
+        try:
+            await self.start_gateway()
+        except BaseException:
+            await self._media_runner.cleanup()
+            raise
         return self
 
     async def start_gateway(self) -> None:

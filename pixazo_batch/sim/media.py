@@ -1,9 +1,10 @@
 """The simulated media CDN: real MP4 files, served with Range, ETag and the CDN's faults.
 
-Every video is the tiny H.264 file shipped beside this module followed by a ``free`` box that pads
-it to the job's size. A trailing ``free`` box moves no sample offset, so the result stays a valid,
-playable MP4 of any size, and its padding is derived from the request id so any byte range can be
-produced without holding the file in memory.
+Every video is one of the small H.264 clips shipped in ``clips/`` (one per aspect ratio and
+duration, made by ``tools/make_clips.sh``), the one matching the job's request, followed by a
+``free`` box that pads it to the job's size. A trailing ``free`` box moves no sample offset, so
+the result stays a valid, playable MP4 of any size, and its padding is derived from the request
+id so any byte range can be produced without holding the file in memory.
 """
 
 from __future__ import annotations
@@ -25,16 +26,20 @@ _NOT_A_VIDEO = "<html><body><h1>Please sign in to continue</h1></body></html>"
 
 
 @cache
-def sample_mp4() -> bytes:
-    """The shipped 1-second 160x90 H.264 MP4 every simulated video starts with."""
-    return resources.files("pixazo_batch.sim").joinpath("sample.mp4").read_bytes()
+def clip(aspect_ratio: str = "16:9", duration: str = "5s") -> bytes:
+    """The shipped H.264 clip of that aspect ratio ("16:9") and duration ("5s")."""
+    name = f"{aspect_ratio.replace(':', 'x')}-{duration}.mp4"
+    return resources.files("pixazo_batch.sim").joinpath("clips", name).read_bytes()
 
 
 class MediaFile:
-    """The bytes of one job's video, produced lazily by range."""
+    """The bytes of one job's video, produced lazily by range.
 
-    def __init__(self, request_id: str, size: int) -> None:
-        head = sample_mp4()
+    Usage: ``MediaFile(request_id, size, clip("9:16", "9s"))``.
+    """
+
+    def __init__(self, request_id: str, size: int, head: bytes | None = None) -> None:
+        head = clip() if head is None else head
         pad = max(8, size - len(head))
         self.head = head + struct.pack(">I4s", pad, b"free")
         self.size = len(head) + pad

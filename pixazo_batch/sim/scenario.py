@@ -95,6 +95,9 @@ class Scenario:
     media_truncate_rate: float = 0.0
     #: a 503 from the CDN instead of the body
     media_error_rate: float = 0.0
+    #: ``matching``: each video is a clip of its request's aspect ratio and duration; ``fixed``:
+    #: every video is the same 16:9, 5-second clip (a provider returning the wrong video)
+    media_clip: Literal["matching", "fixed"] = "matching"
     #: a 200 carrying an HTML page instead of the video (a proxy or captive portal)
     media_not_mp4_rate: float = 0.0
     #: ``html``: a page; ``ftyp-html``: an ``ftyp`` box followed by a page (fools an 8-byte check)

@@ -77,6 +77,16 @@ class SimStats:
         }
 
 
+def media_clip(job: SimJob, scenario: Scenario) -> bytes:
+    """The clip a job's video is made of: the one matching its request, unless the scenario
+    serves every job the same 16:9, 5-second clip (a provider returning the wrong video)."""
+    from pixazo_batch.sim.media import clip  # noqa: PLC0415  (cycle: media uses state)
+
+    if scenario.media_clip == "fixed":
+        return clip()
+    return clip(job.request.aspect_ratio.value, job.request.duration.value)
+
+
 class SimState:
     """Everything both simulator origins share; one per running simulator."""
 
@@ -149,7 +159,8 @@ class SimState:
 
         media = self._media.get(job.request_id)
         if media is None:
-            media = self._media[job.request_id] = MediaFile(job.request_id, job.media_size)
+            head = media_clip(job, self.scenario)
+            media = self._media[job.request_id] = MediaFile(job.request_id, job.media_size, head)
         return media
 
     def media_generation(self, job: SimJob) -> int:
