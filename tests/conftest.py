@@ -122,3 +122,24 @@ def log_tap() -> LogTap:
     structlog.configure(processors=[tap.processor, *config["processors"]])
     tap.sink = sink  # type: ignore[attr-defined]
     return tap
+
+
+class FastClock:
+    """A clock whose time runs ``factor`` times faster than the loop's: back-offs and pauses
+    of the engine pass quickly (only for tests without a rate limit to honour)."""
+
+    def __init__(self, factor: float = 20.0) -> None:
+        import anyio
+
+        self.factor = factor
+        self._start = anyio.current_time()
+
+    def now(self) -> float:
+        import anyio
+
+        return self._start + (anyio.current_time() - self._start) * self.factor
+
+    async def sleep(self, seconds: float) -> None:
+        import anyio
+
+        await anyio.sleep(max(0.0, seconds) / self.factor)

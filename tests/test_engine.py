@@ -17,7 +17,7 @@ from pixazo_batch.errors import ManifestError, StateLockedError
 from pixazo_batch.sim import Simulator
 from pixazo_batch.state import StateStore
 from pixazo_batch.summary import RunSummary
-from tests.conftest import TEST_KEY, LogTap, fast, job_line, simulator, write_manifest
+from tests.conftest import TEST_KEY, FastClock, LogTap, fast, job_line, simulator, write_manifest
 
 pytestmark = pytest.mark.anyio
 
@@ -342,7 +342,7 @@ async def test_the_key_reaches_only_the_gateway_and_is_never_written(
     scenario = fast(media_expire_rate=1.0, submit_refused_rate=0.3, status_error_rate=0.3)
     async with simulator(scenario) as sim:
         settings = make_settings(sim, manifest_of(tmp_path, 4), max_attempts=10)
-        await run_batch(settings)
+        await run_batch(settings, clock=FastClock())  # the refusals' back-offs, quickly
         stats = sim.stats()
     assert stats["key_leaks"] == 0
     assert log_tap.events, "logs were captured"
