@@ -34,7 +34,7 @@ from pixazo_batch.lifecycle import (
     Stalled,
     UnknownRequest,
 )
-from pixazo_batch.models import JobState, StatusResponse
+from pixazo_batch.models import JobState, RemoteStatus, StatusResponse
 from pixazo_batch.webhooks import FALLBACK_POLL_FACTOR
 
 log = structlog.get_logger(__name__)
@@ -121,7 +121,9 @@ class Poller:
             if status.status.is_terminal:
                 elapsed = time.time() - row.submitted_at
                 self.estimator.observe(kind, _time_to_finish(status, elapsed, last_miss))
-                log.info(
+                # A failure must reach even a --quiet log: it is a job lost (and maybe paid).
+                report = log.info if status.status is RemoteStatus.COMPLETED else log.warning
+                report(
                     "remote_finished",
                     job_id=row.id,
                     request_id=row.request_id,
