@@ -138,3 +138,10 @@ def test_random_input_never_raises_and_good_lines_survive(
             assert ISSUE.match(str(item).replace("\n", " ")), str(item)
     kept = {item.id for item in items if isinstance(item, JobSpec)}
     assert {f"job-{100_000 + i:03d}" for i in range(3)} <= kept
+
+
+def test_a_byte_order_mark_as_spreadsheets_write_it_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(job_line(0)).encode() + b"\n")
+    (item,) = read_manifest(path)
+    assert isinstance(item, JobSpec) and item.id == "job-000"
