@@ -194,7 +194,7 @@ async def _run(
             clock=clock,
             webhooks=webhooks,
         )
-        estimator = _learned_estimator(settings, store)
+        estimator = _learned_estimator(settings, store, origin)
         # The signal watcher lives outside the pipeline's scope, so it still hears a second
         # signal while the first one's cancellation waits for POSTs on the wire.
         async with anyio.create_task_group() as guard:
@@ -228,6 +228,7 @@ async def _run(
                 _log_stop(stopped_by, ctx)
             finally:
                 guard.cancel_scope.cancel()
+    _keep_speed(store, origin, estimator)
     if isinstance(stopped_by, ManifestError):
         raise stopped_by
     return summarise(ctx.store, ctx.flags, issues, stopped_by)
@@ -238,6 +239,14 @@ async def _adopt(ctx: RunContext, job_id: str) -> None:
     row = ctx.store.get(job_id)
     if row is not None and row.state is JobState.UNCERTAIN:
         await ctx.router.admit(row, Hinted())
+
+
+def _keep_speed(store: StateStore, origin: str, estimator: CompletionEstimator) -> None:
+    """Keep what this run learned of the gateway's speed, so the next night starts from it."""
+    try:
+        store.keep_speed(origin, estimator.scales)
+    except StateError as exc:  # only the next run's first polls are the worse for it
+        log.warning("speed_not_recorded", error=str(exc))
 
 
 def _honour_earlier_pause(store: StateStore, governor: RateGovernor, origin: str) -> None:
@@ -279,18 +288,9 @@ def _first(group: BaseExceptionGroup[_E], kind: type[_E]) -> _E:
     return first
 
 
-def _learned_estimator(settings: Settings, store: StateStore) -> CompletionEstimator:
-    """An estimator primed with the most recent completion times the state file holds."""
-    estimator = CompletionEstimator(settings.poll_interval)
-    rows = store.db.execute(
-        "SELECT json_extract(request_json, '$.resolution'),"
-        " json_extract(request_json, '$.duration'), finished_at - submitted_at FROM jobs"
-        " WHERE state IN ('completed', 'downloaded') AND finished_at IS NOT NULL"
-        " AND submitted_at IS NOT NULL ORDER BY finished_at DESC LIMIT 1000"
-    ).fetchall()
-    for resolution, duration, seconds in reversed(rows):
-        estimator.observe((resolution, duration), float(seconds))
-    return estimator
+def _learned_estimator(settings: Settings, store: StateStore, origin: str) -> CompletionEstimator:
+    """An estimator that starts from what earlier runs learned of this gateway's speed."""
+    return CompletionEstimator(settings.poll_interval, store.speed_scales(origin))
 
 
 async def _watch_signals(ctx: RunContext, scope: anyio.CancelScope) -> None:

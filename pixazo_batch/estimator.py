@@ -1,63 +1,101 @@
-"""When to poll: learned completion times per resolution and duration.
+"""When to poll: one speed model shared by every kind of job, learned once and kept.
 
 A status request costs a rate-limit token and tells nothing until the job is done, so the first
-one is aimed at a high quantile of how long similar jobs took (most first polls then find the job
-finished), and later ones are spaced by a fraction of that time, never closer than the poll floor.
-Before any job of a kind has finished, a prior stands in, expressed in poll intervals so that it
-scales with ``--poll-interval``: the documentation's 5 s interval against its example's 111 s
-job, and Ray 2 Flash's reported times per resolution.
+one is aimed at a high quantile of how long jobs take (most first polls then find the job
+finished), and later ones are spaced by a fraction of that time, never closer than the poll
+floor. Kinds of job (resolution and duration) differ by a fixed **shape**, Ray 2 Flash's relative
+render times; what is learned is one **scale**, in seconds, so the first finished job of any
+kind informs all of them. Each observation is divided by its kind's shape and kept in the state
+file per gateway (``speed_samples``), so the next night starts where the last one ended.
+
+Until anything is known, a scouting schedule stands in: polls at the floor, then at twice it,
+four times, ... after submission (a geometric series), which finds a one-second job at the first
+poll and a two-minute one within a few, and stops the moment a job anywhere finishes. The first
+jobs of every run scout as well until a job of that run finishes, so a model kept from a night
+when the gateway was slow cannot hold a faster gateway's jobs back.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 
 Kind = tuple[str, str]
 
-#: which quantile of recent completion times the first poll aims at
+#: which quantile of the learned scale the first poll aims at
 FIRST_POLL_QUANTILE = 0.8
 #: a later poll waits this fraction of the expected time (but at least the poll floor)
 LATER_POLL_FRACTION = 0.15
-#: recent observations kept per kind
+#: recent observations kept (and persisted) per gateway
 WINDOW = 64
-#: evidence needed before the learned times replace the prior
-MIN_SAMPLES = 3
-#: prior completion time in poll intervals, per resolution, for 5 s videos
-PRIOR_INTERVALS = {"540p": 14.0, "720p": 16.0, "1080p": 22.0}
-#: 9 s videos take about this much longer
-LONG_FACTOR = 1.6
+#: render time of each resolution relative to 540p (Ray 2 Flash's reported medians, 35/45/70 s)
+RESOLUTION_SHAPE = {"540p": 1.0, "720p": 45 / 35, "1080p": 70 / 35}
+#: a 9-second video takes about this much longer than a 5-second one
+LONG_FACTOR = 1.7
+#: the scouting series doubles from the poll floor, up to this many floors between polls
+SCOUT_CEILING = 32
+
+
+def shape(kind: Kind) -> float:
+    """How long a job of ``kind`` takes, relative to a 540p, 5-second one."""
+    resolution, duration = kind
+    factor = RESOLUTION_SHAPE.get(resolution, max(RESOLUTION_SHAPE.values()))
+    return factor * (LONG_FACTOR if duration != "5s" else 1.0)
 
 
 class CompletionEstimator:
-    """Learns how long jobs of each kind take from submit to a visible terminal status."""
+    """Learns one speed scale from finished jobs and plans each job's polls from it.
 
-    def __init__(self, poll_interval: float) -> None:
+    Usage: ``estimator.observe(kind, seconds)`` for each finished job; ``estimator.first_poll``
+    and ``estimator.later_poll`` give the next poll's time after submission.
+    """
+
+    def __init__(self, poll_interval: float, scales: Iterable[float] = ()) -> None:
         self.poll_interval = poll_interval
-        self._samples: dict[Kind, deque[float]] = {}
+        #: what earlier runs learned: used until this run learns something of its own, since the
+        #: gateway may be faster or slower tonight
+        self._kept: list[float] = [s for s in scales if s > 0][-WINDOW:]
+        self._scales: deque[float] = deque(maxlen=WINDOW)
+        #: bumped whenever what the estimator knows changes, so waiting polls can be re-planned
+        self.version = 0
+
+    @property
+    def scales(self) -> list[float]:
+        """The most recent scales, oldest first (what the state file keeps for the next run)."""
+        return [*self._kept, *self._scales][-WINDOW:]
 
     def observe(self, kind: Kind, seconds: float) -> None:
         """Record one job's submit-to-terminal time."""
-        self._samples.setdefault(kind, deque(maxlen=WINDOW)).append(seconds)
+        if seconds > 0:
+            self._scales.append(seconds / shape(kind))
+            self.version += 1
 
-    def expected(self, kind: Kind) -> float:
-        """Seconds by which most jobs of this kind were seen finished."""
-        samples = self._samples.get(kind)
-        if samples is None or len(samples) < MIN_SAMPLES:
-            return self._prior(kind)
-        ordered = sorted(samples)
-        return ordered[min(len(ordered) - 1, int(FIRST_POLL_QUANTILE * len(ordered)))]
+    def expected(self, kind: Kind) -> float | None:
+        """Seconds by which most jobs of this kind are done; None before anything is known."""
+        known = self._scales or self._kept
+        if not known:
+            return None
+        ordered = sorted(known)
+        scale = ordered[min(len(ordered) - 1, int(FIRST_POLL_QUANTILE * len(ordered)))]
+        return scale * shape(kind)
 
-    def first_poll(self, kind: Kind, elapsed: float) -> float:
-        """Seconds to wait before the first status request of a job submitted ``elapsed`` ago."""
-        return max(self.poll_interval, self.expected(kind)) - elapsed
+    def first_poll(self, kind: Kind) -> float:
+        """Seconds after submission of a job's first status request."""
+        expected = self.expected(kind)
+        return self.scout_poll(None) if expected is None else max(self.poll_interval, expected)
 
-    def later_poll(self, kind: Kind) -> float:
-        """Seconds between later status requests of a job not yet finished."""
-        return max(self.poll_interval, LATER_POLL_FRACTION * self.expected(kind))
+    def later_poll(self, kind: Kind, since_submit: float) -> float:
+        """Seconds after submission of the next status request of a job found unfinished
+        ``since_submit`` seconds after it was sent."""
+        expected = self.expected(kind)
+        if expected is None:
+            return self.scout_poll(since_submit)
+        return since_submit + max(self.poll_interval, LATER_POLL_FRACTION * expected)
 
-    def _prior(self, kind: Kind) -> float:
-        resolution, duration = kind
-        intervals = PRIOR_INTERVALS.get(resolution, max(PRIOR_INTERVALS.values()))
-        if duration != "5s":
-            intervals *= LONG_FACTOR
-        return intervals * self.poll_interval
+    def scout_poll(self, since_submit: float | None) -> float:
+        """The scouting schedule: the poll floor after submission, then double the time since
+        submission at each unfinished poll (at most ``SCOUT_CEILING`` floors apart)."""
+        floor = max(self.poll_interval, 1e-3)
+        if since_submit is None:
+            return floor
+        return since_submit + min(max(floor, since_submit), SCOUT_CEILING * floor)

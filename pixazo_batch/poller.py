@@ -1,20 +1,24 @@
 """Poller: follows submitted jobs to a terminal status, polling as rarely as the answer allows.
 
-The first status request of a job is timed for when jobs like it have been seen to finish, later
-ones are spaced by the estimator (see ``estimator.py``), with jitter. Status reads cost nothing,
-so network and 5xx trouble is retried with back-off until the job's deadline.
+One scheduler holds every waiting job in a timer queue keyed by when its next status request is
+due: the first at the speed model's expected completion time (``estimator.py``), later ones a
+fraction of it apart, with jitter. Whenever the model learns something (a job finished anywhere),
+every job still waiting is re-planned. Status reads cost nothing, so network and 5xx trouble is
+retried with back-off until the job's deadline.
 
-Callbacks are hints, never the source of truth (``docs/design.md``, section "Webhooks"): a
-terminal callback only brings the next poll forward, and the job is settled from that status
-answer; an uncertain job (its POST's answer lost) takes the request a callback names only once a
-status request for it succeeds.
+Callbacks are hints, never the source of truth (``docs/design.md``, "Webhooks"): a terminal
+callback only brings the job's next poll forward, and the job is settled from that status
+answer; an uncertain job takes the request a callback names only once a status request for it
+succeeds (``uncertain.py``).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import random
 import time
-from functools import partial
+from dataclasses import dataclass, field
 
 import anyio
 import structlog
@@ -22,19 +26,12 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from pixazo_batch.context import RunContext
 from pixazo_batch.errors import HttpStatusError, RequestError, SubmitStopError
-from pixazo_batch.estimator import CompletionEstimator
+from pixazo_batch.estimator import CompletionEstimator, Kind
 from pixazo_batch.governor import BackoffPolicy
 from pixazo_batch.jobrow import JobRow
-from pixazo_batch.lifecycle import (
-    Action,
-    CallbackNamed,
-    NoCallback,
-    Outcome,
-    RemoteEnded,
-    Stalled,
-    UnknownRequest,
-)
+from pixazo_batch.lifecycle import Action, Outcome, RemoteEnded, Stalled, UnknownRequest
 from pixazo_batch.models import JobState, RemoteStatus, StatusResponse
+from pixazo_batch.uncertain import await_callback
 from pixazo_batch.webhooks import FALLBACK_POLL_FACTOR
 
 log = structlog.get_logger(__name__)
@@ -43,12 +40,35 @@ log = structlog.get_logger(__name__)
 CENSORED_SHRINK = 0.8
 #: the mean of what a timestamp truncated to whole seconds leaves out
 TRUNCATED_SECOND = 0.5
+#: jobs of a run that scout (poll on the scouting schedule too) until one of its jobs finishes
+SCOUTS = 2
 
 
-def job_kind(row: JobRow) -> tuple[str, str]:
-    """The (resolution, duration) pair completion times are learned per."""
+def job_kind(row: JobRow) -> Kind:
+    """The (resolution, duration) pair that shapes a job's expected time."""
     request = row.request
     return request.resolution.value, request.duration.value
+
+
+@dataclass
+class _Watch:
+    """One job waiting for its next status request."""
+
+    row: JobRow
+    kind: Kind
+    #: loop-clock instant the job was submitted (from its recorded wall-clock time)
+    submitted: float
+    #: seconds after submission of the last poll that found it unfinished
+    last_miss: float | None = None
+    failures: int = 0
+    jitter: float = 1.0
+    due: float = 0.0
+    polling: bool = False
+    #: the next poll was set by a back-off or a callback, not by the plan
+    pinned: bool = False
+    #: polls on the scouting schedule too, while this run has learned nothing
+    scout: bool = False
+    seq: int = field(default=0)
 
 
 class Poller:
@@ -67,148 +87,175 @@ class Poller:
         base = max(0.05, ctx.settings.poll_interval)
         self.backoff = backoff or BackoffPolicy(base=base, cap=60.0)
         self._rng = random.Random()
+        self._stretch = FALLBACK_POLL_FACTOR if ctx.webhooks is not None else 1.0
+        self._watches: dict[str, _Watch] = {}
+        self._queue: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self._wake = anyio.Event()
+        self._planned_version = self.estimator.version
+        self._scouts_left = SCOUTS
+        if ctx.webhooks is not None:
+            ctx.webhooks.box.on_delivery = self._callback_arrived
 
     async def run(self, jobs: MemoryObjectReceiveStream[str]) -> None:
-        """Track each job id received, concurrently, until the run ends (the engine owns the
-        stream)."""
+        """Track each job id received until the run ends (the engine owns the stream)."""
         async with anyio.create_task_group() as group:
+            group.start_soon(self._schedule, group)
             async for job_id in jobs:
-                group.start_soon(self.track, job_id)
+                row = self.ctx.store.get(job_id)
+                assert row is not None
+                if row.state is JobState.UNCERTAIN:
+                    group.start_soon(self._settle_uncertain, row)
+                else:
+                    self._add(row)
 
-    async def track(self, job_id: str) -> None:
-        """Follow one job to an outcome and hand it to the router."""
-        ctx = self.ctx
-        row = ctx.store.get(job_id)
-        assert row is not None
-        if row.state is JobState.UNCERTAIN:
-            outcome: Outcome = await self._await_callback(row)
+    # --- the timer queue --------------------------------------------------------------------
+
+    def _add(self, row: JobRow) -> None:
+        assert row.submitted_at is not None
+        clock = self.ctx.clock
+        submitted = clock.now() - max(0.0, time.time() - row.submitted_at)
+        watch = _Watch(row, job_kind(row), submitted, jitter=self._rng.uniform(1.0, 1.25))
+        if self._scouts_left and not self._learned_this_run:
+            watch.scout = True
+            self._scouts_left -= 1
+        self._watches[row.id] = watch
+        self._push(watch, self._planned(watch))
+
+    def _planned(self, watch: _Watch) -> float:
+        """When the plan says the job's next poll is due (never past its deadline)."""
+        estimator = self.estimator
+        if watch.last_miss is None:
+            after = estimator.first_poll(watch.kind)
         else:
-            outcome = await self._poll_until_terminal(row)
-        step = await ctx.router.settle(job_id, outcome)
-        if ctx.webhooks is not None and step.action not in (Action.POLL, Action.AWAIT_CALLBACK):
-            ctx.webhooks.box.forget(job_id)
+            after = estimator.later_poll(watch.kind, watch.last_miss) * watch.jitter
+        if watch.scout and not self._learned_this_run:
+            after = min(after, estimator.scout_poll(watch.last_miss))
+        deadline = watch.submitted + self.ctx.settings.job_deadline
+        return min(watch.submitted + after * self._stretch, deadline)
 
-    async def _poll_until_terminal(self, row: JobRow) -> Outcome:
-        ctx = self.ctx
+    @property
+    def _learned_this_run(self) -> bool:
+        return self.estimator.version > 0
+
+    def _push(self, watch: _Watch, due: float) -> None:
+        watch.due = due
+        watch.seq = next(self._seq)
+        heapq.heappush(self._queue, (due, watch.seq, watch.row.id))
+        if self._queue[0][1] == watch.seq:
+            self._wake.set()
+
+    def _replan(self) -> None:
+        """The model learned something: every waiting job gets a new plan."""
+        self._planned_version = self.estimator.version
+        self._queue = []
+        for watch in self._watches.values():
+            if not watch.polling:
+                due = watch.due if watch.pinned else self._planned(watch)
+                watch.due, watch.seq = due, next(self._seq)
+                self._queue.append((due, watch.seq, watch.row.id))
+        heapq.heapify(self._queue)
+
+    def _callback_arrived(self, job_id: str, status: StatusResponse) -> None:
+        """A callback says the job may be finished: poll it now."""
+        watch = self._watches.get(job_id)
+        if watch is None or watch.polling or not status.status.is_terminal:
+            return
+        if status.request_id == watch.row.request_id:
+            watch.pinned = True
+            self._push(watch, self.ctx.clock.now())
+
+    async def _schedule(self, group: anyio.abc.TaskGroup) -> None:
+        """Start each job's poll when it is due."""
+        clock = self.ctx.clock
+        while True:
+            if self.estimator.version != self._planned_version:
+                self._replan()
+            if not self._queue:
+                await self._sleep(None)
+                continue
+            due, seq, job_id = self._queue[0]
+            watch = self._watches.get(job_id)
+            if watch is None or watch.seq != seq or watch.polling:
+                heapq.heappop(self._queue)  # superseded by a later plan
+                continue
+            now = clock.now()
+            if due > now:
+                await self._sleep(due - now)
+                continue
+            heapq.heappop(self._queue)
+            watch.polling = True
+            group.start_soon(self._poll, watch)
+
+    async def _sleep(self, seconds: float | None) -> None:
+        """Wait ``seconds`` (for ever when None), or until something changes the plan."""
+        with anyio.move_on_after(seconds if seconds is not None else float("inf")):
+            await self._wake.wait()
+        self._wake = anyio.Event()
+
+    # --- one status request -----------------------------------------------------------------
+
+    async def _poll(self, watch: _Watch) -> None:
+        outcome = await self._ask(watch)
+        watch.polling = False
+        if outcome is None:
+            return
+        self._watches.pop(watch.row.id, None)
+        step = await self.ctx.router.settle(watch.row.id, outcome)
+        hooks = self.ctx.webhooks
+        if hooks is not None and step.action not in (Action.POLL, Action.AWAIT_CALLBACK):
+            hooks.box.forget(watch.row.id)
+
+    async def _ask(self, watch: _Watch) -> Outcome | None:
+        """One status request: the outcome when the job is done (or stalled), else None with
+        the next poll planned."""
+        ctx, row = self.ctx, watch.row
         assert row.request_id is not None
         assert row.submitted_at is not None
-        kind = job_kind(row)
-        delay = self.estimator.first_poll(kind, time.time() - row.submitted_at)
-        failures = 0
-        last_miss: float | None = None  # seconds after submit of the last poll that saw no end
-        while True:
-            await self._wait(row, delay)
-            if time.time() - row.submitted_at > ctx.settings.job_deadline:
-                ctx.flags.stalled.append(row.id)
-                log.warning("stalled", job_id=row.id, request_id=row.request_id, state="submitted")
-                return Stalled(f"no terminal status in {ctx.settings.job_deadline:g} s")
-            try:
-                status = await ctx.gateway.status(row.request_id, row.polling_url)
-            except SubmitStopError as exc:  # a quota answer: no request gets through
-                ctx.flags.stop(str(exc), exc.exit_code)
-                return Stalled(str(exc))
-            except HttpStatusError as exc:
-                if exc.status == 404 and exc.body.from_gateway:
-                    return UnknownRequest(f"the gateway does not know {row.request_id}: {exc}")
-                failures += 1
-                delay = self._retry(row, failures, exc)
-                continue
-            except RequestError as exc:
-                failures += 1
-                delay = self._retry(row, failures, exc)
-                continue
-            failures = 0
-            if status.status.is_terminal:
-                elapsed = time.time() - row.submitted_at
-                self.estimator.observe(kind, _time_to_finish(status, elapsed, last_miss))
-                # A failure must reach even a --quiet log: it is a job lost (and maybe paid).
-                report = log.info if status.status is RemoteStatus.COMPLETED else log.warning
-                report(
-                    "remote_finished",
-                    job_id=row.id,
-                    request_id=row.request_id,
-                    remote_status=status.status.value,
-                    attempt=row.attempts,
-                    error=status.error,
-                )
-                left = row.attempts < ctx.settings.max_attempts
-                return RemoteEnded(status.status, status.media_url, status.error, left)
-            last_miss = time.time() - row.submitted_at
-            delay = self.estimator.later_poll(kind) * self._rng.uniform(1.0, 1.25)
-
-    def _retry(self, row: JobRow, failures: int, exc: Exception) -> float:
-        log.info("poll_retry", job_id=row.id, request_id=row.request_id, error=str(exc))
-        return self.backoff.delay(failures, self._rng)
-
-    async def _wait(self, row: JobRow, seconds: float) -> None:
-        """Wait until the next poll is due; with webhooks, a poll further off, unless a callback
-        reports the request finished first."""
-        hooks = self.ctx.webhooks
-        if hooks is None:
-            await self.ctx.clock.sleep(max(0.0, seconds))
-            return
-        request_id = row.request_id
-
-        def terminal(status: StatusResponse) -> bool:
-            return status.request_id == request_id and status.status.is_terminal
-
-        await hooks.box.wait(row.id, terminal, seconds * FALLBACK_POLL_FACTOR)
-
-    async def _await_callback(self, row: JobRow) -> Outcome:
-        """An uncertain job cannot be polled: find the request a callback named for it (kept in
-        the state file, or delivered while this run waits) and confirm it with the gateway."""
-        ctx = self.ctx
-        earlier = set(ctx.store.request_ids(row.id))
-        tried: set[str] = set()
-        deadline = anyio.current_time() + ctx.settings.uncertain_wait
-        failures = 0
-        while True:
-            named = [*ctx.store.callback_hints(row.id)]
-            if ctx.webhooks is not None:
-                named += ctx.webhooks.box.request_ids(row.id)
-            for request_id in dict.fromkeys(named):
-                if request_id in earlier or request_id in tried:
-                    continue
-                confirmed = await self._confirm(row, request_id)
-                if confirmed is True:
-                    return CallbackNamed(request_id)
-                if confirmed is False:
-                    tried.add(request_id)
-                else:
-                    failures += 1
-            patience = deadline - anyio.current_time()
-            if patience <= 0 or ctx.webhooks is None:
-                log.warning("uncertain_unresolved", job_id=row.id, state="uncertain")
-                return NoCallback()
-            if failures:
-                patience = min(patience, self.backoff.delay(failures, self._rng))
-            seen = frozenset(named) | tried | earlier
-            await ctx.webhooks.box.wait(row.id, partial(_unseen, seen), patience)
-
-    async def _confirm(self, row: JobRow, request_id: str) -> bool | None:
-        """Whether the gateway knows ``request_id`` (and no other job of ours has it); None
-        when it cannot tell now."""
-        owner = self.ctx.store.owner_of(request_id)
-        if owner is not None and owner != row.id:
-            log.warning("callback_refused", job_id=row.id, request_id=request_id, owner=owner)
-            return False
+        since_submit = time.time() - row.submitted_at
+        if since_submit > ctx.settings.job_deadline:
+            ctx.flags.stalled.append(row.id)
+            log.warning("stalled", job_id=row.id, request_id=row.request_id, state="submitted")
+            return Stalled(f"no terminal status in {ctx.settings.job_deadline:g} s")
         try:
-            status = await self.ctx.gateway.status(request_id)
-        except HttpStatusError as exc:
-            if exc.status == 404 and exc.body.from_gateway:
-                log.warning("callback_refused", job_id=row.id, request_id=request_id, error=exc)
-                return False
+            status = await ctx.gateway.status(row.request_id, row.polling_url)
+        except SubmitStopError as exc:  # a quota answer: no request gets through
+            ctx.flags.stop(str(exc), exc.exit_code)
+            return Stalled(str(exc))
+        except RequestError as exc:
+            if isinstance(exc, HttpStatusError) and exc.status == 404 and exc.body.from_gateway:
+                return UnknownRequest(f"the gateway does not know {row.request_id}: {exc}")
+            watch.failures += 1
+            watch.pinned = True
+            log.info("poll_retry", job_id=row.id, request_id=row.request_id, error=str(exc))
+            self._push(watch, ctx.clock.now() + self.backoff.delay(watch.failures, self._rng))
             return None
-        except (RequestError, SubmitStopError):
+        watch.failures, watch.pinned = 0, False
+        if not status.status.is_terminal:
+            watch.last_miss = time.time() - row.submitted_at
+            self._push(watch, self._planned(watch))
             return None
-        if status.request_id != request_id:
-            return False
-        log.warning("uncertain_resolved", job_id=row.id, request_id=request_id, state="submitted")
-        return True
+        self.estimator.observe(watch.kind, _time_to_finish(status, since_submit, watch.last_miss))
+        self._wake.set()
+        # A failure must reach even a --quiet log: it is a job lost (and maybe paid).
+        report = log.info if status.status is RemoteStatus.COMPLETED else log.warning
+        report(
+            "remote_finished",
+            job_id=row.id,
+            request_id=row.request_id,
+            remote_status=status.status.value,
+            attempt=row.attempts,
+            error=status.error,
+        )
+        left = row.attempts < ctx.settings.max_attempts
+        return RemoteEnded(status.status, status.media_url, status.error, left)
 
-
-def _unseen(seen: frozenset[str], status: StatusResponse) -> bool:
-    return status.request_id not in seen
+    async def _settle_uncertain(self, row: JobRow) -> None:
+        outcome = await await_callback(self.ctx, row, self.backoff, self._rng)
+        step = await self.ctx.router.settle(row.id, outcome)
+        hooks = self.ctx.webhooks
+        if hooks is not None and step.action not in (Action.POLL, Action.AWAIT_CALLBACK):
+            hooks.box.forget(row.id)
 
 
 def _time_to_finish(status: StatusResponse, elapsed: float, last_miss: float | None) -> float:

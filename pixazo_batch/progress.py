@@ -141,6 +141,9 @@ class TerminalProgress:
         else:
             # Nothing finished yet: waves of --max-in-flight jobs, each taking as long as the
             # estimator has learned (or its prior says) a job takes.
+            expected = view.estimator.expected(("540p", "5s"))
+            if expected is None:
+                return "learning"
             waves = math.ceil(remaining / view.settings.max_in_flight)
-            seconds = waves * view.estimator.expected(("540p", "5s"))
+            seconds = waves * expected
         return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"

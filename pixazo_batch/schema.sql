@@ -65,3 +65,11 @@ CREATE TABLE IF NOT EXISTS callback_hints (
     received_at REAL NOT NULL,
     PRIMARY KEY (job_id, request_id)
 );
+-- What the poll planner learned about a gateway's speed: one scale a finished job (seconds for
+-- a 540p, 5-second job), the most recent kept.
+CREATE TABLE IF NOT EXISTS speed_samples (
+    origin TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    scale REAL NOT NULL,
+    PRIMARY KEY (origin, n)
+);

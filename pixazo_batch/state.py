@@ -313,6 +313,15 @@ class StateStore(StateReader):
                 (job_id, request_id, time.time()),
             )
 
+    def keep_speed(self, origin: str, scales: list[float]) -> None:
+        """Keep what this run knows of the gateway's speed for the next run."""
+        with self._transaction():
+            self.db.execute("DELETE FROM speed_samples WHERE origin = ?", (origin,))
+            self.db.executemany(
+                "INSERT INTO speed_samples (origin, n, scale) VALUES (?, ?, ?)",
+                [(origin, n, scale) for n, scale in enumerate(scales)],
+            )
+
     def remember_pause(self, origin: str, until: float) -> None:
         """Keep the end (wall clock) of a pause the gateway announced, for later runs."""
         with self._transaction():

@@ -149,6 +149,13 @@ class StateReader:
         found = self.db.execute("SELECT until FROM pauses WHERE origin = ?", (origin,)).fetchone()
         return None if found is None else float(found[0])
 
+    def speed_scales(self, origin: str) -> list[float]:
+        """What earlier runs learned of the speed of the gateway at ``origin``, oldest first."""
+        rows = self.db.execute(
+            "SELECT scale FROM speed_samples WHERE origin = ? ORDER BY n", (origin,)
+        ).fetchall()
+        return [float(scale) for (scale,) in rows]
+
     def callback_hints(self, job_id: str) -> list[str]:
         """Request ids that callbacks named for the job, oldest first (hints, not yet believed)."""
         rows = self.db.execute(

@@ -90,6 +90,8 @@ class CallbackBox:
         self._boxes: dict[str, _Mailbox] = {}
         self._per_job, self._total = per_job, total
         self._held = 0
+        #: told of each new status as it is kept (the poll scheduler brings that poll forward)
+        self.on_delivery: Callable[[str, StatusResponse], None] | None = None
 
     def deliver(self, job_id: str, status: StatusResponse) -> Delivery:
         """Keep ``status`` as the latest of its request and wake the job's tracker."""
@@ -106,6 +108,8 @@ class CallbackBox:
         box.statuses[status.request_id] = status
         box.arrived.set()
         box.arrived = anyio.Event()
+        if self.on_delivery is not None:
+            self.on_delivery(job_id, status)
         return Delivery.NEW
 
     async def wait(

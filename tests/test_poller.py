@@ -1,11 +1,22 @@
-"""How the poller learns completion times from what the gateway reports."""
+"""How the poller plans polls: one speed model, scouting, re-planning, and what it learns."""
 
 from __future__ import annotations
 
-import pytest
+import statistics
+import time
+from pathlib import Path
+from typing import Any
 
+import pytest
+from yarl import URL
+
+from pixazo_batch.engine import run_batch
+from pixazo_batch.estimator import CompletionEstimator, shape
 from pixazo_batch.models import StatusResponse
 from pixazo_batch.poller import _time_to_finish
+from pixazo_batch.state import StateStore
+from pixazo_batch.summary import RunSummary
+from tests.conftest import fast, job_line, simulator, write_manifest
 
 
 def finished(created_at: str, completed_at: str) -> StatusResponse:
@@ -34,3 +45,74 @@ def test_without_stamps_polls_only_bracket_the_end() -> None:
     status = StatusResponse.model_validate({"request_id": "r", "status": "COMPLETED"})
     assert _time_to_finish(status, elapsed=40.0, last_miss=30.0) == 35.0
     assert _time_to_finish(status, elapsed=40.0, last_miss=None) == 32.0
+
+
+def test_one_scale_learned_from_any_kind_informs_every_kind() -> None:
+    estimator = CompletionEstimator(poll_interval=1.0)
+    estimator.observe(("1080p", "9s"), shape(("1080p", "9s")) * 30.0)
+    assert estimator.expected(("540p", "5s")) == pytest.approx(30.0)
+    assert estimator.expected(("720p", "9s")) == pytest.approx(30.0 * shape(("720p", "9s")))
+
+
+def test_before_anything_is_known_polls_scout_from_the_floor_doubling() -> None:
+    estimator = CompletionEstimator(poll_interval=2.0)
+    due = [estimator.first_poll(("540p", "5s"))]
+    for _ in range(6):
+        due.append(estimator.later_poll(("540p", "5s"), due[-1]))
+    assert due == [2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
+    assert estimator.later_poll(("540p", "5s"), 1000.0) == 1000.0 + 32 * 2.0, "capped"
+
+
+def test_once_learned_the_first_poll_aims_at_a_high_quantile_and_later_ones_are_spaced() -> None:
+    estimator = CompletionEstimator(poll_interval=1.0, scales=[float(s) for s in range(1, 11)])
+    assert estimator.first_poll(("540p", "5s")) == 9.0
+    assert estimator.later_poll(("540p", "5s"), 9.0) == pytest.approx(9.0 + 0.15 * 9.0)
+    assert estimator.version == 0, "what earlier runs learned is not news to this one"
+
+
+async def run_counting_polls(
+    tmp_path: Path,
+    make_settings: Any,
+    jobs: int,
+    *,
+    seed_scale: float | None = None,
+    **changes: Any,
+) -> tuple[RunSummary, dict[str, Any], float]:
+    manifest = write_manifest(tmp_path / "m.jsonl", [job_line(i) for i in range(jobs)])
+    scenario = fast(processing_median={"540p": 0.4}, processing_sigma=0.0, status_tick=(0.0, 0.0))
+    async with simulator(scenario) as sim:
+        settings = make_settings(sim, manifest, poll_interval=0.2, **changes)
+        if seed_scale is not None:
+            with StateStore.open(settings.state_file) as store:
+                store.keep_speed(str(URL(sim.base_url).origin()), [seed_scale] * 8)
+        started = time.monotonic()
+        summary = await run_batch(settings)
+        took = time.monotonic() - started
+        stats = sim.stats()
+    return summary, stats, took
+
+
+@pytest.mark.anyio
+async def test_a_fresh_state_file_finds_quick_jobs_quickly_and_keeps_what_it_learned(
+    tmp_path: Path, make_settings: Any
+) -> None:
+    summary, stats, took = await run_counting_polls(tmp_path, make_settings, 12)
+    with StateStore.open(tmp_path / "out" / ".pixazo-batch.db", lock=False) as store:
+        kept = store.speed_scales(
+            next(iter(store.db.execute("SELECT origin FROM speed_samples")))[0]
+        )
+    assert summary.exit_code == 0
+    assert took < 10, "scouting from the poll floor, not a prior of minutes"
+    assert stats["status_requests"] / 12 <= 3
+    # Whole-second gateway stamps make each sample +-0.5 s; their middle is the job's time.
+    assert len(kept) == 12 and 0.2 < statistics.median(kept) < 1.5
+
+
+@pytest.mark.anyio
+async def test_a_stale_slow_model_is_overtaken_by_scouts_and_every_waiting_job_replanned(
+    tmp_path: Path, make_settings: Any
+) -> None:
+    summary, stats, took = await run_counting_polls(tmp_path, make_settings, 12, seed_scale=600.0)
+    assert summary.exit_code == 0
+    assert took < 15, "a kept estimate of 10 minutes did not hold 0.4 s jobs back"
+    assert stats["status_requests"] / 12 <= 3
