@@ -70,12 +70,12 @@ def free_port() -> int:
         return port
 
 
-def write_manifest(path: Path, count: int, **fields: Any) -> Path:
-    """A manifest of ``count`` distinct jobs."""
+def write_manifest(path: Path, count: int, *, prefix: str = "j", **fields: Any) -> Path:
+    """A manifest of ``count`` distinct jobs (ids ``{prefix}0000000``...)."""
     with open(path, "w", encoding="utf-8") as sink:
         for index in range(count):
             line = {
-                "id": f"j{index:07d}",
+                "id": f"{prefix}{index:07d}",
                 "prompt": f"A lighthouse at dusk, take {index}",
                 "image_url": f"https://images.example.com/{index}.jpg",
                 **fields,
