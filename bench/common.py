@@ -51,7 +51,7 @@ def sim_process(
     ]
     if time_scale is not None:
         command += ["--time-scale", str(time_scale)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=engine_env())
     try:
         assert process.stdout is not None
         base_url = process.stdout.readline().split()[1]
@@ -127,8 +127,11 @@ def run_naive(manifest: Path, out: Path, base_url: str, *flags: str) -> ChildCos
 
 
 def engine_env() -> dict[str, str]:
-    """The environment for an engine child: the bench key and nothing from PIXAZO_*."""
+    """The environment for an engine child: the bench key, nothing from PIXAZO_*, and bytecode
+    caching on (a sandbox may set PYTHONDONTWRITEBYTECODE, which makes every start-up compile
+    every module again: a cost of the machine, not of the engine)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXAZO_")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PIXAZO_API_KEY"] = BENCH_KEY
     return env
 

@@ -8,10 +8,11 @@ render times; what is learned is one **scale**, in seconds, so the first finishe
 kind informs all of them. Each observation is divided by its kind's shape and kept in the state
 file per gateway (``speed_samples``), so the next night starts where the last one ended.
 
-Until anything is known, a scouting schedule stands in: polls at the floor, then at twice it,
-four times, ... after submission (a geometric series), which finds a one-second job at the first
-poll and a two-minute one within a few, and stops the moment a job anywhere finishes. The first
-jobs of every run scout as well until a job of that run finishes, so a model kept from a night
+Until anything is known, the first jobs of a run scout: they poll at the floor, then at twice
+it, four times, ... after submission (a geometric series), which finds a one-second job at the
+first poll and a two-minute one within a few; the other jobs wait on a prior (14 poll floors),
+and every waiting job is re-planned the moment a scout finishes. The first jobs of every run
+scout even when a model was kept, until a job of that run finishes, so a model kept from a night
 when the gateway was slow cannot hold a faster gateway's jobs back.
 """
 
@@ -34,6 +35,9 @@ RESOLUTION_SHAPE = {"540p": 1.0, "720p": 45 / 35, "1080p": 70 / 35}
 LONG_FACTOR = 1.7
 #: the scouting series doubles from the poll floor, up to this many floors between polls
 SCOUT_CEILING = 32
+#: before anything is known, a job that is not scouting first waits this many poll floors
+#: (times its shape): the documentation's 5 s interval against its example's 111 s job
+PRIOR_FLOORS = 14.0
 
 
 def shape(kind: Kind) -> float:
@@ -80,17 +84,21 @@ class CompletionEstimator:
         return scale * shape(kind)
 
     def first_poll(self, kind: Kind) -> float:
-        """Seconds after submission of a job's first status request."""
-        expected = self.expected(kind)
-        return self.scout_poll(None) if expected is None else max(self.poll_interval, expected)
+        """Seconds after submission of a job's first status request (before anything is known,
+        a prior: the scouts find the real figure long before it)."""
+        return max(self.poll_interval, self._expected_or_prior(kind))
 
     def later_poll(self, kind: Kind, since_submit: float) -> float:
         """Seconds after submission of the next status request of a job found unfinished
         ``since_submit`` seconds after it was sent."""
+        spacing = LATER_POLL_FRACTION * self._expected_or_prior(kind)
+        return since_submit + max(self.poll_interval, spacing)
+
+    def _expected_or_prior(self, kind: Kind) -> float:
         expected = self.expected(kind)
         if expected is None:
-            return self.scout_poll(since_submit)
-        return since_submit + max(self.poll_interval, LATER_POLL_FRACTION * expected)
+            return PRIOR_FLOORS * shape(kind) * max(self.poll_interval, 1e-3)
+        return expected
 
     def scout_poll(self, since_submit: float | None) -> float:
         """The scouting schedule: the poll floor after submission, then double the time since

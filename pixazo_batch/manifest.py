@@ -7,11 +7,12 @@ and output paths are found through a throwaway on-disk SQLite index rather than 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
@@ -59,15 +60,43 @@ class ManifestIssue:
         return f"{self.path}:{self.line}: {self.field}: {self.message}"
 
 
-def _encodable(value: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("contains a lone surrogate escape (not text)") from None
-    return value
+#: an http(s) URL with a plain host (no IPv6 bracket, no space): accepted without parsing
+_SIMPLE_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:[/?#][^\s]*)?$")
+_PLAIN = json.JSONDecoder()
+_CHECKED = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
+def _decode(text: str) -> object:
+    """The line's JSON value; a key given twice in one object raises ``_DuplicateKeyError``.
+
+    Every key in the text is followed by ``":``, so when that pair occurs no more often than
+    the decoded object has keys, no key can repeat; only otherwise (a nested object, a value
+    containing ``":``, or a real duplicate) is the line decoded again, key by key.
+    """
+    data = _PLAIN.decode(text)
+    if isinstance(data, dict) and text.count('":') > len(data):
+        data = _CHECKED.decode(text)
+    return data
+
+
+def _lone_surrogate(data: dict[str, object], text: str) -> str | None:
+    """The field whose text holds a lone surrogate (only a ``\\uD800``-``\\uDFFF`` escape can
+    make one), "(line)" for a key that does, or None."""
+    if "\\u" not in text and "\\U" not in text:
+        return None
+    for key, value in data.items():
+        for text_part in (key, value):
+            if isinstance(text_part, str):
+                try:
+                    text_part.encode("utf-8")
+                except UnicodeEncodeError:
+                    return key if text_part is value and key.isascii() else "(line)"
+    return None
 
 
 def _http_url(value: str) -> str:
+    if _SIMPLE_URL.match(value):
+        return value
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("must be an http:// or https:// URL")
@@ -88,11 +117,6 @@ class ManifestLine(BaseModel):
     resolution: Resolution = Resolution.P540
     duration: Duration = Duration.SHORT
     output: str | None = None
-
-    @field_validator("id", "prompt", "image_url", "end_image_url", "output", mode="before")
-    @classmethod
-    def _text(cls, value: object) -> object:
-        return _encodable(value) if isinstance(value, str) else value
 
     @field_validator("image_url")
     @classmethod
@@ -115,21 +139,23 @@ def safe_output(value: str) -> str:
         raise ValueError("must be a plain relative path such as 'spring/tree-01.mp4'")
     if value.endswith("/"):
         raise ValueError("must name a file, not a folder")
-    path = PurePosixPath(value)
-    if path.name in ("", "."):
-        raise ValueError("must name a file, not a folder")
-    if path.is_absolute() or ":" in path.parts[0]:
+    if value.startswith("/"):
         raise ValueError("must be relative to the output folder, not absolute")
-    if ".." in path.parts:
+    parts = [part for part in value.split("/") if part not in ("", ".")]
+    if not parts:
+        raise ValueError("must name a file, not a folder")
+    if ":" in parts[0]:
+        raise ValueError("must be relative to the output folder, not absolute")
+    if ".." in parts:
         raise ValueError("must stay inside the output folder ('..' is not allowed)")
-    name = path.name.casefold()
+    name = parts[-1].casefold()
     if (
-        path.parts[0].casefold() in RESERVED_NAMES
+        parts[0].casefold() in RESERVED_NAMES
         or name.startswith(".pixazo-batch")
         or name.endswith(RESERVED_SUFFIXES)
     ):
-        raise ValueError(f"{path.name!r} is a name pixazo-batch uses itself")
-    return str(path)
+        raise ValueError(f"{parts[-1]!r} is a name pixazo-batch uses itself")
+    return "/".join(parts)
 
 
 def _issues_from(error: ValidationError, path: str, line: int) -> Iterator[ManifestIssue]:
@@ -148,47 +174,58 @@ class _DuplicateIndex:
         self.db = sqlite3.connect(Path(folder) / "seen.db", isolation_level=None)
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute("CREATE TABLE ids (value TEXT PRIMARY KEY, line INTEGER) WITHOUT ROWID")
+        # An output is a file; each of its parents is a folder: one name, one kind, one line.
         self.db.execute(
-            "CREATE TABLE seen (kind TEXT, value TEXT, line INTEGER, PRIMARY KEY (kind, value))"
+            "CREATE TABLE paths (value TEXT PRIMARY KEY, folder INTEGER, line INTEGER)"
+            " WITHOUT ROWID"
         )
         # One transaction for the whole pass: a throwaway index needs no commits, and SQLite
         # spills its page cache to the file, so memory stays flat.
         self.db.execute("BEGIN")
 
-    def first_line(self, kind: str, value: str, line: int) -> int | None:
-        """The earlier line that used ``value`` as ``kind``, or None (and remember this one)."""
+    def first_line(self, job_id: str, line: int) -> int | None:
+        """The earlier line that used ``job_id``, or None (and remember this one)."""
         added = self.db.execute(
-            "INSERT INTO seen VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (kind, value, line)
+            "INSERT INTO ids VALUES (?, ?) ON CONFLICT DO NOTHING", (job_id, line)
         )
         if added.rowcount == 1:
             return None
-        return self._line_of(kind, value)
+        (earlier,) = self.db.execute("SELECT line FROM ids WHERE value = ?", (job_id,)).fetchone()
+        return int(earlier)
 
     def output_conflict(self, output: str, line: int) -> str | None:
         """Why ``output`` cannot coexist with the outputs seen so far (the same file, a file
         where another needs a folder, or the reverse), or None (and remember it)."""
-        parents = [str(p) for p in PurePosixPath(output).parents if str(p) != "."]
-        earlier = self._line_of("output", output)
-        if earlier is not None:
-            return f"{output!r} is already the output of line {earlier}"
-        earlier = self._line_of("folder", output)
-        if earlier is not None:
-            return f"{output!r} is a folder of the output of line {earlier}"
+        parents = []
+        cut = output.rfind("/")
+        while cut > 0:
+            parents.append(output[:cut])
+            cut = output.rfind("/", 0, cut)
         for parent in parents:
-            earlier = self._line_of("output", parent)
-            if earlier is not None:
-                return f"{parent!r} is the output of line {earlier}, so it cannot be a folder"
-        self.db.executemany(
-            "INSERT INTO seen VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-            [("output", output, line), *(("folder", parent, line) for parent in parents)],
+            found = self._find(parent)
+            if found is not None and not found[0]:
+                return f"{parent!r} is the output of line {found[1]}, so it cannot be a folder"
+        added = self.db.execute(
+            "INSERT INTO paths VALUES (?, 0, ?) ON CONFLICT DO NOTHING", (output, line)
         )
+        if added.rowcount != 1:
+            folder, earlier = self._find(output) or (False, 0)
+            if folder:
+                return f"{output!r} is a folder of the output of line {earlier}"
+            return f"{output!r} is already the output of line {earlier}"
+        if parents:
+            self.db.executemany(
+                "INSERT INTO paths VALUES (?, 1, ?) ON CONFLICT DO NOTHING",
+                [(parent, line) for parent in parents],
+            )
         return None
 
-    def _line_of(self, kind: str, value: str) -> int | None:
+    def _find(self, value: str) -> tuple[bool, int] | None:
         found = self.db.execute(
-            "SELECT line FROM seen WHERE kind = ? AND value = ?", (kind, value)
+            "SELECT folder, line FROM paths WHERE value = ?", (value,)
         ).fetchone()
-        return None if found is None else int(found[0])
+        return None if found is None else (bool(found[0]), int(found[1]))
 
 
 def read_manifest(path: Path) -> Iterator[JobSpec | ManifestIssue]:
@@ -241,7 +278,7 @@ def _parse_line(
     if not text or text.startswith("#"):
         return
     try:
-        data = json.loads(text, object_pairs_hook=_unique_keys)
+        data = _decode(text)
     except _DuplicateKeyError as exc:
         yield ManifestIssue(name, number, exc.key, "given twice in one object")
         return
@@ -254,20 +291,33 @@ def _parse_line(
     if not isinstance(data, dict):
         yield ManifestIssue(name, number, "(line)", "expected a JSON object, one job per line")
         return
+    surrogate = _lone_surrogate(data, text)
+    if surrogate is not None:
+        yield ManifestIssue(name, number, surrogate, "contains a lone surrogate escape (not text)")
+        return
     try:
         entry = ManifestLine.model_validate(data)
     except ValidationError as exc:
         yield from _issues_from(exc, name, number)
         return
-    fields = entry.model_dump(exclude={"id", "output"})
-    request = GenerationRequest.model_validate(fields)
+    request = GenerationRequest.model_validate(
+        {
+            "prompt": entry.prompt,
+            "image_url": entry.image_url,
+            "end_image_url": entry.end_image_url,
+            "aspect_ratio": entry.aspect_ratio,
+            "loop": entry.loop,
+            "resolution": entry.resolution,
+            "duration": entry.duration,
+        }
+    )
     job_id = entry.id or f"job-{request.request_hash()[:16]}"
     try:
         output = safe_output(entry.output if entry.output is not None else f"{job_id}.mp4")
     except ValueError as exc:
         yield ManifestIssue(name, number, "output", str(exc))
         return
-    earlier = seen.first_line("id", job_id, number)
+    earlier = seen.first_line(job_id, number)
     if earlier is not None:
         hint = "" if entry.id else "; the same request twice: give each line its own id"
         message = f"duplicate id {job_id!r} (first on line {earlier}){hint}"

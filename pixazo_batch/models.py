@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -95,7 +96,16 @@ class GenerationRequest(BaseModel):
 
     def canonical_json(self) -> str:
         """A byte-stable JSON form: every field present, keys sorted, no whitespace."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        fields = {  # in sorted order, as ``json.dumps(..., sort_keys=True)`` would put them
+            "aspect_ratio": self.aspect_ratio.value,
+            "duration": self.duration.value,
+            "end_image_url": self.end_image_url,
+            "image_url": self.image_url,
+            "loop": self.loop,
+            "prompt": self.prompt,
+            "resolution": self.resolution.value,
+        }
+        return json.dumps(fields, separators=(",", ":"))
 
     def request_hash(self) -> str:
         """SHA-256 of the canonical JSON; equal requests hash equal whatever their spelling."""
@@ -241,10 +251,9 @@ ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 ``ERRORED -> SUBMITTING`` when a job that ended in a remote ERROR is sent again)."""
 
 
-class JobSpec(BaseModel):
+@dataclass(frozen=True, slots=True)
+class JobSpec:
     """One valid manifest line: a job id, its request, and where its video goes."""
-
-    model_config = ConfigDict(frozen=True)
 
     id: str
     request: GenerationRequest

@@ -54,13 +54,15 @@ def test_one_scale_learned_from_any_kind_informs_every_kind() -> None:
     assert estimator.expected(("720p", "9s")) == pytest.approx(30.0 * shape(("720p", "9s")))
 
 
-def test_before_anything_is_known_polls_scout_from_the_floor_doubling() -> None:
+def test_scouts_poll_from_the_floor_doubling_and_the_others_wait_on_a_prior() -> None:
     estimator = CompletionEstimator(poll_interval=2.0)
-    due = [estimator.first_poll(("540p", "5s"))]
+    due = [estimator.scout_poll(None)]
     for _ in range(6):
-        due.append(estimator.later_poll(("540p", "5s"), due[-1]))
+        due.append(estimator.scout_poll(due[-1]))
     assert due == [2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
-    assert estimator.later_poll(("540p", "5s"), 1000.0) == 1000.0 + 32 * 2.0, "capped"
+    assert estimator.scout_poll(1000.0) == 1000.0 + 32 * 2.0, "capped"
+    assert estimator.first_poll(("540p", "5s")) == 14 * 2.0
+    assert estimator.first_poll(("1080p", "9s")) == pytest.approx(14 * 2.0 * shape(("1080p", "9s")))
 
 
 def test_once_learned_the_first_poll_aims_at_a_high_quantile_and_later_ones_are_spaced() -> None:
