@@ -62,6 +62,7 @@ class CompletionEstimator:
         self._scales: deque[float] = deque(maxlen=WINDOW)
         #: bumped whenever what the estimator knows changes, so waiting polls can be re-planned
         self.version = 0
+        self._quantile: tuple[int, float | None] = (-1, None)
 
     @property
     def scales(self) -> list[float]:
@@ -76,12 +77,14 @@ class CompletionEstimator:
 
     def expected(self, kind: Kind) -> float | None:
         """Seconds by which most jobs of this kind are done; None before anything is known."""
-        known = self._scales or self._kept
-        if not known:
-            return None
-        ordered = sorted(known)
-        scale = ordered[min(len(ordered) - 1, int(FIRST_POLL_QUANTILE * len(ordered)))]
-        return scale * shape(kind)
+        version, scale = self._quantile
+        if version != self.version:  # sorted once per observation, not once per plan
+            known = sorted(self._scales or self._kept)
+            scale = (
+                known[min(len(known) - 1, int(FIRST_POLL_QUANTILE * len(known)))] if known else None
+            )
+            self._quantile = (self.version, scale)
+        return None if scale is None else scale * shape(kind)
 
     def first_poll(self, kind: Kind) -> float:
         """Seconds after submission of a job's first status request (before anything is known,
