@@ -94,7 +94,9 @@ class CompletionEstimator:
     def later_poll(self, kind: Kind, since_submit: float) -> float:
         """Seconds after submission of the next status request of a job found unfinished
         ``since_submit`` seconds after it was sent."""
-        spacing = LATER_POLL_FRACTION * self._expected_or_prior(kind)
+        # A job still unfinished past the expected time shows the estimate short for it: space
+        # its polls by the time it has already taken instead.
+        spacing = LATER_POLL_FRACTION * max(self._expected_or_prior(kind), since_submit)
         return since_submit + max(self.poll_interval, spacing)
 
     def _expected_or_prior(self, kind: Kind) -> float:
