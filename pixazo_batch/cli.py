@@ -159,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _out_and_state(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--out", type=Path, dest="out_dir", metavar="DIR", required=True, help="output folder"
-    )
+        "--out", dest="out_dir", metavar="DIR", required=True,
+        help="output folder, or s3://bucket/prefix (the state then stays on this machine)",
+    )  # fmt: skip
     parser.add_argument(
         "--state", type=Path, dest="state_path", metavar="FILE",
         help=f"state file (DIR/{STATE_FILE_NAME})",

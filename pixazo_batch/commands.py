@@ -15,7 +15,13 @@ import anyio
 from pydantic import SecretStr
 from rich.console import Console
 
-from pixazo_batch.config import ENV_PREFIX, SANDBOX_JOURNAL, STATE_FILE_NAME, Settings
+from pixazo_batch.config import (
+    ENV_PREFIX,
+    SANDBOX_JOURNAL,
+    STATE_FILE_NAME,
+    Settings,
+    local_folder,
+)
 from pixazo_batch.config import load_settings as load
 from pixazo_batch.engine import one_off_client, run_batch
 from pixazo_batch.errors import EXIT_OK, EXIT_USAGE, UsageError
@@ -29,6 +35,7 @@ from pixazo_batch.resolve import Choice, resolve_job
 from pixazo_batch.results import iter_results, status_summary, write_csv
 from pixazo_batch.reviewpage import render_page
 from pixazo_batch.state import StateStore
+from pixazo_batch.storage import BucketPath
 from pixazo_batch.summary import RunSummary
 from pixazo_batch.views import Output
 
@@ -84,8 +91,11 @@ def _logs(args: argparse.Namespace, *known: str, console: Console | None = None)
 def _settings(
     args: argparse.Namespace, defaults: dict[str, Any] | None = None, **forced: Any
 ) -> Settings:
-    names = (*RUN_OPTIONS, *RUN_SWITCHES, "manifest", "out_dir", "state_path", "base_url")
+    names = (*RUN_OPTIONS, *RUN_SWITCHES, "manifest", "state_path", "base_url", "inputs")
     flags = {name: getattr(args, name, None) for name in names}
+    flags["out_dir"] = local_folder(args.out_dir)
+    if args.out_dir.startswith("s3://"):
+        flags["out_bucket"] = args.out_dir
     flags.update(forced)
     settings = load(flags, config_file=getattr(args, "config", None), defaults=defaults)
     _logs(args, settings.api_key.get_secret_value())  # the key may come from --config
@@ -127,9 +137,10 @@ async def _run_in_sandbox(args: argparse.Namespace, out: Output) -> int:
 
     scenario = scenario_named(args.sandbox_scenario)
     scenario = dataclasses.replace(scenario, keys=frozenset({_SANDBOX_KEY}))
-    journal = args.out_dir / SANDBOX_JOURNAL  # the simulator's memory, so the sandbox resumes
+    folder = local_folder(args.out_dir)
+    journal = folder / SANDBOX_JOURNAL  # the simulator's memory, so the sandbox resumes
     try:
-        args.out_dir.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out {args.out_dir}: {exc.strerror or exc}") from None
     async with Simulator(scenario, journal=journal) as sim:
@@ -188,7 +199,7 @@ def validate(args: argparse.Namespace) -> int:
 
 
 def _state_file(args: argparse.Namespace) -> Path:
-    path: Path = args.state_path or args.out_dir / STATE_FILE_NAME
+    path: Path = args.state_path or local_folder(args.out_dir) / STATE_FILE_NAME
     if not path.is_file():
         raise UsageError(f"no state file at {path}")
     return path
@@ -207,15 +218,16 @@ def report(args: argparse.Namespace) -> int:
     """``report``: one record per job (JSON lines, CSV, the review page, or a table)."""
     out = _output(args)
     _logs(args)
+    where = BucketPath.parse(args.out_dir, "--out") if args.out_dir.startswith("s3://") else None
     with StateStore.open(_state_file(args), lock=False) as store:
         if args.format == "csv":
-            write_csv(store, sys.stdout)
+            write_csv(store, sys.stdout, where)
         elif args.format == "html":
             sys.stdout.write(render_page(store))
         elif args.format == "jsonl":
-            Output(human=False).records(iter_results(store))
+            Output(human=False).records(iter_results(store, where))
         else:
-            out.records(iter_results(store))
+            out.records(iter_results(store, where))
     return EXIT_OK
 
 

@@ -22,6 +22,7 @@ from pydantic import (
 
 from pixazo_batch.errors import UsageError
 from pixazo_batch.lifecycle import RunFlags
+from pixazo_batch.storage import BucketPath
 
 ENV_PREFIX = "PIXAZO_"
 DEFAULT_BASE_URL = "https://gateway.pixazo.ai"
@@ -29,6 +30,18 @@ STATE_FILE_NAME = ".pixazo-batch.db"
 RESULTS_FILE_NAME = "results.jsonl"
 #: the sandbox simulator's memory of accepted jobs, in the output folder
 SANDBOX_JOURNAL = ".pixazo-batch.sandbox.jsonl"
+
+
+def local_folder(out: str) -> Path:
+    """The local folder of ``--out``: the folder itself, or, for a bucket, where its state file
+    and local copies of the results live (``$XDG_STATE_HOME/pixazo-batch/BUCKET/PREFIX``)."""
+    if not out.startswith("s3://"):
+        return Path(out)
+    where = BucketPath.parse(out, "--out")
+    home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return home / "pixazo-batch" / where.bucket / (where.prefix or "_")
+
+
 #: hosts for which a plain-http webhook URL is allowed (a gateway or proxy on this machine)
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -85,6 +98,11 @@ class Settings(BaseModel):
     uncertain_wait: float = Field(default=600.0, ge=0)
     #: days an earlier run's callback URLs stay valid
     webhook_secret_days: float = Field(default=7.0, gt=0)
+    #: ``s3://bucket/prefix`` the videos go to (``out_dir`` then holds only local files)
+    out_bucket: str | None = None
+    #: ``s3://bucket/prefix`` local input images are uploaded to (default: the output bucket's
+    #: ``inputs/``)
+    inputs: str | None = None
 
     @model_validator(mode="after")
     def _exclusive_uncertain_choices(self) -> Settings:
@@ -125,6 +143,16 @@ class Settings(BaseModel):
             raise ValueError("contains a space, a line break or a control character")
         return value
 
+    @field_validator("out_bucket", "inputs")
+    @classmethod
+    def _bucket_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                BucketPath.parse(value, "")
+            except UsageError as exc:
+                raise ValueError(str(exc).removeprefix(": ")) from None
+        return value
+
     @field_validator("webhook_listen")
     @classmethod
     def _host_and_port(cls, value: str) -> str:
@@ -132,6 +160,19 @@ class Settings(BaseModel):
         if not colon or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:8787")
         return value
+
+    @property
+    def bucket(self) -> BucketPath | None:
+        """Where the videos go when ``--out`` names a bucket."""
+        return None if self.out_bucket is None else BucketPath.parse(self.out_bucket, "--out")
+
+    @property
+    def inputs_bucket(self) -> BucketPath | None:
+        """Where local input images are uploaded: ``--inputs``, else ``<out bucket>/inputs``."""
+        if self.inputs is not None:
+            return BucketPath.parse(self.inputs, "--inputs")
+        out = self.bucket
+        return None if out is None else BucketPath(out.bucket, out.key("inputs"))
 
     @property
     def state_file(self) -> Path:

@@ -16,6 +16,7 @@ from pixazo_batch.governor import Clock, RateGovernor
 from pixazo_batch.health import GatewayHealth
 from pixazo_batch.router import Router
 from pixazo_batch.state import StateStore
+from pixazo_batch.storage import BucketPath, Storage
 from pixazo_batch.webhooks import WebhookReceiver
 
 
@@ -55,6 +56,11 @@ class RunContext:
     posts_on_wire: set[anyio.CancelScope] = field(default_factory=set)
     #: the callback listener, when ``--webhook-url`` is set
     webhooks: WebhookReceiver | None = None
+    #: the bucket videos go to (``--out s3://...``), with its client
+    bucket: BucketPath | None = None
+    storage: Storage | None = None
+    #: where local input images are uploaded (``--inputs``)
+    inputs: BucketPath | None = None
     _post_ended: anyio.Event = field(default_factory=anyio.Event)
 
     def post_ended(self, scope: anyio.CancelScope) -> None:

@@ -19,6 +19,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from pixazo_batch.bucketsink import already_published, save_to_bucket
 from pixazo_batch.context import RunContext
 from pixazo_batch.errors import MediaError, RequestError, SubmitStopError
 from pixazo_batch.governor import BackoffPolicy
@@ -28,6 +29,7 @@ from pixazo_batch.mediafile import CHUNK, PartFile, commit
 from pixazo_batch.models import RemoteStatus
 from pixazo_batch.mp4 import Mp4Info, mismatch
 from pixazo_batch.safefs import UnsafePathError, confined_path
+from pixazo_batch.storage import storage_errors
 
 log = structlog.get_logger(__name__)
 
@@ -69,20 +71,28 @@ class Downloader:
                 await self.ctx.clock.sleep(self.backoff.delay(tries, self._rng))
 
     async def attempt(self, row: JobRow, tries: int) -> Outcome:
-        """One try at bringing the job's video to its final path, and how it went."""
+        """One try at bringing the job's video to its final place, and how it went."""
         left = tries < self.ctx.settings.download_tries
+        part: Path | None = None
         try:
-            final = confined_path(self._root, row.output)
-            final.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
+            if self.ctx.bucket is not None:
+                size, sha256, video = await self._to_bucket(row)
+            else:
+                final = confined_path(self._root, row.output)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                part = final.with_name(final.name + ".part")
+                size, sha256, video = await self._fetch(row, part, final)
+        except UnsafePathError as exc:
             log.error("download_refused", job_id=row.id, error=str(exc))
             return DownloadFailed(str(exc), tries_left=False)
-        part = final.with_name(final.name + ".part")
-        try:
-            size, sha256, video = await self._fetch(row, part, final)
+        except OSError as exc:
+            if part is None:  # the folder could not be made: no later try will do better
+                log.error("download_refused", job_id=row.id, error=str(exc))
+                return DownloadFailed(str(exc), tries_left=False)
+            raise
         except MediaError as exc:
             log.warning("download_retry", job_id=row.id, attempt=tries, error=str(exc))
-            if exc.discard_part:
+            if exc.discard_part and part is not None:
                 part.unlink(missing_ok=True)
             if exc.expired:
                 return await self._refresh_url(row, str(exc), tries_left=left)
@@ -100,6 +110,24 @@ class Downloader:
         if differs is not None:
             log.warning("video_mismatch", job_id=row.id, request_id=row.request_id, error=differs)
         return Downloaded(size, sha256, video, differs)
+
+    async def _to_bucket(self, row: JobRow) -> tuple[int, str, Mp4Info]:
+        """The video streamed into the bucket, visible once whole (``bucketsink.py``)."""
+        ctx = self.ctx
+        assert ctx.bucket is not None
+        assert ctx.storage is not None
+        assert row.media_url is not None
+        try:
+            published = await already_published(ctx.storage, ctx.bucket, row)
+            if published is not None:
+                return published
+            async with ctx.media.get(row.media_url) as response:
+                total, _ = self._check_answer(response, 0)
+                return await save_to_bucket(ctx.storage, ctx.bucket, row, response, total)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise MediaError(f"{type(exc).__name__}: {exc}") from exc
+        except storage_errors() as exc:
+            raise MediaError(f"the bucket refused the video: {exc}") from exc
 
     async def _refresh_url(self, row: JobRow, reason: str, *, tries_left: bool) -> Outcome:
         """Ask the status endpoint for a fresh media URL (the old one expired)."""

@@ -24,7 +24,7 @@ import anyio
 import structlog
 from yarl import URL
 
-from pixazo_batch.config import RESULTS_FILE_NAME, Settings
+from pixazo_batch.config import Settings
 from pixazo_batch.context import RunContext, RunObserver, RunView
 from pixazo_batch.downloader import Downloader
 from pixazo_batch.errors import (
@@ -46,10 +46,10 @@ from pixazo_batch.manifest import ManifestIssue
 from pixazo_batch.models import JobState
 from pixazo_batch.poller import Poller
 from pixazo_batch.producer import feed
-from pixazo_batch.results import write_results
-from pixazo_batch.reviewpage import PAGE_NAME, write_page
 from pixazo_batch.router import Queues, Router
+from pixazo_batch.runscope import open_callbacks, open_storage, write_outputs
 from pixazo_batch.state import StateStore
+from pixazo_batch.storage import Storage
 from pixazo_batch.submitter import Submitter
 from pixazo_batch.summary import RunSummary, summarise
 from pixazo_batch.webhooks import WebhookReceiver
@@ -89,23 +89,22 @@ async def run_batch(
         raise UsageError(f"--out {settings.out_dir}: {exc.strerror or exc}") from None
     with StateStore.open(settings.state_file, folder=settings.out_dir) as store:
         store.begin_run()
-        async with _callbacks(settings, store) as webhooks:
+        async with open_storage(settings) as storage, open_callbacks(settings, store) as webhooks:
             summary = await _run(
                 settings,
                 store,
                 webhooks,
+                storage,
                 handle_signals=handle_signals,
                 on_issue=on_issue,
                 observer=observer,
                 clock=clock or MonotonicClock(),
             )
+            await write_outputs(settings, store, storage)
         try:
-            written = write_results(store, settings.out_dir / RESULTS_FILE_NAME)
-            if written is not None or not (settings.out_dir / PAGE_NAME).is_file():
-                write_page(store, settings.out_dir)
             store.end_run(summary.exit_code)
-        except (OSError, StateError) as exc:  # the disk that stopped the run, most likely
-            log.error("results_not_written", error=str(exc))
+        except StateError as exc:  # the disk that stopped the run, most likely
+            log.error("run_end_not_recorded", error=str(exc))
         log.info("summary", **dataclasses.asdict(summary))
         return summary
 
@@ -123,29 +122,11 @@ async def one_off_client(settings: Settings) -> AsyncIterator[GatewayClient]:
         yield gateway
 
 
-@contextlib.asynccontextmanager
-async def _callbacks(
-    settings: Settings, store: StateStore
-) -> AsyncIterator[WebhookReceiver | None]:
-    """The webhook listener for this run, when ``webhook_url`` turns callbacks on."""
-    if settings.webhook_url is None:
-        yield None
-        return
-    receiver = WebhookReceiver(
-        store,
-        settings.webhook_url,
-        settings.webhook_listen,
-        settings.webhook_mode,
-        secret_ttl=settings.webhook_secret_days * 86400,
-    )
-    async with receiver:
-        yield receiver
-
-
 async def _run(
     settings: Settings,
     store: StateStore,
     webhooks: WebhookReceiver | None,
+    storage: Storage | None,
     *,
     handle_signals: bool,
     on_issue: Callable[[ManifestIssue], None] | None,
@@ -193,6 +174,9 @@ async def _run(
             health=health,
             clock=clock,
             webhooks=webhooks,
+            bucket=settings.bucket,
+            storage=storage,
+            inputs=settings.inputs_bucket,
         )
         estimator = _learned_estimator(settings, store, origin)
         # The signal watcher lives outside the pipeline's scope, so it still hears a second

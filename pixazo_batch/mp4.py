@@ -54,6 +54,80 @@ def inspect(source: BinaryIO, length: int) -> Mp4Info:
     return _movie(source.read(end - start))
 
 
+class Mp4Stream:
+    """The same checks as ``inspect``, made on the bytes as they go by (into a bucket, say):
+    only box headers and the movie header are kept.
+
+    Usage: ``check = Mp4Stream(length)``; ``check.feed(chunk)`` for each piece; ``check.finish()``.
+    """
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.offset = 0
+        self.types: list[bytes] = []
+        self._next = 0  # where the next top-level box starts
+        self._header = b""
+        self._moov = bytearray()
+        self._moov_end = -1
+
+    def feed(self, chunk: bytes) -> None:
+        """Take the next bytes of the file.
+
+        Raises:
+            Mp4Error: the bytes already seen cannot be a whole MP4.
+        """
+        at = 0
+        while at < len(chunk):
+            if self.offset < self._next:  # inside a box: only the movie header is kept
+                take = min(len(chunk) - at, self._next - self.offset)
+                if self.offset < self._moov_end:
+                    self._moov += chunk[at : at + take]
+                at += take
+                self.offset += take
+                continue
+            need = 16 if self._header[:4] == b"\0\0\0\x01" else 8
+            take = min(len(chunk) - at, need - len(self._header))
+            self._header += chunk[at : at + take]
+            at += take
+            self.offset += take
+            if len(self._header) == 8 and self._header[:4] == b"\0\0\0\x01":
+                continue  # a 64-bit size follows
+            if len(self._header) == need:
+                self._begin_box()
+
+    def _begin_box(self) -> None:
+        start = self.offset - len(self._header)
+        size, kind = struct.unpack(">I4s", self._header[:8])
+        if size == 1:
+            (size,) = struct.unpack(">Q", self._header[8:16])
+        elif size == 0:
+            size = self.length - start
+        if not self.types and kind != b"ftyp":
+            raise Mp4Error("not an MP4 file (it does not start with an ftyp box)")
+        if size < len(self._header) or start + size > self.length:
+            raise Mp4Error(f"box {kind!r} at byte {start} does not fit the file's length")
+        self.types.append(kind)
+        self._next = start + size
+        if kind == b"moov":
+            if size > MOOV_LIMIT:
+                raise Mp4Error("the movie header is implausibly large")
+            self._moov_end = self._next
+        self._header = b""
+
+    def finish(self) -> Mp4Info:
+        """What the headers say, once every byte was fed.
+
+        Raises:
+            Mp4Error: cut short, or missing what every MP4 has.
+        """
+        if self.offset != self.length or self._header or self._next != self.length:
+            raise Mp4Error(f"cut short at byte {self.offset} of {self.length}")
+        for needed in (b"moov", b"mdat"):
+            if needed not in self.types:
+                raise Mp4Error(f"not a whole MP4 file (no {needed.decode()} box)")
+        return _movie(bytes(self._moov))
+
+
 def _boxes(source: BinaryIO, offset: int, end: int) -> list[tuple[bytes, int, int]]:
     """(type, payload start, box end) of each box from ``offset`` to ``end`` in ``source``."""
     found: list[tuple[bytes, int, int]] = []

@@ -127,7 +127,10 @@ async def resume_paid_work(ctx: RunContext) -> None:
         interrupted += 1
     if interrupted:
         log.warning("recovered_uncertain", count=interrupted, state="uncertain")
-    for job_id, output in store.iter_outputs(JobState.DOWNLOADED):
+    # A video in a bucket is not looked for again: a HEAD per job would cost more than the
+    # rare object someone deleted by hand (the review page and report name where each is).
+    downloaded = () if ctx.bucket is not None else store.iter_outputs(JobState.DOWNLOADED)
+    for job_id, output in downloaded:
         if not (ctx.settings.out_dir / output).is_file():
             log.warning("output_missing", job_id=job_id, output=output)
             vanished = store.get(job_id)

@@ -16,16 +16,21 @@ from pixazo_batch.jobrow import JobRow
 from pixazo_batch.models import JobState
 from pixazo_batch.safefs import write_fresh
 from pixazo_batch.state import StateStore
+from pixazo_batch.storage import BucketPath
 
 
-def result_record(row: JobRow, request_ids: list[str], cents: int) -> dict[str, Any]:
-    """The public record of one job (never the key, never the request body)."""
+def result_record(
+    row: JobRow, request_ids: list[str], cents: int, where: BucketPath | None = None
+) -> dict[str, Any]:
+    """The public record of one job (never the key, never the request body); ``location`` is
+    the object's ``s3://`` URL when the videos go to a bucket."""
     return {
         "id": row.id,
         "state": row.state.value,
         "request_id": row.request_id,
         "request_ids": request_ids,
         "output": row.output,
+        "location": row.output if where is None else where.url(row.output),
         "bytes": row.bytes,
         "sha256": row.sha256,
         "cost_usd": f"{cents / 100:.2f}",
@@ -38,13 +43,13 @@ def result_record(row: JobRow, request_ids: list[str], cents: int) -> dict[str, 
     }
 
 
-def iter_results(store: StateStore) -> Iterator[dict[str, Any]]:
+def iter_results(store: StateStore, where: BucketPath | None = None) -> Iterator[dict[str, Any]]:
     """Every job's record, in the order jobs were first seen."""
     for row, request_ids, cents in store.iter_ledger():
-        yield result_record(row, request_ids, cents)
+        yield result_record(row, request_ids, cents, where)
 
 
-def write_results(store: StateStore, path: Path) -> int | None:
+def write_results(store: StateStore, path: Path, where: BucketPath | None = None) -> int | None:
     """Write ``results.jsonl`` atomically; returns the number of lines, or None when the file
     already reflects every job as it stands: this run changed none, and the one before it
     ended (a run writes the file just before it records its end)."""
@@ -53,7 +58,7 @@ def write_results(store: StateStore, path: Path) -> int | None:
     temporary = path.with_name(path.name + ".tmp")
     count = 0
     with os.fdopen(write_fresh(temporary), "w", encoding="utf-8") as sink:
-        for record in iter_results(store):
+        for record in iter_results(store, where):
             sink.write(json.dumps(record, separators=(",", ":")) + "\n")
             count += 1
         sink.flush()
@@ -63,16 +68,17 @@ def write_results(store: StateStore, path: Path) -> int | None:
 
 
 CSV_FIELDS = (
-    "id", "state", "request_id", "output", "bytes", "sha256", "cost_usd", "attempts", "error",
+    "id", "state", "request_id", "output", "location", "bytes", "sha256", "cost_usd",
+    "attempts", "error",
     "video_seconds", "video_width", "video_height", "mismatch",
 )  # fmt: skip
 
 
-def write_csv(store: StateStore, sink: IO[str]) -> None:
+def write_csv(store: StateStore, sink: IO[str], where: BucketPath | None = None) -> None:
     """Every job's record as CSV (request_ids joined with spaces)."""
     writer = csv.DictWriter(sink, fieldnames=[*CSV_FIELDS, "request_ids"], extrasaction="ignore")
     writer.writeheader()
-    for record in iter_results(store):
+    for record in iter_results(store, where):
         writer.writerow({**record, "request_ids": " ".join(record["request_ids"])})
 
 

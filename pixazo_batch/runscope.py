@@ -1,0 +1,84 @@
+"""What a run holds around its pipeline: the bucket client, the callback listener, and the files
+it leaves behind (``results.jsonl``, ``report.html``) in the output folder and bucket."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator
+
+import structlog
+
+from pixazo_batch.config import RESULTS_FILE_NAME, Settings
+from pixazo_batch.errors import StateError
+from pixazo_batch.results import write_results
+from pixazo_batch.reviewpage import PAGE_NAME, write_page
+from pixazo_batch.state import StateStore
+from pixazo_batch.storage import Storage, storage_errors
+from pixazo_batch.webhooks import WebhookReceiver
+
+log = structlog.get_logger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def open_storage(settings: Settings) -> AsyncIterator[Storage | None]:
+    """The bucket client, when ``--out`` or ``--inputs`` names a bucket; both buckets checked
+    before any request goes to the gateway.
+
+    Raises:
+        UsageError: no such bucket, or the endpoint cannot be reached.
+        StorageRefusedError: the credentials are refused.
+    """
+    if settings.bucket is None and settings.inputs_bucket is None:
+        yield None
+        return
+    async with Storage() as storage:
+        if settings.bucket is not None:
+            await storage.check(settings.bucket, "--out")
+        if settings.inputs_bucket is not None:
+            await storage.check(settings.inputs_bucket, "--inputs")
+        yield storage
+
+
+@contextlib.asynccontextmanager
+async def open_callbacks(
+    settings: Settings, store: StateStore
+) -> AsyncIterator[WebhookReceiver | None]:
+    """The webhook listener for this run, when ``webhook_url`` turns callbacks on."""
+    if settings.webhook_url is None:
+        yield None
+        return
+    receiver = WebhookReceiver(
+        store,
+        settings.webhook_url,
+        settings.webhook_listen,
+        settings.webhook_mode,
+        secret_ttl=settings.webhook_secret_days * 86400,
+    )
+    async with receiver:
+        yield receiver
+
+
+async def write_outputs(settings: Settings, store: StateStore, storage: Storage | None) -> None:
+    """``results.jsonl`` and ``report.html`` in the output folder (and the bucket), when a job
+    changed or they are missing. A failure is logged: the state file holds the truth."""
+    folder, where = settings.out_dir, settings.bucket
+    try:
+        written = write_results(store, folder / RESULTS_FILE_NAME, where)
+        if written is None and (folder / PAGE_NAME).is_file():
+            return
+        write_page(store, folder)
+    except (OSError, StateError) as exc:  # the disk that stopped the run, most likely
+        log.error("results_not_written", error=str(exc))
+        return
+    if storage is None or where is None:
+        return
+    refused = storage_errors()
+    try:
+        for name, kind in ((RESULTS_FILE_NAME, "application/jsonl"), (PAGE_NAME, "text/html")):
+            data = (folder / name).read_bytes()
+            await storage.put_small(where, name, data, kind, hashlib.sha256(data).hexdigest())
+    except OSError as exc:
+        log.error("results_not_uploaded", error=str(exc))
+    except refused as exc:
+        log.error("results_not_uploaded", error=str(exc))
