@@ -14,6 +14,7 @@ from pixazo_batch.estimator import CompletionEstimator
 from pixazo_batch.gateway import GatewayClient
 from pixazo_batch.governor import Clock, RateGovernor
 from pixazo_batch.health import GatewayHealth
+from pixazo_batch.images import InputUploader
 from pixazo_batch.router import Router
 from pixazo_batch.state import StateStore
 from pixazo_batch.storage import BucketPath, Storage
@@ -59,8 +60,8 @@ class RunContext:
     #: the bucket videos go to (``--out s3://...``), with its client
     bucket: BucketPath | None = None
     storage: Storage | None = None
-    #: where local input images are uploaded (``--inputs``)
-    inputs: BucketPath | None = None
+    #: turns local images into presigned URLs just before a POST (``--inputs``)
+    uploader: InputUploader | None = None
     _post_ended: anyio.Event = field(default_factory=anyio.Event)
 
     def post_ended(self, scope: anyio.CancelScope) -> None:

@@ -41,6 +41,7 @@ from pixazo_batch.estimator import CompletionEstimator
 from pixazo_batch.gateway import GatewayClient
 from pixazo_batch.governor import Clock, MonotonicClock, RateGovernor
 from pixazo_batch.health import GatewayHealth
+from pixazo_batch.images import InputUploader
 from pixazo_batch.lifecycle import Hinted
 from pixazo_batch.manifest import ManifestIssue
 from pixazo_batch.models import JobState
@@ -176,7 +177,7 @@ async def _run(
             webhooks=webhooks,
             bucket=settings.bucket,
             storage=storage,
-            inputs=settings.inputs_bucket,
+            uploader=_uploader(settings, store, storage),
         )
         estimator = _learned_estimator(settings, store, origin)
         # The signal watcher lives outside the pipeline's scope, so it still hears a second
@@ -216,6 +217,16 @@ async def _run(
     if isinstance(stopped_by, ManifestError):
         raise stopped_by
     return summarise(ctx.store, ctx.flags, issues, stopped_by)
+
+
+def _uploader(
+    settings: Settings, store: StateStore, storage: Storage | None
+) -> InputUploader | None:
+    """What uploads local images and signs their URLs, when an inputs bucket is known."""
+    where = settings.inputs_bucket
+    if storage is None or where is None:
+        return None
+    return InputUploader(storage, where, store.input_path, settings.job_deadline)
 
 
 async def _adopt(ctx: RunContext, job_id: str) -> None:

@@ -16,8 +16,17 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from pixazo_batch.images import ImageReader
 from pixazo_batch.models import AspectRatio, Duration, GenerationRequest, JobSpec, Resolution
 
 #: names inside the output folder that belong to pixazo-batch itself (and their temp names)
@@ -110,8 +119,11 @@ class ManifestLine(BaseModel):
 
     id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     prompt: str = Field(min_length=PROMPT_LIMITS[0], max_length=PROMPT_LIMITS[1])
-    image_url: str
+    image_url: str | None = None
     end_image_url: str = ""
+    #: a local image (relative to the manifest's folder), uploaded for the job
+    image_file: str | None = None
+    end_image_file: str | None = None
     aspect_ratio: AspectRatio = AspectRatio.WIDE
     loop: StrictBool = False
     resolution: Resolution = Resolution.P540
@@ -120,8 +132,16 @@ class ManifestLine(BaseModel):
 
     @field_validator("image_url")
     @classmethod
-    def _image_url(cls, value: str) -> str:
-        return _http_url(value)
+    def _image_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @model_validator(mode="after")
+    def _one_source_each(self) -> ManifestLine:
+        if (self.image_url is None) == (self.image_file is None):
+            raise ValueError("give exactly one of image_url and image_file")
+        if self.end_image_url and self.end_image_file is not None:
+            raise ValueError("give at most one of end_image_url and end_image_file")
+        return self
 
     @field_validator("end_image_url")
     @classmethod
@@ -242,13 +262,14 @@ def read_manifest(path: Path) -> Iterator[JobSpec | ManifestIssue]:
         open(path, "rb") as lines,
     ):
         seen = _DuplicateIndex(scratch)
+        images = ImageReader(path.parent)
         try:
             for number, raw in enumerate(_lines(lines), start=1):
                 if raw is None:
                     message = f"longer than {MAX_LINE_BYTES} bytes; skipped"
                     yield ManifestIssue(name, number, "(line)", message)
                     continue
-                yield from _parse_line(name, number, raw, seen)
+                yield from _parse_line(name, number, raw, seen, images)
         finally:
             seen.db.close()
 
@@ -266,45 +287,69 @@ def _lines(source: BinaryIO) -> Iterator[bytes | None]:
 
 
 def _parse_line(
-    name: str, number: int, raw: bytes, seen: _DuplicateIndex
+    name: str, number: int, raw: bytes, seen: _DuplicateIndex, images: ImageReader
 ) -> Iterator[JobSpec | ManifestIssue]:
-    try:
-        text = raw.decode("utf-8").strip()
-    except UnicodeDecodeError as exc:
-        yield ManifestIssue(name, number, "(line)", f"not valid UTF-8 (byte {exc.start + 1})")
+    data = _line_object(name, number, raw)
+    if data is None:
         return
-    if number == 1:
-        text = text.removeprefix("\ufeff")  # the byte order mark spreadsheets write
-    if not text or text.startswith("#"):
-        return
-    try:
-        data = _decode(text)
-    except _DuplicateKeyError as exc:
-        yield ManifestIssue(name, number, exc.key, "given twice in one object")
-        return
-    except RecursionError:
-        yield ManifestIssue(name, number, "(line)", "invalid JSON: nested too deeply")
-        return
-    except ValueError as exc:
-        yield ManifestIssue(name, number, "(line)", f"invalid JSON: {exc}")
-        return
-    if not isinstance(data, dict):
-        yield ManifestIssue(name, number, "(line)", "expected a JSON object, one job per line")
-        return
-    surrogate = _lone_surrogate(data, text)
-    if surrogate is not None:
-        yield ManifestIssue(name, number, surrogate, "contains a lone surrogate escape (not text)")
+    if isinstance(data, ManifestIssue):
+        yield data
         return
     try:
         entry = ManifestLine.model_validate(data)
     except ValidationError as exc:
         yield from _issues_from(exc, name, number)
         return
+    yield _job(entry, name, number, seen, images)
+
+
+def _line_object(name: str, number: int, raw: bytes) -> dict[str, object] | ManifestIssue | None:
+    """The JSON object on the line, an issue, or None for a blank line or a comment."""
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        return ManifestIssue(name, number, "(line)", f"not valid UTF-8 (byte {exc.start + 1})")
+    if number == 1:
+        text = text.removeprefix("\ufeff")  # the byte order mark spreadsheets write
+    if not text or text.startswith("#"):
+        return None
+    try:
+        data = _decode(text)
+    except _DuplicateKeyError as exc:
+        return ManifestIssue(name, number, exc.key, "given twice in one object")
+    except RecursionError:
+        return ManifestIssue(name, number, "(line)", "invalid JSON: nested too deeply")
+    except ValueError as exc:
+        return ManifestIssue(name, number, "(line)", f"invalid JSON: {exc}")
+    if not isinstance(data, dict):
+        return ManifestIssue(name, number, "(line)", "expected a JSON object, one job per line")
+    surrogate = _lone_surrogate(data, text)
+    if surrogate is not None:
+        return ManifestIssue(name, number, surrogate, "contains a lone surrogate escape (not text)")
+    return data
+
+
+def _job(
+    entry: ManifestLine, name: str, number: int, seen: _DuplicateIndex, images: ImageReader
+) -> JobSpec | ManifestIssue:
+    """The job a valid line describes, or why it cannot run beside the lines before it."""
+    inputs: dict[str, Path] = {}
+    urls = {"image_url": entry.image_url or "", "end_image_url": entry.end_image_url}
+    for field, url_field in (("image_file", "image_url"), ("end_image_file", "end_image_url")):
+        relative = getattr(entry, field)
+        if relative is None:
+            continue
+        try:
+            image = images.read(relative)
+        except ValueError as exc:
+            return ManifestIssue(name, number, field, str(exc))
+        urls[url_field] = image.placeholder
+        inputs[image.key] = image.path
     request = GenerationRequest.model_validate(
         {
             "prompt": entry.prompt,
-            "image_url": entry.image_url,
-            "end_image_url": entry.end_image_url,
+            "image_url": urls["image_url"],
+            "end_image_url": urls["end_image_url"],
             "aspect_ratio": entry.aspect_ratio,
             "loop": entry.loop,
             "resolution": entry.resolution,
@@ -315,16 +360,13 @@ def _parse_line(
     try:
         output = safe_output(entry.output if entry.output is not None else f"{job_id}.mp4")
     except ValueError as exc:
-        yield ManifestIssue(name, number, "output", str(exc))
-        return
+        return ManifestIssue(name, number, "output", str(exc))
     earlier = seen.first_line(job_id, number)
     if earlier is not None:
         hint = "" if entry.id else "; the same request twice: give each line its own id"
         message = f"duplicate id {job_id!r} (first on line {earlier}){hint}"
-        yield ManifestIssue(name, number, "id", message)
-        return
+        return ManifestIssue(name, number, "id", message)
     conflict = seen.output_conflict(output, number)
     if conflict is not None:
-        yield ManifestIssue(name, number, "output", conflict)
-        return
-    yield JobSpec(id=job_id, request=request, output=output, line=number)
+        return ManifestIssue(name, number, "output", conflict)
+    return JobSpec(id=job_id, request=request, output=output, line=number, inputs=inputs)

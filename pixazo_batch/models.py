@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -259,3 +260,5 @@ class JobSpec:
     request: GenerationRequest
     output: str
     line: int
+    #: local images the request's placeholders name, by their key in the inputs bucket
+    inputs: dict[str, Path] = field(default_factory=dict)

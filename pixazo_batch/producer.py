@@ -80,12 +80,19 @@ async def _register_manifest(
         if isinstance(item, ManifestIssue):
             _report(item, issues, on_issue, strict=settings.strict)
             continue
+        if item.inputs and ctx.uploader is None:
+            message = "a local image needs --inputs s3://bucket/prefix (or --out s3://...)"
+            issue = ManifestIssue(str(settings.manifest), item.line, "image_file", message)
+            _report(issue, issues, on_issue, strict=settings.strict)
+            continue
         row = ctx.store.register(item)
         if isinstance(row, str):
             field = "id" if row.startswith("id ") else "output"
             issue = ManifestIssue(str(settings.manifest), item.line, field, row)
             _report(issue, issues, on_issue, strict=settings.strict)
             continue
+        if item.inputs:
+            ctx.store.keep_inputs(item.inputs)
         jobs += 1
         await _offer(ctx, row)
     return jobs

@@ -73,3 +73,8 @@ CREATE TABLE IF NOT EXISTS speed_samples (
     scale REAL NOT NULL,
     PRIMARY KEY (origin, n)
 );
+-- Local images that manifest lines name, by their key in the inputs bucket (their sha256).
+CREATE TABLE IF NOT EXISTS input_files (
+    key TEXT PRIMARY KEY,
+    path TEXT NOT NULL
+);

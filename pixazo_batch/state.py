@@ -166,6 +166,14 @@ class StateStore(StateReader):
             return f"output {output!r} is a folder of job {found[0]!r}'s output"
         return None
 
+    def keep_inputs(self, inputs: dict[str, Path]) -> None:
+        """Remember where the local images of a job are (by their key in the inputs bucket)."""
+        with self._transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO input_files (key, path) VALUES (?, ?)",
+                [(key, str(path)) for key, path in inputs.items()],
+            )
+
     def remember_manifest(self, digest: str, jobs: int) -> None:
         """Note that a manifest with this digest was registered in full, without a bad line."""
         with self._transaction():

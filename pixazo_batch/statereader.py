@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from pixazo_batch.jobrow import COLUMNS as _COLUMNS
@@ -148,6 +149,11 @@ class StateReader:
         """The end (wall clock) of the latest pause the gateway at ``origin`` announced."""
         found = self.db.execute("SELECT until FROM pauses WHERE origin = ?", (origin,)).fetchone()
         return None if found is None else float(found[0])
+
+    def input_path(self, key: str) -> Path | None:
+        """The local file of an input image, by its key in the inputs bucket."""
+        found = self.db.execute("SELECT path FROM input_files WHERE key = ?", (key,)).fetchone()
+        return None if found is None else Path(found[0])
 
     def speed_scales(self, origin: str) -> list[float]:
         """What earlier runs learned of the speed of the gateway at ``origin``, oldest first."""

@@ -39,7 +39,8 @@ from pixazo_batch.lifecycle import (
     Refused,
     Rejected,
 )
-from pixazo_batch.models import SubmitAccepted
+from pixazo_batch.models import GenerationRequest, SubmitAccepted
+from pixazo_batch.storage import storage_errors
 
 log = structlog.get_logger(__name__)
 
@@ -107,7 +108,12 @@ class Submitter:
         self._paced = False
         post = _Post()
         try:
-            accepted = await self._post(job_id, post)
+            request = await self._sendable(job_id)
+        except ValueError as exc:  # a local image gone or changed: fix it, then run again
+            log.error("input_unavailable", job_id=job_id, error=str(exc))
+            return NotSent(str(exc), retry=False)
+        try:
+            accepted = await self._post(job_id, post, request)
         except _StoppingError:
             return NotSent(ctx.flags.stop_submitting or "the run is stopping", retry=False)
         except NotSentError as exc:
@@ -165,12 +171,27 @@ class Submitter:
                 retry_after_s=getattr(exc, "retry_after", None),
             )
 
-    async def _post(self, job_id: str, post: _Post) -> SubmitAccepted:
+    async def _sendable(self, job_id: str) -> GenerationRequest:
+        """The job's request as it goes on the wire: local images uploaded (once) and named by
+        freshly signed URLs.
+
+        Raises:
+            ValueError: an image is gone or changed, or the bucket refused it.
+        """
+        row = self.ctx.store.get(job_id)
+        assert row is not None
+        uploader = self.ctx.uploader
+        if uploader is None:
+            return row.request
+        try:
+            return await uploader.sendable(row.request)
+        except storage_errors() as exc:
+            raise ValueError(f"the inputs bucket refused an image: {exc}") from exc
+
+    async def _post(self, job_id: str, post: _Post, request: GenerationRequest) -> SubmitAccepted:
         """The POST; shielded from the moment it goes on the wire, so a stopping run lets it
         return (within the stop deadline) rather than cut it off and leave it uncertain."""
         ctx = self.ctx
-        row = ctx.store.get(job_id)
-        assert row is not None
         hooks = ctx.webhooks
         webhook_url = None if hooks is None else hooks.url_for(job_id)
 
@@ -187,7 +208,7 @@ class Submitter:
         with post.scope:
             try:
                 return await ctx.gateway.submit(
-                    row.request,
+                    request,
                     on_wire=on_wire,
                     webhook_url=webhook_url,
                     webhook_mode=ctx.settings.webhook_mode,

@@ -148,8 +148,12 @@ class FastClock:
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """A real S3-compatible server (moto's server mode) on loopback, for the whole session."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    # The server's own access log (werkzeug, in this process) is not the engine's output.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

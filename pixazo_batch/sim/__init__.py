@@ -23,6 +23,7 @@ from typing import Any, Self
 from aiohttp import web
 
 from pixazo_batch.sim.gateway import GatewayApp
+from pixazo_batch.sim.images import ImageFetcher
 from pixazo_batch.sim.media import media_routes
 from pixazo_batch.sim.scenario import SCENARIOS, Scenario, scenario_named
 from pixazo_batch.sim.state import SimState
@@ -53,7 +54,8 @@ class Simulator:
         self.base_url = ""
         self.media_url = ""
         self._webhooks = WebhookSender(self.state)
-        self._gateway = GatewayApp(self.state, self._webhooks)
+        self._images = ImageFetcher(self.state)
+        self._gateway = GatewayApp(self.state, self._webhooks, self._images)
         self._media_runner: web.AppRunner | None = None
         self._gateway_runner: web.AppRunner | None = None
 
@@ -99,6 +101,7 @@ class Simulator:
         tb: TracebackType | None,
     ) -> None:
         await self._webhooks.close()
+        await self._images.close()
         await self.stop_gateway()
         if self._media_runner is not None:
             await self._media_runner.cleanup()

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from pixazo_batch.models import MODEL_ID, SUBMIT_PATH, GenerationRequest, RemoteStatus
+from pixazo_batch.sim.images import ImageFetcher
 from pixazo_batch.sim.jobs import SimJob, status_body
 from pixazo_batch.sim.state import KEY_HEADER, SimState
 from pixazo_batch.sim.webhooks import WebhookSender
@@ -80,9 +81,10 @@ def _foreign_answer(kind: str) -> web.Response:
 class GatewayApp:
     """Handlers of the gateway origin; ``routes()`` mounts them."""
 
-    def __init__(self, state: SimState, webhooks: WebhookSender) -> None:
+    def __init__(self, state: SimState, webhooks: WebhookSender, images: ImageFetcher) -> None:
         self.state = state
         self.webhooks = webhooks
+        self.images = images
         self.media_base = ""
 
     def routes(self) -> web.RouteTableDef:
@@ -164,6 +166,8 @@ class GatewayApp:
         if webhook is not None:
             job.webhook_url, job.webhook_mode = webhook
             self.webhooks.schedule(job)
+        if state.scenario.fetch_images:
+            self.images.schedule(job)
         lost = await self._lose_answer(request)
         if lost is not None:
             return lost

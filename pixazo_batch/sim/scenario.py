@@ -111,6 +111,11 @@ class Scenario:
     media_throughput: float | None = None
     media_chunk: int = 256 * 1024
 
+    # --- inputs -----------------------------------------------------------------------------
+    #: the model fetches each image URL, failing jobs whose image cannot be read (off by
+    #: default: tests and the demo use example.com URLs that lead nowhere)
+    fetch_images: bool = False
+
     # --- webhooks ---------------------------------------------------------------------------
     webhook_duplicate_rate: float = 0.05
     #: the real gateway rejects plain http:// callback URLs; tests on loopback may allow them

@@ -50,6 +50,9 @@ class SimStats:
     #: requests to the media origin that carried an API key
     key_leaks: int = 0
     webhooks_sent: int = 0
+    #: image URLs the simulated model fetched, and how many could not be read
+    image_fetches: int = 0
+    image_fetch_failures: int = 0
 
     def as_json(self, book: JobBook) -> dict[str, object]:
         """A JSON-ready snapshot, with derived totals."""
@@ -72,6 +75,8 @@ class SimStats:
             "media_expired": self.media_expired,
             "key_leaks": self.key_leaks,
             "webhooks_sent": self.webhooks_sent,
+            "image_fetches": self.image_fetches,
+            "image_fetch_failures": self.image_fetch_failures,
             "spent_cents": book.spent_cents,
             "balance_cents": book.balance_cents,
         }
