@@ -29,6 +29,7 @@ def main() -> None:
         ["resume.py", "--jobs", "100000" if full else "20000"],
         ["hostile.py", "--line-mb", "100" if full else "20"],
         ["first_night.py", "--jobs", "30"],
+        ["bucket.py", "--jobs", "20", "--mb", "100" if full else "20"],
     ]
     for script, *args in runs:
         subprocess.run([sys.executable, str(HERE / script), *args], check=True)

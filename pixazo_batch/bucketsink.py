@@ -24,6 +24,8 @@ from pixazo_batch.mp4 import Mp4Error, Mp4Info, Mp4Stream
 from pixazo_batch.storage import STAGING, BucketPath, Storage
 
 CHUNK = 1 << 20
+#: the media body's read buffer for a bucket (it waits while a part is sent)
+BUCKET_READ_BUFFER = 1 << 20
 #: a piece this small is hashed on the event loop; a larger one in a worker thread
 INLINE_CHUNK = 64 << 10
 

@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, metavar="FILE", help="TOML settings (flags and env win)"
     )
     run.add_argument(
+        "--inputs", metavar="URL",
+        help="s3://bucket/prefix for local images (default: the --out bucket's inputs/)",
+    )  # fmt: skip
+    run.add_argument(
         "--base-url", metavar="URL",
         help=f"gateway base URL (env {ENV_PREFIX}BASE_URL; default {DEFAULT_BASE_URL})",
     )  # fmt: skip

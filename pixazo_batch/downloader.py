@@ -19,7 +19,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from pixazo_batch.bucketsink import already_published, save_to_bucket
+from pixazo_batch.bucketsink import BUCKET_READ_BUFFER, already_published, save_to_bucket
 from pixazo_batch.context import RunContext
 from pixazo_batch.errors import MediaError, RequestError, SubmitStopError
 from pixazo_batch.governor import BackoffPolicy
@@ -121,7 +121,8 @@ class Downloader:
             published = await already_published(ctx.storage, ctx.bucket, row)
             if published is not None:
                 return published
-            async with ctx.media.get(row.media_url) as response:
+            # A smaller read buffer than a file's: the body waits while a part is sent.
+            async with ctx.media.get(row.media_url, read_bufsize=BUCKET_READ_BUFFER) as response:
                 total, _ = self._check_answer(response, 0)
                 return await save_to_bucket(ctx.storage, ctx.bucket, row, response, total)
         except (aiohttp.ClientError, TimeoutError) as exc:

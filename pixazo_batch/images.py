@@ -159,8 +159,8 @@ class InputUploader:
             path = self.find(key)
             if path is None:
                 raise ValueError(f"no local file is known for input {key}")
-            data = path.read_bytes()
-            sha256 = hashlib.sha256(data).hexdigest()
+            data = await anyio.to_thread.run_sync(path.read_bytes)  # up to 50 MB: off the loop
+            sha256 = await anyio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
             if f"{sha256}." != key[: len(sha256) + 1]:
                 raise ValueError(f"{path} changed since the manifest was read")
             kind = image_kind(data[:16])

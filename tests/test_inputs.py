@@ -10,14 +10,15 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from pixazo_batch.config import Settings
 from pixazo_batch.engine import run_batch
 from pixazo_batch.manifest import ManifestIssue, read_manifest
 from pixazo_batch.models import JobSpec
-from tests.conftest import LogTap, fast, simulator, write_manifest
-from tests.test_cli import run_cli
+from tests.conftest import TEST_KEY, LogTap, fast, simulator, write_manifest
+from tests.test_cli import cli_env, run_args, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -137,3 +138,37 @@ async def test_the_model_fails_a_job_whose_image_it_cannot_read(
     assert summary.exit_code == 1
     assert summary.failed == [{"id": "job-000", "error": "Failed to read user input frames"}]
     assert stats["image_fetch_failures"] == 1
+
+
+async def test_each_resubmission_after_a_remote_error_carries_a_url_the_model_can_read(
+    tmp_path: Path, make_settings: MakeSettings, bucket: Any, log_tap: LogTap
+) -> None:
+    images(tmp_path)
+    manifest = write_manifest(tmp_path / "m.jsonl", [line(0, image_file="img/a.png")])
+    url = f"s3://{bucket.bucket_name}/err"
+    async with simulator(fast(fetch_images=True, error_rate=1.0)) as sim:
+        settings = make_settings(sim, manifest, out_dir=tmp_path / "local", out_bucket=url)
+        summary = await run_batch(settings)
+        stats = sim.stats()
+    assert summary.exit_code == 1, "every attempt ended in ERROR"
+    assert stats["accepted"] == settings.max_attempts == 3
+    assert stats["image_fetches"] == 3 and stats["image_fetch_failures"] == 0
+    assert len(log_tap.named("input_uploaded")) == 1, "signed again, never uploaded again"
+
+
+async def test_inputs_flag_takes_images_to_a_bucket_while_videos_stay_on_disk(
+    tmp_path: Path, bucket: Any
+) -> None:
+    images(tmp_path)
+    manifest = write_manifest(tmp_path / "m.jsonl", [line(0, image_file="img/b.jpg")])
+    env = cli_env(PIXAZO_API_KEY=TEST_KEY)
+    async with simulator(fast(fetch_images=True)) as sim:
+        inputs = f"s3://{bucket.bucket_name}/uploads"
+        command = run_args(sim, manifest, tmp_path / "out", "--inputs", inputs)
+        finished = await anyio.run_process(command, env=env, check=False)
+        stats = sim.stats()
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+    assert (tmp_path / "out" / "job-000.mp4").stat().st_size > 0
+    listed = bucket.list_objects_v2(Bucket=bucket.bucket_name, Prefix="uploads/")
+    assert [item["Key"].rsplit(".", 1)[1] for item in listed["Contents"]] == ["jpg"]
+    assert stats["image_fetches"] == 1 and stats["image_fetch_failures"] == 0
