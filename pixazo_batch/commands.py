@@ -210,15 +210,23 @@ def status(args: argparse.Namespace) -> int:
     out = _output(args)
     _logs(args)
     with StateStore.open(_state_file(args), lock=False) as store:
-        out.status(status_summary(store, out=args.out_dir, state=args.state_path))
+        summary = status_summary(
+            store, out=args.out_dir, state=args.state_path, where=_bucket_of(args)
+        )
+        out.status(summary)
     return EXIT_OK
+
+
+def _bucket_of(args: argparse.Namespace) -> BucketPath | None:
+    out: str = args.out_dir
+    return BucketPath.parse(out, "--out") if out.startswith("s3://") else None
 
 
 def report(args: argparse.Namespace) -> int:
     """``report``: one record per job (JSON lines, CSV, the review page, or a table)."""
     out = _output(args)
     _logs(args)
-    where = BucketPath.parse(args.out_dir, "--out") if args.out_dir.startswith("s3://") else None
+    where = _bucket_of(args)
     with StateStore.open(_state_file(args), lock=False) as store:
         if args.format == "csv":
             write_csv(store, sys.stdout, where)

@@ -82,7 +82,7 @@ def write_csv(store: StateStore, sink: IO[str], where: BucketPath | None = None)
         writer.writerow({**record, "request_ids": " ".join(record["request_ids"])})
 
 
-def resolve_commands(job_id: str, out: Path | None, state: Path | None = None) -> list[str]:
+def resolve_commands(job_id: str, out: Path | str | None, state: Path | None = None) -> list[str]:
     """The command lines that settle an uncertain job, one per possible answer."""
     where = f"--out {shlex.quote(str(out or 'DIR'))}"
     if state is not None:
@@ -92,11 +92,16 @@ def resolve_commands(job_id: str, out: Path | None, state: Path | None = None) -
 
 
 def status_summary(
-    store: StateStore, *, out: Path | None = None, state: Path | None = None
+    store: StateStore,
+    *,
+    out: Path | str | None = None,
+    state: Path | None = None,
+    where: BucketPath | None = None,
 ) -> dict[str, Any]:
-    """What ``status`` shows: counts, money, the oldest pending job, every job that needs
-    attention (failed, uncertain, errored, or downloaded but not what was asked), and for each
-    uncertain job when its POST left, what was lost, and how to settle it."""
+    """What ``status`` shows: counts, money, where the videos are, the oldest pending job,
+    every job that needs attention (failed, uncertain, errored, or downloaded but not what was
+    asked; each with its ``location``), and for each uncertain job when its POST left, what
+    was lost, and how to settle it."""
     counts = {state.value: n for state, n in store.counts().items()}
     oldest = store.db.execute(
         "SELECT id, created_at FROM jobs WHERE state = 'pending' ORDER BY created_at LIMIT 1"
@@ -108,6 +113,7 @@ def status_summary(
             "request_id": row.request_id,
             "error": row.error,
             "mismatch": row.mismatch,
+            "location": row.output if where is None else where.url(row.output),
         }
         for row in itertools.chain(
             store.iter_jobs(JobState.FAILED, JobState.UNCERTAIN, JobState.ERRORED),
@@ -120,6 +126,7 @@ def status_summary(
     return {
         "counts": counts,
         "jobs": sum(counts.values()),
+        "location": str(out) if where is None else where.url(),
         "committed_usd": f"{store.committed_cents() / 100:.2f}",
         "spent_usd": f"{store.spent_cents() / 100:.2f}",
         "oldest_pending": None if oldest is None else {"id": oldest[0], "since": _iso(oldest[1])},

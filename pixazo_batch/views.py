@@ -122,7 +122,7 @@ class Output:
         for state in summary["counts"]:
             counts.add_column(state, justify="right")
         counts.add_row(*(str(n) for n in summary["counts"].values()))
-        self.console.print(f"[bold]{summary['jobs']} jobs[/bold]")
+        self.console.print(f"[bold]{summary['jobs']} jobs[/bold] in {escape(summary['location'])}")
         self.console.print(counts)
         self.console.print(f"${summary['committed_usd']} committed, ${summary['spent_usd']} spent.")
         if summary["oldest_pending"]:

@@ -179,3 +179,7 @@ async def test_kill_nine_mid_upload_leaves_no_partial_object_and_the_next_run_fi
     ]  # fmt: skip
     assert unfinished_uploads(bucket) == []
     assert stats["accepted"] == 2 and stats["duplicate_charges"] == 0
+    status = await anyio.run_process(
+        [*command[:3], "status", "--out", url, "--json"], env=env, check=False
+    )
+    assert json.loads(status.stdout)["location"] == url
