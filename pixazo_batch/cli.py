@@ -167,8 +167,8 @@ def _out_and_state(parser: argparse.ArgumentParser) -> None:
         help="output folder, or s3://bucket/prefix (the state then stays on this machine)",
     )  # fmt: skip
     parser.add_argument(
-        "--state", type=Path, dest="state_path", metavar="FILE",
-        help=f"state file (DIR/{STATE_FILE_NAME})",
+        "--state", dest="state_path", metavar="FILE|URL",
+        help=f"state file (DIR/{STATE_FILE_NAME}), or postgresql://... shared by a fleet",
     )  # fmt: skip
 
 

@@ -29,13 +29,14 @@ from pixazo_batch.lifecycle import OperatorAbandoned, OperatorFoundRequest, Oper
 from pixazo_batch.logs import configure_logging
 from pixazo_batch.manifest import ManifestIssue, read_manifest
 from pixazo_batch.models import JobSpec
+from pixazo_batch.pgstate import is_database_url
 from pixazo_batch.planning import plan_run
 from pixazo_batch.progress import TerminalProgress
 from pixazo_batch.resolve import Choice, resolve_job
 from pixazo_batch.results import iter_results, status_summary, write_csv
 from pixazo_batch.reviewpage import render_page
-from pixazo_batch.state import StateStore
 from pixazo_batch.storage import BucketPath
+from pixazo_batch.stores import open_store
 from pixazo_batch.summary import RunSummary
 from pixazo_batch.views import Output
 
@@ -63,6 +64,7 @@ RUN_OPTIONS: dict[str, tuple[type, str, str, list[str] | None]] = {
     "webhook_mode": (str, "MODE", "terminal or sync (a callback a tick)", ["terminal", "sync"]),
     "uncertain_wait": (float, "S", "with webhooks, how long a lost-answer job waits", None),
     "webhook_secret_days": (float, "DAYS", "how long earlier runs' callback URLs stay valid", None),
+    "worker_timeout": (float, "S", "with a postgresql:// state: a silent worker is dead", None),
 }  # fmt: skip
 RUN_SWITCHES: dict[str, str] = {
     "resubmit_uncertain": "submit uncertain jobs again (each may then be paid twice)",
@@ -93,6 +95,10 @@ def _settings(
 ) -> Settings:
     names = (*RUN_OPTIONS, *RUN_SWITCHES, "manifest", "state_path", "base_url", "inputs")
     flags = {name: getattr(args, name, None) for name in names}
+    if is_database_url(args.state_path):
+        flags["state_url"], flags["state_path"] = args.state_path, None
+    elif args.state_path is not None:
+        flags["state_path"] = Path(args.state_path)
     flags["out_dir"] = local_folder(args.out_dir)
     if args.out_dir.startswith("s3://"):
         flags["out_bucket"] = args.out_dir
@@ -198,8 +204,14 @@ def validate(args: argparse.Namespace) -> int:
     return EXIT_USAGE if problems else EXIT_OK
 
 
-def _state_file(args: argparse.Namespace) -> Path:
-    path: Path = args.state_path or local_folder(args.out_dir) / STATE_FILE_NAME
+def _state_file(args: argparse.Namespace) -> Path | str:
+    """The state named by ``--state`` (a file or a database URL), else the output's file."""
+    if is_database_url(args.state_path):
+        url: str = args.state_path
+        return url
+    path = (
+        Path(args.state_path) if args.state_path else local_folder(args.out_dir) / STATE_FILE_NAME
+    )
     if not path.is_file():
         raise UsageError(f"no state file at {path}")
     return path
@@ -209,7 +221,7 @@ def status(args: argparse.Namespace) -> int:
     """``status``: counts, money and every job that needs attention, from the state file."""
     out = _output(args)
     _logs(args)
-    with StateStore.open(_state_file(args), lock=False) as store:
+    with open_store(_state_file(args), lock=False) as store:
         summary = status_summary(
             store, out=args.out_dir, state=args.state_path, where=_bucket_of(args)
         )
@@ -227,7 +239,7 @@ def report(args: argparse.Namespace) -> int:
     out = _output(args)
     _logs(args)
     where = _bucket_of(args)
-    with StateStore.open(_state_file(args), lock=False) as store:
+    with open_store(_state_file(args), lock=False) as store:
         if args.format == "csv":
             write_csv(store, sys.stdout, where)
         elif args.format == "html":

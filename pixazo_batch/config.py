@@ -58,6 +58,10 @@ class Settings(BaseModel):
     out_dir: Path
     api_key: SecretStr
     state_path: Path | None = None
+    #: ``postgresql://...``: the state database a fleet of workers shares (instead of a file)
+    state_url: str | None = None
+    #: a worker of a fleet silent this long is taken for dead and its jobs go on elsewhere
+    worker_timeout: float = Field(default=60.0, gt=0)
     base_url: str = DEFAULT_BASE_URL
     #: HTTP requests to the gateway at once
     concurrency: int = Field(default=8, ge=1, le=256)
@@ -153,6 +157,13 @@ class Settings(BaseModel):
                 raise ValueError(str(exc).removeprefix(": ")) from None
         return value
 
+    @field_validator("state_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
     @field_validator("webhook_listen")
     @classmethod
     def _host_and_port(cls, value: str) -> str:
@@ -178,6 +189,11 @@ class Settings(BaseModel):
     def state_file(self) -> Path:
         """Where the state lives: ``--state``, else ``OUT/.pixazo-batch.db``."""
         return self.state_path or self.out_dir / STATE_FILE_NAME
+
+    @property
+    def state_location(self) -> Path | str:
+        """The state: a database URL (``--state postgresql://...``) or the state file."""
+        return self.state_url or self.state_file
 
     @property
     def run_flags(self) -> RunFlags:
@@ -242,7 +258,9 @@ def load_settings(
 
 
 #: settings given on the command line under another name than ``--<field>``
-FLAG_NAMES = {"out_dir": "--out", "state_path": "--state", "manifest": "MANIFEST"}
+FLAG_NAMES = {
+    "out_dir": "--out", "state_path": "--state", "state_url": "--state", "manifest": "MANIFEST",
+}  # fmt: skip
 
 
 def _problem(error: Any, sources: Mapping[str, str]) -> str:

@@ -38,6 +38,7 @@ from pixazo_batch.errors import (
     UsageError,
 )
 from pixazo_batch.estimator import CompletionEstimator
+from pixazo_batch.fleet import watch_fleet
 from pixazo_batch.gateway import GatewayClient
 from pixazo_batch.governor import Clock, MonotonicClock, RateGovernor
 from pixazo_batch.health import GatewayHealth
@@ -45,12 +46,14 @@ from pixazo_batch.images import InputUploader
 from pixazo_batch.lifecycle import Hinted
 from pixazo_batch.manifest import ManifestIssue
 from pixazo_batch.models import JobState
+from pixazo_batch.pgstate import FleetIdentity, PgStateStore
 from pixazo_batch.poller import Poller
 from pixazo_batch.producer import feed
 from pixazo_batch.router import Queues, Router
 from pixazo_batch.runscope import open_callbacks, open_storage, write_outputs
 from pixazo_batch.state import StateStore
 from pixazo_batch.storage import Storage
+from pixazo_batch.stores import open_store
 from pixazo_batch.submitter import Submitter
 from pixazo_batch.summary import RunSummary, summarise
 from pixazo_batch.webhooks import WebhookReceiver
@@ -88,7 +91,9 @@ async def run_batch(
         settings.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out {settings.out_dir}: {exc.strerror or exc}") from None
-    with StateStore.open(settings.state_file, folder=settings.out_dir) as store:
+    with open_store(
+        settings.state_location, folder=settings.out_dir, fleet=_fleet(settings)
+    ) as store:
         store.begin_run()
         async with open_storage(settings) as storage, open_callbacks(settings, store) as webhooks:
             summary = await _run(
@@ -108,6 +113,19 @@ async def run_batch(
             log.error("run_end_not_recorded", error=str(exc))
         log.info("summary", **dataclasses.asdict(summary))
         return summary
+
+
+def _fleet(settings: Settings) -> FleetIdentity | None:
+    """What this worker must share with the others on a state database (None for a file)."""
+    if settings.state_url is None:
+        return None
+    return FleetIdentity(
+        manifest=settings.manifest.name,
+        base_url=str(URL(settings.base_url).origin()),
+        api_key=settings.api_key.get_secret_value(),
+        max_in_flight=settings.max_in_flight,
+        worker_timeout=settings.worker_timeout,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -201,15 +219,17 @@ async def _run(
                             group.start_soon(Downloader(ctx).run, download_receive)
                         if webhooks is not None:
                             group.start_soon(webhooks.adopt_hinted, partial(_adopt, ctx))
+                        if isinstance(store, PgStateStore) and store.worker is not None:
+                            group.start_soon(watch_fleet, ctx, store, governor, origin)
                         group.start_soon(feed, ctx, issues, on_issue)
                         await router.settled.wait()
                         group.cancel_scope.cancel()
             except* RunStopError as group_error:
                 stopped_by = _first(group_error, RunStopError)
                 _log_stop(stopped_by, ctx)
-            except* sqlite3.DatabaseError as group_error:
-                damaged = _first(group_error, sqlite3.DatabaseError)
-                stopped_by = StateDamagedError(f"the state file is damaged: {damaged}")
+            except* store.database_errors as group_error:
+                failed = _first(group_error, Exception)
+                stopped_by = _database_failure(store, failed)
                 _log_stop(stopped_by, ctx)
             finally:
                 guard.cancel_scope.cancel()
@@ -217,6 +237,13 @@ async def _run(
     if isinstance(stopped_by, ManifestError):
         raise stopped_by
     return summarise(ctx.store, ctx.flags, issues, stopped_by)
+
+
+def _database_failure(store: StateStore, error: Exception) -> RunStopError:
+    """Why the run stops when the state refuses a read: a damaged file, or a database gone."""
+    if isinstance(error, sqlite3.DatabaseError):
+        return StateDamagedError(f"the state file is damaged: {error}")
+    return StateWriteError(f"the state database {store.path} failed: {error}")
 
 
 def _uploader(

@@ -119,6 +119,21 @@ class InvalidTransitionError(StateError):
     """A job state change the lifecycle does not allow (a bug, never expected)."""
 
 
+class WorkerFencedError(StateError):
+    """The fleet took this worker for dead and gave its jobs to others: it must stop at once
+    (its unfinished work goes on elsewhere)."""
+
+    exit_code = EXIT_INCOMPLETE
+
+
+class JobTakenError(PixazoBatchError):
+    """Another worker of the fleet holds the job (it claimed it first)."""
+
+
+class FleetFullError(PixazoBatchError):
+    """The fleet has ``--max-in-flight`` jobs in flight: a submit must wait for one to end."""
+
+
 # --- no more submissions -----------------------------------------------------------------------
 
 

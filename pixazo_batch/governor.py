@@ -115,6 +115,15 @@ class RateGovernor:
         """Let no request start for ``seconds`` (what is left of a pause announced earlier)."""
         self._paused_until = max(self._paused_until, self.clock.now() + seconds)
 
+    def share(self, rps: float) -> None:
+        """Take ``rps`` as this process's part of the key's rate (a fleet of workers shares
+        one key): the rate and its ceiling never exceed it."""
+        before, self.max_rps = self.max_rps, max(self.min_rps, rps)
+        # A worker leaving frees its part: the ceiling grows with the share, never above it.
+        grown = self._ceiling * self.max_rps / before if self.max_rps > before else self._ceiling
+        self._ceiling = min(grown, self.max_rps)
+        self.rate = min(self.rate, self.max_rps)
+
     async def acquire(self) -> None:
         """Wait until a request may start: after any announced pause, within the rate."""
         async with self._lock:

@@ -95,6 +95,14 @@ class NotSent:
 
 
 @dataclass(frozen=True, slots=True)
+class TakenElsewhere:
+    """Another worker of the fleet holds the job (it claimed it first, or moved it on): this
+    worker leaves it, wherever it is."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Accepted:
     """202 with a request_id."""
 
@@ -229,7 +237,8 @@ class OperatorAbandoned:
 
 
 Outcome = (
-    Listed | Resumed | Interrupted | OnWire | NotSent | Accepted | AnswerLost | Rejected | Refused
+    Listed | Resumed | Interrupted | OnWire | NotSent | TakenElsewhere | Accepted | AnswerLost
+    | Rejected | Refused
     | Declined | RemoteEnded | Stalled | UnknownRequest | CallbackNamed | Hinted | NoCallback
     | Downloaded | MediaRefreshed | DownloadFailed | OperatorFoundRequest | OperatorNotSent
     | OperatorAbandoned
@@ -248,6 +257,8 @@ def next_step(state: JobState, outcome: Outcome) -> Step:  # noqa: PLR0912
         InvalidTransitionError: the outcome cannot happen to a job in that state.
     """
     match outcome:
+        case TakenElsewhere(reason=reason):
+            return Step(state, _A.REST, reason)
         case Listed(flags=flags, attempts_left=attempts_left):
             return _listed(state, flags, attempts_left=attempts_left)
         case Resumed(file_present=present) if state in (_S.SUBMITTED, _S.COMPLETED, _S.DOWNLOADED):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pixazo_batch.config import Settings
 from pixazo_batch.lifecycle import Action, Listed, next_step
 from pixazo_batch.manifest import ManifestIssue, read_manifest
-from pixazo_batch.state import StateStore
+from pixazo_batch.stores import open_store
 
 
 @dataclass
@@ -44,8 +44,8 @@ def plan_run(
     flags = settings.run_flags
     with contextlib.ExitStack() as stack:
         store = None
-        if settings.state_file.is_file():
-            store = stack.enter_context(StateStore.open(settings.state_file, lock=False))
+        if settings.state_url is not None or settings.state_file.is_file():
+            store = stack.enter_context(open_store(settings.state_location, lock=False))
         for item in read_manifest(settings.manifest):
             if isinstance(item, ManifestIssue):
                 totals.issues += 1

@@ -19,6 +19,7 @@ import structlog
 
 from pixazo_batch.context import RunContext
 from pixazo_batch.errors import ManifestError
+from pixazo_batch.fleet import adopt_orphans, fleet_store, wait_for_silent_workers
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.lifecycle import Hinted, Interrupted, Listed, Resumed
 from pixazo_batch.manifest import ManifestIssue, read_manifest
@@ -41,7 +42,10 @@ async def feed(
     Raises:
         ManifestError: the manifest cannot be read, or ``strict`` and a line is bad.
     """
+    fleet = fleet_store(ctx)
     try:
+        if fleet is not None:
+            await adopt_orphans(ctx, fleet)
         await resume_paid_work(ctx)
         digest = await anyio.to_thread.run_sync(_digest, ctx.settings.manifest)
         if ctx.store.knows_manifest(digest):
@@ -49,10 +53,14 @@ async def feed(
             # line, validated, so resuming costs one pass over the jobs table.
             for row in ctx.store.iter_jobs(*_OFFERABLE):
                 await _offer(ctx, row)
+            if fleet is not None:
+                await wait_for_silent_workers(ctx, fleet)
             return
         jobs = await _register_manifest(ctx, issues, on_issue)
         if not issues:
             ctx.store.remember_manifest(digest, jobs)
+        if fleet is not None:
+            await wait_for_silent_workers(ctx, fleet)
     except OSError as exc:
         raise ManifestError(f"{ctx.settings.manifest}: {exc.strerror or exc}") from exc
     finally:
@@ -129,7 +137,7 @@ async def resume_paid_work(ctx: RunContext) -> None:
     """
     store, router = ctx.store, ctx.router
     interrupted = 0
-    for row in store.iter_jobs(JobState.SUBMITTING):
+    for row in store.iter_jobs(JobState.SUBMITTING, held=True):
         await router.admit(row, Interrupted())
         interrupted += 1
     if interrupted:
@@ -143,12 +151,12 @@ async def resume_paid_work(ctx: RunContext) -> None:
             vanished = store.get(job_id)
             assert vanished is not None
             await router.admit(vanished, Resumed(file_present=False))
-    for row in store.iter_jobs(JobState.COMPLETED):
+    for row in store.iter_jobs(JobState.COMPLETED, held=True):
         await router.admit(row, Resumed())
     for row in store.iter_jobs(JobState.UNCERTAIN):
         if store.callback_hints(row.id):
             await router.admit(row, Hinted())
-    for row in store.iter_jobs(JobState.SUBMITTED):
+    for row in store.iter_jobs(JobState.SUBMITTED, held=True):
         await router.admit(row, Resumed())
 
 

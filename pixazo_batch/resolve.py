@@ -21,12 +21,13 @@ from pixazo_batch.lifecycle import (
 from pixazo_batch.models import JobState
 from pixazo_batch.router import record
 from pixazo_batch.state import StateStore
+from pixazo_batch.stores import open_store
 
 Choice = OperatorFoundRequest | OperatorNotSent | OperatorAbandoned
 
 
 async def resolve_job(
-    state_file: Path, job_id: str, choice: Choice, gateway: GatewayClient | None = None
+    state_file: Path | str, job_id: str, choice: Choice, gateway: GatewayClient | None = None
 ) -> str:
     """Apply the operator's ``choice`` to uncertain job ``job_id``; returns what was done.
 
@@ -38,10 +39,11 @@ async def resolve_job(
         RequestError: the gateway could not be asked; nothing changed.
         StateLockedError: a run holds the state file.
     """
-    with StateStore.open(state_file, folder=state_file.parent) as store:
+    folder = state_file.parent if isinstance(state_file, Path) else None
+    with open_store(state_file, folder=folder) as store:
         row = store.get(job_id)
         if row is None:
-            raise UsageError(f"no job {job_id!r} in {state_file}")
+            raise UsageError(f"no job {job_id!r} in {store.path}")
         if row.state is not JobState.UNCERTAIN:
             raise UsageError(f"job {job_id!r} is {row.state.value}, not uncertain: nothing to do")
         if isinstance(choice, OperatorFoundRequest):

@@ -127,6 +127,7 @@ def status_summary(
         "counts": counts,
         "jobs": sum(counts.values()),
         "location": str(out) if where is None else where.url(),
+        "workers": store.live_workers(),
         "committed_usd": f"{store.committed_cents() / 100:.2f}",
         "spent_usd": f"{store.spent_cents() / 100:.2f}",
         "oldest_pending": None if oldest is None else {"id": oldest[0], "since": _iso(oldest[1])},

@@ -15,9 +15,10 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
-from pixazo_batch.errors import InvalidTransitionError
+from pixazo_batch.errors import InvalidTransitionError, JobTakenError
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.lifecycle import (
+    SENDABLE,
     Accepted,
     Action,
     AnswerLost,
@@ -155,10 +156,14 @@ class Router:
 
         Raises:
             BudgetReachedError: the budget refuses the job; nothing changed.
+            JobTakenError: another worker of the fleet holds the job.
+            FleetFullError: the fleet has ``--max-in-flight`` jobs in flight.
         """
         row = self.store.get(job_id)
         if row is None:
             raise InvalidTransitionError(f"unknown job {job_id!r}")
+        if self.store.worker is not None and row.state not in SENDABLE:
+            raise JobTakenError(f"job {job_id!r} is {row.state.value} by another worker")
         next_step(row.state, OnWire())
         return self.store.begin_submit(job_id, budget_cents)
 

@@ -28,7 +28,7 @@ from pixazo_batch.jobrow import JobRow
 from pixazo_batch.models import ALLOWED_TRANSITIONS, JobSpec, JobState
 from pixazo_batch.mp4 import Mp4Info
 from pixazo_batch.statefile import locked_connection, read_only_connection
-from pixazo_batch.statereader import StateReader
+from pixazo_batch.statereader import Connection, StateReader
 
 
 class StateStore(StateReader):
@@ -43,7 +43,12 @@ class StateStore(StateReader):
         StateDamagedError: from any write that finds the file damaged.
     """
 
-    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
+    #: what the database raises when a row would break a unique constraint
+    integrity_errors: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
+    #: what the database raises when it fails (outside the transitions, which translate it)
+    database_errors: tuple[type[Exception], ...] = (sqlite3.DatabaseError,)
+
+    def __init__(self, path: Path | str, db: Connection) -> None:
         self.path = path
         self.db = db
         self.run_id = 0
@@ -76,10 +81,10 @@ class StateStore(StateReader):
     def begin_run(self) -> int:
         """Record a new run; returns its id."""
         with self._transaction():
-            cursor = self.db.execute(
-                "INSERT INTO runs (pid, started_at) VALUES (?, ?)", (os.getpid(), time.time())
-            )
-        self.run_id = int(cursor.lastrowid or 0)
+            (self.run_id,) = self.db.execute(
+                "INSERT INTO runs (pid, started_at) VALUES (?, ?) RETURNING id",
+                (os.getpid(), time.time()),
+            ).fetchone()
         return self.run_id
 
     def end_run(self, exit_code: int) -> None:
@@ -94,7 +99,8 @@ class StateStore(StateReader):
         """Keep the current run's webhook signing secret."""
         with self._transaction():
             self.db.execute(
-                "INSERT OR REPLACE INTO webhook_secrets (run_id, secret) VALUES (?, ?)",
+                "INSERT INTO webhook_secrets (run_id, secret) VALUES (?, ?)"
+                " ON CONFLICT (run_id) DO UPDATE SET secret = excluded.secret",
                 (self.run_id, secret),
             )
 
@@ -135,7 +141,9 @@ class StateStore(StateReader):
                         now,
                     ),
                 )
-        except sqlite3.IntegrityError:
+        except self.integrity_errors:
+            if self.get(spec.id) is not None:  # another worker recorded it just now
+                return self.register(spec)
             other = self.db.execute(
                 "SELECT id FROM jobs WHERE output = ?", (spec.output,)
             ).fetchone()
@@ -170,7 +178,8 @@ class StateStore(StateReader):
         """Remember where the local images of a job are (by their key in the inputs bucket)."""
         with self._transaction():
             self.db.executemany(
-                "INSERT OR REPLACE INTO input_files (key, path) VALUES (?, ?)",
+                "INSERT INTO input_files (key, path) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET path = excluded.path",
                 [(key, str(path)) for key, path in inputs.items()],
             )
 
@@ -178,7 +187,9 @@ class StateStore(StateReader):
         """Note that a manifest with this digest was registered in full, without a bad line."""
         with self._transaction():
             self.db.execute(
-                "INSERT OR REPLACE INTO manifests (digest, jobs, registered_at) VALUES (?, ?, ?)",
+                "INSERT INTO manifests (digest, jobs, registered_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (digest) DO UPDATE SET jobs = excluded.jobs,"
+                " registered_at = excluded.registered_at",
                 (digest, jobs, time.time()),
             )
 
@@ -193,7 +204,7 @@ class StateStore(StateReader):
                 ``budget_cents``; nothing changed.
         """
         with self._transaction(full=True):
-            row = self._current(job_id)
+            row = self._claim(job_id)
             if budget_cents is not None and self.committed_cents() + row.price_cents > budget_cents:
                 raise BudgetReachedError(
                     f"--max-spend reached: {budget_cents / 100:.2f} USD committed or about to be"
@@ -316,8 +327,8 @@ class StateStore(StateReader):
         confirmed by a status request before it is believed)."""
         with self._transaction():
             self.db.execute(
-                "INSERT OR IGNORE INTO callback_hints (job_id, request_id, received_at)"
-                " VALUES (?, ?, ?)",
+                "INSERT INTO callback_hints (job_id, request_id, received_at)"
+                " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 (job_id, request_id, time.time()),
             )
 
@@ -335,7 +346,8 @@ class StateStore(StateReader):
         with self._transaction():
             self.db.execute(
                 "INSERT INTO pauses (origin, until) VALUES (?, ?) ON CONFLICT (origin)"
-                " DO UPDATE SET until = max(until, excluded.until)",
+                " DO UPDATE SET until = CASE WHEN excluded.until > pauses.until"
+                " THEN excluded.until ELSE pauses.until END",
                 (origin, until),
             )
 
@@ -364,6 +376,10 @@ class StateStore(StateReader):
             raise StateWriteError(f"cannot write the state file {self.path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             raise StateDamagedError(f"the state file {self.path} is damaged: {exc}") from exc
+
+    def _claim(self, job_id: str) -> JobRow:
+        """The job about to be sent, inside ``begin_submit``'s transaction."""
+        return self._current(job_id)
 
     def _current(self, job_id: str) -> JobRow:
         row = self.get(job_id)

@@ -6,10 +6,9 @@ writes. Every listing streams in batches, so a state file of any size is read in
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pixazo_batch.jobrow import COLUMNS as _COLUMNS
 from pixazo_batch.jobrow import JobRow, row_from
@@ -19,10 +18,31 @@ from pixazo_batch.models import JobState
 CHARGEABLE = ("submitting", "accepted", "uncertain", "failed", "completed")
 
 
-class StateReader:
-    """Read-only queries over an open state file."""
+class Cursor(Protocol):
+    """What a query returns (a ``sqlite3.Cursor`` or a psycopg one)."""
 
-    db: sqlite3.Connection
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """The part of a DB-API connection the state store uses, with ``?`` placeholders (a
+    ``sqlite3.Connection``, or ``pgstate.PgConnection`` in front of PostgreSQL)."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor: ...
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> object: ...
+    @property
+    def in_transaction(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+class StateReader:
+    """Read-only queries over an open state file (or state database)."""
+
+    db: Connection
+    #: this process's name among the workers sharing a state database (None: the only one)
+    worker: str | None = None
 
     def get(self, job_id: str) -> JobRow | None:
         """The job's row, or None."""
@@ -38,14 +58,20 @@ class StateReader:
         ).fetchall()
         return [request_id for (request_id,) in rows]
 
-    def iter_jobs(self, *states: JobState, batch: int = 1000) -> Iterator[JobRow]:
-        """Jobs in ``states`` (all when none given), in insertion order, in constant memory."""
+    def iter_jobs(
+        self, *states: JobState, batch: int = 1000, held: bool = False
+    ) -> Iterator[JobRow]:
+        """Jobs in ``states`` (all when none given), in insertion order, in constant memory;
+        with ``held``, only those this worker holds (every job, when there is one worker)."""
         last = 0
         where = ""
         params: list[Any] = []
         if states:
             where = f" AND state IN ({', '.join('?' * len(states))})"
             params = [s.value for s in states]
+        if held and self.worker is not None:
+            where += " AND held_by = ?"
+            params.append(self.worker)
         query = f"SELECT rowid, {_COLUMNS} FROM jobs WHERE rowid > ?{where} ORDER BY rowid LIMIT ?"  # noqa: S608
         while True:
             rows = self.db.execute(query, [last, *params, batch]).fetchall()
@@ -69,7 +95,7 @@ class StateReader:
         query = (
             f"SELECT j.rowid, {columns},"  # noqa: S608
             " (SELECT group_concat(request_id, ' ') FROM (SELECT request_id FROM attempts a"
-            "   WHERE a.job_id = j.id AND a.request_id IS NOT NULL ORDER BY a.n)),"
+            "   WHERE a.job_id = j.id AND a.request_id IS NOT NULL ORDER BY a.n) AS ids),"
             " (SELECT COALESCE(SUM(price_cents), 0) FROM attempts a"
             f"   WHERE a.job_id = j.id AND a.outcome IN ({marks}))"
             " FROM jobs j WHERE j.rowid > ? ORDER BY j.rowid LIMIT ?"
@@ -183,3 +209,8 @@ class StateReader:
             "SELECT started_at FROM attempts WHERE job_id = ? ORDER BY n DESC LIMIT 1", (job_id,)
         ).fetchone()
         return None if found is None else float(found[0])
+
+    def live_workers(self) -> list[dict[str, Any]]:
+        """The workers sharing this state (none for a state file, which has one at a time):
+        each with its host, last heartbeat and jobs in flight."""
+        return []

@@ -22,7 +22,9 @@ from pixazo_batch.errors import (
     AnswerLostError,
     AuthRefusedError,
     BudgetReachedError,
+    FleetFullError,
     HttpStatusError,
+    JobTakenError,
     NotSentError,
     SubmitStopError,
 )
@@ -38,6 +40,7 @@ from pixazo_batch.lifecycle import (
     Outcome,
     Refused,
     Rejected,
+    TakenElsewhere,
 )
 from pixazo_batch.models import GenerationRequest, SubmitAccepted
 from pixazo_batch.storage import storage_errors
@@ -48,6 +51,8 @@ log = structlog.get_logger(__name__)
 _TRY_LATER = frozenset({500})
 #: the gateway's answers that say "not now" for reasons not the job's: retried, never counted
 _BUSY = frozenset({503})
+#: seconds a submitter waits when the fleet has ``--max-in-flight`` jobs in flight
+FLEET_FULL_WAIT = 0.5
 
 
 class _StoppingError(Exception):
@@ -118,6 +123,8 @@ class Submitter:
             return NotSent(ctx.flags.stop_submitting or "the run is stopping", retry=False)
         except NotSentError as exc:
             return NotSent(str(exc), retry=True)
+        except (JobTakenError, FleetFullError) as exc:
+            return await self._fleet_refusal(job_id, exc)
         except BudgetReachedError as exc:
             if ctx.posts_on_wire:  # one of them may yet be declined and free its price
                 await ctx.next_post_end()
@@ -145,6 +152,15 @@ class Submitter:
             state="submitted",
         )
         return Accepted(accepted.request_id, accepted.polling_url)
+
+    async def _fleet_refusal(self, job_id: str, exc: JobTakenError | FleetFullError) -> Outcome:
+        """A fleet's answer to the write-ahead: another worker holds the job (it is left to
+        it), or the fleet has ``--max-in-flight`` jobs in flight (wait a little, try again)."""
+        if isinstance(exc, JobTakenError):
+            return TakenElsewhere(str(exc))
+        log.debug("fleet_full", job_id=job_id, error=str(exc))
+        await self.ctx.clock.sleep(FLEET_FULL_WAIT)
+        return NotSent(str(exc), retry=True)
 
     def _refusal(self, job_id: str, post: _Post, exc: HttpStatusError) -> Outcome:
         """What a refusal in the gateway's own shape means for the job."""

@@ -125,6 +125,11 @@ class Output:
         self.console.print(f"[bold]{summary['jobs']} jobs[/bold] in {escape(summary['location'])}")
         self.console.print(counts)
         self.console.print(f"${summary['committed_usd']} committed, ${summary['spent_usd']} spent.")
+        for worker in summary.get("workers", []):
+            self.console.print(
+                f"worker {escape(worker['worker'])} on {escape(worker['host'])}: "
+                f"{worker['in_flight']} jobs, last heartbeat {worker['silent_s']} s ago"
+            )
         if summary["oldest_pending"]:
             oldest = summary["oldest_pending"]
             self.console.print(f"Oldest pending: {oldest['id']} since {oldest['since']}")

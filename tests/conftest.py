@@ -186,3 +186,23 @@ def bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     client.create_bucket(Bucket=name)
     client.bucket_name = name
     return client
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A real PostgreSQL server (initdb and pg_ctl into a temp folder) for the session; yields
+    the URL of its maintenance database. Skips, saying why, where PostgreSQL is not installed."""
+    from tests.pgserver import postgres_bin, postgres_server
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed here (apt install postgresql-15)")
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_url(postgres: str) -> str:
+    """The URL of a fresh, empty database on the session's PostgreSQL server."""
+    from tests.pgserver import fresh_database
+
+    return fresh_database(postgres)

@@ -32,6 +32,7 @@ from pixazo_batch.lifecycle import (
     Resumed,
     RunFlags,
     Stalled,
+    TakenElsewhere,
     UnknownRequest,
     next_step,
 )
@@ -70,6 +71,7 @@ OUTCOMES: dict[str, Outcome] = {
     "on wire": OnWire(),
     "not sent, retry": NotSent("refused", retry=True),
     "not sent, stop": NotSent("stopping", retry=False),
+    "taken elsewhere": TakenElsewhere("another worker holds it"),
     "accepted": Accepted("r-1"),
     "answer lost": AnswerLost("504"),
     "answer lost, callbacks": AnswerLost("504", callbacks=True),
@@ -150,6 +152,8 @@ TABLE: dict[tuple[JobState, str], tuple[JobState, Action]] = {
     (SG, "refused, last attempt"): (F, REST),
     (SG, "declined, retry"): (P, RETRY),
     (SG, "declined, stop"): (P, REST),
+    # another worker of the fleet holds the job: left where it is, whatever its state
+    **{(s, "taken elsewhere"): (s, REST) for s in JobState},
     # the poller
     (SD, "completed"): (C, DOWNLOAD),
     (SD, "completed, no media"): (F, REST),

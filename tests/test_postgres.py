@@ -1,0 +1,134 @@
+"""The state in PostgreSQL (``--state postgresql://...``): the engine's own tests, run again with
+a real PostgreSQL server (started by the fixtures) in place of the SQLite file, and what only a
+database adds: one clear line when it cannot be used, status, report and resolve against it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from pixazo_batch.config import Settings
+from pixazo_batch.engine import run_batch
+from pixazo_batch.sim import Simulator
+from tests.conftest import TEST_KEY, fast, job_line, simulator, write_manifest
+from tests.test_cli import cli_env, run_args
+from tests.test_engine import (
+    test_a_changed_request_under_a_known_id_is_refused,
+    test_a_lost_answer_makes_the_job_uncertain_and_it_is_never_resubmitted_silently,
+    test_a_run_cancelled_inside_any_stage_resumes_without_paying_twice,
+    test_bad_lines_are_reported_and_good_lines_still_run,
+    test_budget_caps_committed_spend_across_runs,
+    test_happy_path_downloads_every_video,
+    test_remote_error_is_resubmitted_up_to_max_attempts,
+    test_rerunning_a_finished_manifest_sends_nothing,
+    test_retry_after_is_honoured_in_every_form,
+)
+from tests.test_unattended import cli
+
+pytestmark = pytest.mark.anyio
+
+ENGINE_TESTS = (
+    test_a_changed_request_under_a_known_id_is_refused,
+    test_a_lost_answer_makes_the_job_uncertain_and_it_is_never_resubmitted_silently,
+    test_a_run_cancelled_inside_any_stage_resumes_without_paying_twice,
+    test_bad_lines_are_reported_and_good_lines_still_run,
+    test_budget_caps_committed_spend_across_runs,
+    test_happy_path_downloads_every_video,
+    test_remote_error_is_resubmitted_up_to_max_attempts,
+    test_rerunning_a_finished_manifest_sends_nothing,
+    test_retry_after_is_honoured_in_every_form,
+)
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, pg_url: str) -> Callable[..., Settings]:
+    """As the suite's own, with the state in a fresh PostgreSQL database."""
+
+    def build(sim: Simulator, manifest: Path, **changes: Any) -> Settings:
+        values: dict[str, Any] = {
+            "manifest": manifest,
+            "out_dir": tmp_path / "out",
+            "api_key": TEST_KEY,
+            "base_url": sim.base_url,
+            "poll_interval": 0.02,
+            "rps": 500.0,
+            "max_in_flight": 50,
+            "state_url": pg_url,
+        }
+        values.update(changes)
+        return Settings(**values)
+
+    return build
+
+
+def manifest_of(tmp_path: Path, count: int, name: str = "jobs.jsonl") -> Path:
+    return write_manifest(tmp_path / name, [job_line(i) for i in range(count)])
+
+
+async def test_status_report_and_resolve_work_against_the_database(
+    tmp_path: Path, make_settings: Callable[..., Settings], pg_url: str
+) -> None:
+    import psycopg
+
+    manifest = manifest_of(tmp_path, 2)
+    out = str(tmp_path / "out")
+    env = cli_env(PIXAZO_API_KEY=TEST_KEY)
+    state = ["--out", out, "--state", pg_url, "--json"]
+    async with simulator(fast(submit_reset_rate=1.0)) as sim:
+        lost = await run_batch(make_settings(sim, manifest))
+        status = json.loads((await cli("status", *state, env=env)).stdout)
+        sim.state.scenario = fast()
+        with psycopg.connect(pg_url) as db:
+            rows = db.execute("SELECT id, request_hash FROM jobs").fetchall()
+        hashes: dict[str, str] = dict(rows)
+        request_ids = {job.request_hash: job.request_id for job in sim.state.book.jobs.values()}
+        found = await cli(
+            "resolve", "job-000", *state, "--base-url", sim.base_url,
+            "--request-id", request_ids[hashes["job-000"]], env=env,
+        )  # fmt: skip
+        abandoned = await cli("resolve", "job-001", *state, "--abandon", env=env)
+        finished = await run_batch(make_settings(sim, manifest))
+        report = await cli("report", *state, "--format", "jsonl", env=env)
+        stats = sim.stats()
+    assert lost.exit_code == 5
+    assert [job["id"] for job in status["uncertain"]] == ["job-000", "job-001"]
+    assert f"--state {pg_url} --not-sent" in status["uncertain"][0]["resolve"][1]
+    assert status["workers"] == [], "the run ended: no worker is left"
+    assert found.returncode == 0, found.stderr
+    assert abandoned.returncode == 0, abandoned.stderr
+    assert finished.counts["downloaded"] == 1 and finished.counts["failed"] == 1
+    records = [json.loads(line) for line in report.stdout.splitlines()]
+    assert [(r["id"], r["state"]) for r in records] == [
+        ("job-000", "downloaded"), ("job-001", "failed"),
+    ]  # fmt: skip
+    assert stats["accepted"] == 2, "job-000 was attached, never submitted again"
+
+
+@pytest.mark.parametrize("problem", ["unreachable", "another manifest"])
+async def test_a_database_that_cannot_be_used_is_one_clear_line_and_nothing_is_paid(
+    tmp_path: Path, pg_url: str, problem: str
+) -> None:
+    env = cli_env(PIXAZO_API_KEY=TEST_KEY)
+    url = "postgresql://pixazo@127.0.0.1:9/nowhere" if problem == "unreachable" else pg_url
+    async with simulator(fast()) as sim:
+        if problem == "another manifest":
+            first = run_args(sim, manifest_of(tmp_path, 1, "monday.jsonl"), tmp_path / "o")
+            await anyio.run_process([*first, "--state", url], env=env)
+        command = run_args(sim, manifest_of(tmp_path, 2, "tuesday.jsonl"), tmp_path / "o")
+        before = sim.stats()["accepted"]
+        refused = await anyio.run_process([*command, "--state", url], env=env, check=False)
+        stats = sim.stats()
+    errors = [line for line in refused.stderr.decode().splitlines() if '"error"' in line]
+    assert refused.returncode == 2
+    assert stats["accepted"] == before, "nothing paid"
+    expected = {
+        "unreachable": "cannot use the database",
+        "another manifest": "holds the jobs of manifest 'monday.jsonl', not 'tuesday.jsonl'",
+    }[problem]
+    assert expected in refused.stderr.decode(), errors
+    assert "Traceback" not in refused.stderr.decode()
