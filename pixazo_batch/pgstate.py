@@ -46,6 +46,8 @@ from pixazo_batch.state import StateStore
 
 SCHEMES = ("postgresql://", "postgres://")
 SCHEMA = resources.files("pixazo_batch").joinpath("schema_pg.sql").read_text(encoding="utf-8")
+#: the version ``schema_pg.sql`` brings a database to (raise it with each change there)
+SCHEMA_VERSION = 1
 #: advisory lock keys: schema changes, and every ``begin_submit`` of the fleet
 _SCHEMA_LOCK = 7_310_001
 _SUBMIT_LOCK = 7_310_002
@@ -155,9 +157,7 @@ class PgStateStore(StateStore):
             raise UsageError(f"--state {where}: cannot use the database: {detail}") from None
         store = cls(url, PgConnection(conn))
         try:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                conn.execute(SCHEMA)
+            store._migrate()
             if fleet is not None:
                 store._join(fleet)
             yield store
@@ -167,6 +167,31 @@ class PgStateStore(StateStore):
             if store.worker is not None:
                 store._leave()
             conn.close()
+
+    def _migrate(self) -> None:
+        """Create or bring the tables up to ``SCHEMA_VERSION``, once: a schema change takes
+        locks that running workers' transactions would deadlock with, so a current database
+        is only read."""
+        if self._schema_version() == SCHEMA_VERSION:
+            return
+        db = self.db
+        assert isinstance(db, PgConnection)
+        with db.conn.transaction():
+            db.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            if self._schema_version() != SCHEMA_VERSION:
+                db.conn.execute(SCHEMA)
+                db.execute(
+                    "INSERT INTO fleet (name, value) VALUES ('schema', ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (str(SCHEMA_VERSION),),
+                )
+
+    def _schema_version(self) -> int:
+        (exists,) = self.db.execute("SELECT to_regclass('fleet') IS NOT NULL").fetchone()
+        if not exists:
+            return 0
+        found = self.db.execute("SELECT value FROM fleet WHERE name = 'schema'").fetchone()
+        return 0 if found is None else int(found[0])
 
     # --- the fleet ----------------------------------------------------------------------------
 
@@ -299,6 +324,10 @@ class PgStateStore(StateStore):
             }
             for worker, host, pid, beat, silent, held in rows
         ]
+
+    def others_working(self) -> bool:
+        """Whether another worker lives (it carries on with what is left)."""
+        return any(worker["worker"] != self.worker for worker in self.live_workers())
 
     def _leave(self) -> None:
         """Stop as a worker: what this worker held is released for the others at once."""

@@ -28,6 +28,7 @@ from pixazo_batch.lifecycle import (
     Interrupted,
     Listed,
     MediaRefreshed,
+    NotSent,
     OnWire,
     OperatorAbandoned,
     OperatorFoundRequest,
@@ -38,6 +39,7 @@ from pixazo_batch.lifecycle import (
     RemoteEnded,
     Resumed,
     Step,
+    TakenElsewhere,
     UnknownRequest,
     next_step,
 )
@@ -140,6 +142,10 @@ class Router:
         row = self.store.get(job_id)
         if row is None:
             raise InvalidTransitionError(f"unknown job {job_id!r}")
+        fleet = self.store.worker is not None
+        if fleet and isinstance(outcome, NotSent) and row.state not in SENDABLE:
+            # a fleet: another worker sent the job meanwhile
+            outcome = TakenElsewhere(f"job {job_id!r} is {row.state.value} by another worker")
         step = self.apply(row, outcome)
         if step.action not in _STAYS:
             await self._dispatch(job_id, step.action)

@@ -214,3 +214,7 @@ class StateReader:
         """The workers sharing this state (none for a state file, which has one at a time):
         each with its host, last heartbeat and jobs in flight."""
         return []
+
+    def others_working(self) -> bool:
+        """Whether other workers share this state and are alive (never, for a state file)."""
+        return False

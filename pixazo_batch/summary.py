@@ -76,7 +76,9 @@ def summarise(
     # Jobs left pending by a refused setting wait for the settings to be fixed (exit 2); any
     # other unfinished job resumes by itself (exit 3).
     waiting = _IN_FLIGHT if flags.stop_exit_code == EXIT_USAGE else (*_IN_FLIGHT, JobState.PENDING)
-    if flags.interrupted or flags.stalled or any(counts.get(state, 0) for state in waiting):
+    # In a fleet, work left to living workers is theirs to finish, not this run's to resume.
+    unfinished = any(counts.get(state, 0) for state in waiting) and not store.others_working()
+    if flags.interrupted or flags.stalled or unfinished:
         codes.add(EXIT_INCOMPLETE)
     if issues:
         codes.add(EXIT_USAGE)

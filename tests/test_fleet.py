@@ -1,0 +1,173 @@
+"""A fleet: several ``run`` processes share one manifest through a real PostgreSQL server.
+
+Workers are real child processes on the command line, against the simulator; one is killed
+with SIGKILL at a seeded instant, and the others (then a fresh one) finish its work without
+paying twice.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import Process
+
+from pixazo_batch.sim import Simulator
+from tests.conftest import TEST_KEY, fast, job_line, simulator, write_manifest
+from tests.test_cli import cli_env, log_events, run_args
+from tests.test_unattended import cli
+
+pytestmark = pytest.mark.anyio
+
+WORKER_TIMEOUT = "1.5"
+
+
+def fleet_command(sim: Simulator, manifest: Path, out: Path, url: str, *extra: str) -> list[str]:
+    return [*run_args(sim, manifest, out, "--state", url, "--worker-timeout", WORKER_TIMEOUT),
+            *extra]  # fmt: skip
+
+
+def jobs_in(url: str) -> dict[str, tuple[str, str]]:
+    """Each job's state and request hash, read from the database."""
+    import psycopg
+
+    with psycopg.connect(url) as db:
+        rows = db.execute("SELECT id, state, request_hash FROM jobs").fetchall()
+    return {job_id: (state, request_hash) for job_id, state, request_hash in rows}
+
+
+class Worker:
+    """One worker process and what its logs said."""
+
+    def __init__(self, process: Process, working: anyio.Event) -> None:
+        self.process = process
+        self.events: list[dict[str, Any]] = []
+        #: set once the worker has sent a job
+        self.working = working
+
+    async def follow(self, kill_at: tuple[str, int] | None = None) -> None:
+        """Read the worker's logs to its end; SIGKILL it at the n-th ``event`` if asked."""
+        seen = 0
+        async for record in log_events(self.process):
+            self.events.append(record)
+            if record.get("event") == "submitting":
+                self.working.set()
+            if kill_at is not None and record.get("event") == kill_at[0]:
+                seen += 1
+                if seen == kill_at[1]:
+                    self.process.kill()
+        await self.process.wait()
+
+    def sent(self) -> set[str]:
+        """Jobs whose POST this worker wrote ahead (durably ``submitting``)."""
+        return {e["job_id"] for e in self.events if e.get("event") == "submitting"}
+
+
+@pytest.mark.parametrize("seed", [11, 23, 37])
+async def test_three_workers_and_one_killed_pay_each_job_once_and_finish_everything(
+    tmp_path: Path, pg_url: str, seed: int
+) -> None:
+    rng = random.Random(seed)
+    victim = 0  # it starts first, so it holds work of every kind when the kill comes
+    kill_at = (rng.choice(["submitting", "submitted", "downloaded"]), rng.randint(1, 3))
+    manifest = write_manifest(tmp_path / "jobs.jsonl", [job_line(i) for i in range(30)])
+    out = tmp_path / "out"
+    env = cli_env(PIXAZO_API_KEY=TEST_KEY)
+    scenario = fast(processing_median={"540p": 0.4}, processing_sigma=0.3)
+    async with simulator(scenario) as sim:
+        command = fleet_command(sim, manifest, out, pg_url)
+        workers: list[Worker] = []
+        async with anyio.create_task_group() as group:
+            for index in range(3):
+                worker = Worker(await anyio.open_process(command, env=env), anyio.Event())
+                workers.append(worker)
+                group.start_soon(worker.follow, kill_at if index == victim else None)
+                await workers[victim].working.wait()
+        fresh = await anyio.run_process(command, env=env, check=False)
+        stats = sim.stats()
+    codes = [w.process.returncode for w in workers]
+    assert codes[victim] == -signal.SIGKILL, f"the kill landed ({kill_at})"
+    problems = [e for w in workers for e in w.events if e.get("level") in ("warning", "error")]
+    assert all(code in (0, 5) for i, code in enumerate(codes) if i != victim), (codes, problems)
+    assert fresh.returncode in (0, 5), fresh.stderr.decode()[-2000:]
+    assert stats["duplicate_charges"] == 0
+    jobs = jobs_in(pg_url)
+    uncertain = {job_id for job_id, (state, _) in jobs.items() if state == "uncertain"}
+    assert {state for state, _ in jobs.values()} <= {"downloaded", "uncertain"}
+    # A job is uncertain only if the victim had made its POST durable: the gateway got it, or
+    # the kill fell between the write-ahead and the bytes (a kill aimed at "submitting").
+    never_sent = {j for j in uncertain if jobs[j][1] not in stats["arrived_by_hash"]}
+    assert uncertain - never_sent <= workers[victim].sent(), "uncertain: POSTs that left"
+    assert len(never_sent) <= (2 if kill_at[0] == "submitting" else 0), never_sent
+    print(f"seed={seed} kill_at={kill_at} uncertain={len(uncertain)} never_sent={len(never_sent)}")
+
+
+async def test_status_shows_the_living_workers_and_a_worker_that_differs_is_refused(
+    tmp_path: Path, pg_url: str
+) -> None:
+    manifest = write_manifest(tmp_path / "jobs.jsonl", [job_line(i) for i in range(4)])
+    out = tmp_path / "out"
+    env = cli_env(PIXAZO_API_KEY=TEST_KEY)
+    async with simulator(fast(processing_median={"540p": 30.0}, processing_sigma=0.0)) as sim:
+        command = fleet_command(sim, manifest, out, pg_url)
+        worker = Worker(await anyio.open_process(command, env=env), anyio.Event())
+        async with anyio.create_task_group() as group:
+            group.start_soon(worker.follow)
+            await worker.working.wait()
+            status = await cli("status", "--out", str(out), "--state", pg_url, "--json", env=env)
+            other_key = await anyio.run_process(
+                command, env=cli_env(PIXAZO_API_KEY="another-key"), check=False
+            )
+            elsewhere = [*command, "--base-url", "http://127.0.0.1:9"]  # the last one counts
+            other_gateway = await anyio.run_process(elsewhere, env=env, check=False)
+            worker.process.terminate()
+        stats = sim.stats()
+    (living,) = json.loads(status.stdout)["workers"]
+    assert living["in_flight"] >= 1 and living["silent_s"] < float(WORKER_TIMEOUT)
+    assert other_key.returncode == 2 and b"another API key" in other_key.stderr
+    assert other_gateway.returncode == 2, other_gateway.stderr.decode()[-500:]
+    assert b"another gateway (http://127.0.0.1:" in other_gateway.stderr
+    assert stats["accepted"] == 4, "only the first worker sent anything"
+
+
+async def test_a_pause_one_worker_is_told_holds_every_worker(tmp_path: Path, pg_url: str) -> None:
+    manifest = write_manifest(tmp_path / "jobs.jsonl", [job_line(i) for i in range(30)])
+    env = cli_env(PIXAZO_API_KEY=TEST_KEY)
+    scenario = fast(rate_limit=6, rate_window=1.0, retry_after="seconds")
+    async with simulator(scenario) as sim:
+        command = fleet_command(sim, manifest, tmp_path / "out", pg_url, "--rps", "20")
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(lambda: anyio.run_process(command, env=env, check=True))
+        stats = sim.stats()
+    assert stats["rate_limited"] > 0, "the limit was met"
+    assert stats["requests_in_retry_window"] == 0
+    assert stats["duplicate_charges"] == 0
+    assert {state for state, _ in jobs_in(pg_url).values()} == {"downloaded"}
+
+
+async def test_the_budget_holds_to_the_cent_across_workers(tmp_path: Path, pg_url: str) -> None:
+    manifest = write_manifest(tmp_path / "jobs.jsonl", [job_line(i) for i in range(12)])
+    env = cli_env(PIXAZO_API_KEY=TEST_KEY)
+    async with simulator(fast()) as sim:
+        command = fleet_command(sim, manifest, tmp_path / "out", pg_url, "--max-spend", "1.00")
+        codes: list[int] = []
+
+        async def worker() -> None:
+            done = await anyio.run_process(command, env=env, check=False)
+            codes.append(done.returncode)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(worker)
+        stats = sim.stats()
+    assert stats["accepted"] == 5, "five jobs of $0.20 are exactly $1.00"
+    assert stats["spent_cents"] == 100
+    states = [state for state, _ in jobs_in(pg_url).values()]
+    assert states.count("downloaded") == 5 and states.count("pending") == 7
+    assert set(codes) <= {2, 3}, codes
