@@ -144,7 +144,9 @@ async def resume_paid_work(ctx: RunContext) -> None:
         log.warning("recovered_uncertain", count=interrupted, state="uncertain")
     # A video in a bucket is not looked for again: a HEAD per job would cost more than the
     # rare object someone deleted by hand (the review page and report name where each is).
-    downloaded = () if ctx.bucket is not None else store.iter_outputs(JobState.DOWNLOADED)
+    # Nor in a fleet, where several workers would race to fetch the same vanished file.
+    look = ctx.bucket is None and ctx.store.worker is None
+    downloaded = store.iter_outputs(JobState.DOWNLOADED) if look else ()
     for job_id, output in downloaded:
         if not (ctx.settings.out_dir / output).is_file():
             log.warning("output_missing", job_id=job_id, output=output)

@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.models import JobState
-from pixazo_batch.safefs import write_fresh
+from pixazo_batch.safefs import temporary_for, write_fresh
 from pixazo_batch.state import StateStore
 from pixazo_batch.storage import BucketPath
 
@@ -55,7 +55,7 @@ def write_results(store: StateStore, path: Path, where: BucketPath | None = None
     ended (a run writes the file just before it records its end)."""
     if not store.job_changes and store.previous_run_ended(store.run_id) and path.is_file():
         return None
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = temporary_for(path, store.worker)
     count = 0
     with os.fdopen(write_fresh(temporary), "w", encoding="utf-8") as sink:
         for record in iter_results(store, where):

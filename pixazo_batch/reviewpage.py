@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.models import JobState
-from pixazo_batch.safefs import write_fresh
+from pixazo_batch.safefs import temporary_for, write_fresh
 from pixazo_batch.statereader import StateReader
 
 PAGE_NAME = "report.html"
@@ -84,7 +84,7 @@ def render_page(store: StateReader) -> str:
 def write_page(store: StateReader, folder: Path) -> None:
     """Write ``report.html`` into ``folder`` atomically (never through a link)."""
     page = folder / PAGE_NAME
-    temporary = page.with_name(PAGE_NAME + ".tmp")
+    temporary = temporary_for(page, store.worker)
     with os.fdopen(write_fresh(temporary), "w", encoding="utf-8") as sink:
         sink.write(render_page(store))
         sink.flush()

@@ -72,3 +72,9 @@ def write_fresh(path: Path, mode: int = SHARED) -> int:
     or a link someone planted, is removed, never followed)."""
     path.unlink(missing_ok=True)
     return open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+
+
+def temporary_for(path: Path, writer: str | None = None) -> Path:
+    """Where ``path`` is written before its atomic rename: ``<name>.tmp``, or, when several
+    workers of a fleet share the folder, ``<name>.<writer>.tmp`` (each its own)."""
+    return path.with_name(f"{path.name}.{writer}.tmp" if writer else f"{path.name}.tmp")
