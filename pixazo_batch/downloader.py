@@ -24,7 +24,14 @@ from pixazo_batch.context import RunContext
 from pixazo_batch.errors import MediaError, RequestError, SubmitStopError
 from pixazo_batch.governor import BackoffPolicy
 from pixazo_batch.jobrow import JobRow
-from pixazo_batch.lifecycle import Action, Downloaded, DownloadFailed, MediaRefreshed, Outcome
+from pixazo_batch.lifecycle import (
+    Action,
+    Downloaded,
+    DownloadFailed,
+    MediaRefreshed,
+    Outcome,
+    TakenElsewhere,
+)
 from pixazo_batch.mediafile import CHUNK, PartFile, commit
 from pixazo_batch.models import RemoteStatus
 from pixazo_batch.mp4 import Mp4Info, mismatch
@@ -58,6 +65,9 @@ class Downloader:
 
     async def download(self, job_id: str) -> None:
         """Try the job's video until the router takes it elsewhere (or to rest)."""
+        if not self.ctx.store.claim_download(job_id):  # a fleet: another worker has it
+            await self.ctx.router.settle(job_id, TakenElsewhere("another worker downloads it"))
+            return
         tries = 0
         while True:
             tries += 1

@@ -22,6 +22,7 @@ from typing import TypeVar
 import aiohttp
 import anyio
 import structlog
+from anyio.streams.memory import MemoryObjectSendStream
 from yarl import URL
 
 from pixazo_batch.config import Settings
@@ -222,7 +223,8 @@ async def _run(
                         if webhooks is not None:
                             group.start_soon(webhooks.adopt_hinted, partial(_adopt, ctx))
                         if isinstance(store, PgStateStore) and store.worker is not None:
-                            group.start_soon(watch_fleet, ctx, store, governor, origin)
+                            idle = partial(_idle_receivers, download_send)
+                            group.start_soon(watch_fleet, ctx, store, governor, origin, idle)
                         group.start_soon(feed, ctx, issues, on_issue)
                         await router.settled.wait()
                         group.cancel_scope.cancel()
@@ -239,6 +241,12 @@ async def _run(
     if isinstance(stopped_by, ManifestError):
         raise stopped_by
     return summarise(ctx.store, ctx.flags, issues, stopped_by)
+
+
+def _idle_receivers(stream: MemoryObjectSendStream[str]) -> int:
+    """How many of a stage's workers wait for a job with none queued."""
+    statistics = stream.statistics()
+    return max(0, statistics.tasks_waiting_receive - statistics.current_buffer_used)
 
 
 def _database_failure(store: StateStore, error: Exception) -> RunStopError:

@@ -10,6 +10,7 @@ fleet of workers".
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -24,6 +25,12 @@ log = structlog.get_logger(__name__)
 PAUSE_LOOK = 0.1
 #: heartbeats a worker beats within the timeout
 BEATS_PER_TIMEOUT = 5
+#: how often a worker works out its part of the key's rate again (seconds)
+SHARE_EVERY = 1.0
+#: a worker's weight in the rate share, beside one per job it holds
+IDLE_WEIGHT = 0.25
+#: how often a worker with nothing of its own left looks whether the fleet still works
+STAY_LOOK = 0.5
 
 
 def fleet_store(ctx: RunContext) -> PgStateStore | None:
@@ -39,7 +46,9 @@ def beat_interval(ctx: RunContext) -> float:
 
 async def adopt_orphans(ctx: RunContext, store: PgStateStore) -> int:
     """Reap silent workers and take in the submitted and completed jobs nobody living holds;
-    returns how many were taken in."""
+    returns how many were taken in (none once this run has settled: they would not move)."""
+    if ctx.router.settled.is_set():
+        return 0
     rows = store.reap_and_adopt(ctx.settings.worker_timeout)
     for row in rows:
         await ctx.router.admit(row, Resumed(file_present=False))
@@ -49,33 +58,62 @@ async def adopt_orphans(ctx: RunContext, store: PgStateStore) -> int:
 
 
 async def wait_for_silent_workers(ctx: RunContext, store: PgStateStore) -> None:
-    """Before this worker's intake closes: wait while another worker holding jobs is silent
-    (dead or not, the timeout tells), taking in its jobs if it is declared dead."""
+    """Before this worker's intake closes: stay while another worker holding jobs is silent
+    (dead or not, the timeout tells, and its jobs are taken in if it is dead), and while the
+    living ones have jobs rendering or videos nobody downloads yet (this worker's idle
+    downloaders take those)."""
     interval = beat_interval(ctx)
-    while store.silent_holders(2 * interval):
-        log.info("waiting_for_silent_worker", timeout_s=ctx.settings.worker_timeout)
-        await ctx.clock.sleep(interval)
+    while True:
+        silent = store.silent_holders(2 * interval)
+        if not silent and not store.others_have_work():
+            return
+        if silent:
+            log.info("waiting_for_silent_worker", timeout_s=ctx.settings.worker_timeout)
+        await ctx.clock.sleep(STAY_LOOK)
         await adopt_orphans(ctx, store)
 
 
+def rate_share(store: PgStateStore, rps: float) -> float:
+    """This worker's part of the key's rate: in proportion to the jobs it holds (each job's
+    polls go through its holder), with a small even part so a worker holding none can start."""
+    workers = store.live_workers()
+    mine: int = next((w["in_flight"] for w in workers if w["worker"] == store.worker), 0)
+    held: int = sum(w["in_flight"] for w in workers)
+    return rps * (mine + IDLE_WEIGHT) / (held + IDLE_WEIGHT * max(1, len(workers)))
+
+
 async def watch_fleet(
-    ctx: RunContext, store: PgStateStore, governor: RateGovernor, origin: str
+    ctx: RunContext,
+    store: PgStateStore,
+    governor: RateGovernor,
+    origin: str,
+    idle_downloaders: Callable[[], int],
 ) -> None:
-    """Heartbeats, adoption, the rate share and shared pauses, until the run ends.
+    """Heartbeats, adoption, the rate share, shared pauses and downloads for idle
+    downloaders, until the run ends.
 
     Raises:
         WorkerFencedError: the fleet took this worker for dead (the run must stop).
     """
     interval = beat_interval(ctx)
-    next_beat = 0.0
+    next_beat = next_share = 0.0
     while True:
         now = ctx.clock.now()
         if now >= next_beat:
             store.heartbeat()
             await adopt_orphans(ctx, store)
-            living = max(1, len(store.live_workers()))
-            governor.share(ctx.settings.rps / living)
             next_beat = now + interval
+        if now >= next_share:
+            governor.share(rate_share(store, ctx.settings.rps))
+            next_share = now + SHARE_EVERY
+        idle = idle_downloaders()
+        # Once the run has settled nothing taken in would be downloaded: leave it to others.
+        if idle and not ctx.router.settled.is_set():
+            for row in store.claim_completed(idle):
+                if ctx.router.is_moving(row.id):  # still queued here for a stage it left
+                    store.release(row.id)
+                else:
+                    await ctx.router.admit(row, Resumed(file_present=False))
         until = store.pause_until(origin)
         left = 0.0 if until is None else until - time.time()
         if left > 0 and governor.clock.now() + left > governor.paused_until + 0.01:

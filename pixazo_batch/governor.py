@@ -119,10 +119,11 @@ class RateGovernor:
         """Take ``rps`` as this process's part of the key's rate (a fleet of workers shares
         one key): the rate and its ceiling never exceed it."""
         before, self.max_rps = self.max_rps, max(self.min_rps, rps)
-        # A worker leaving frees its part: the ceiling grows with the share, never above it.
-        grown = self._ceiling * self.max_rps / before if self.max_rps > before else self._ceiling
-        self._ceiling = min(grown, self.max_rps)
-        self.rate = min(self.rate, self.max_rps)
+        # What was learned of the limit scales with the share (a worker leaving frees its part).
+        scale = self.max_rps / before
+        self._ceiling = min(self._ceiling * scale, self.max_rps)
+        self.rate = max(self.min_rps, min(self.rate * scale, self._ceiling))
+        self._step = max(self.rate, self.min_rps) / RECOVERY_STEPS
 
     async def acquire(self) -> None:
         """Wait until a request may start: after any announced pause, within the rate."""

@@ -54,6 +54,8 @@ _SUBMIT_LOCK = 7_310_002
 #: states in which a job is held by the worker that moved it there
 _HELD = frozenset({JobState.SUBMITTING, JobState.SUBMITTED, JobState.COMPLETED, JobState.ERRORED})
 _NOW = "extract(epoch from clock_timestamp())"
+#: seconds a count of the fleet's jobs in flight is reused by ``fleet_room``
+ROOM_LOOK = 0.1
 
 
 def is_database_url(location: object) -> bool:
@@ -132,6 +134,7 @@ class PgStateStore(StateStore):
         self.database_errors = (psycopg.Error,)
         self._operational = (psycopg.OperationalError,)
         self.max_in_flight: int | None = None
+        self._room, self._room_counted_at = True, -ROOM_LOOK
 
     @classmethod
     @contextmanager
@@ -253,8 +256,8 @@ class PgStateStore(StateStore):
 
     def reap_and_adopt(self, timeout: float) -> list[JobRow]:
         """Reap the workers silent for ``timeout`` seconds (their ``submitting`` jobs become
-        uncertain), then hold every submitted or completed job nobody living holds; returns
-        those jobs, for this worker to poll and download."""
+        uncertain), then hold every submitted job nobody living holds and every completed one
+        a dead worker held; returns those jobs, for this worker to poll and download."""
         with self._transaction(full=True):
             dead = [
                 worker
@@ -266,10 +269,11 @@ class PgStateStore(StateStore):
             ]
             for worker in dead:
                 self._reap(worker)
+            # Completed jobs nobody holds are claimed by idle downloaders (``claim_completed``).
             rows = self.db.execute(
                 f"UPDATE jobs SET held_by = ? WHERE state IN ('submitted', 'completed')"  # noqa: S608
-                " AND (held_by IS NULL OR held_by IN (SELECT id FROM workers"
-                "  WHERE reaped OR stopped_at IS NOT NULL))"
+                " AND (held_by IN (SELECT id FROM workers WHERE reaped OR stopped_at IS NOT NULL)"
+                "  OR (held_by IS NULL AND state = 'submitted'))"
                 f" RETURNING {COLUMNS}",
                 (self.worker,),
             ).fetchall()
@@ -305,6 +309,18 @@ class PgStateStore(StateStore):
             (self.worker, silent_for),
         ).fetchone()
         return int(count)
+
+    def others_have_work(self) -> bool:
+        """Whether living workers hold jobs still rendering, or a video waits for anyone to
+        download it."""
+        (found,) = self.db.execute(
+            "SELECT EXISTS (SELECT 1 FROM jobs j JOIN workers w ON w.id = j.held_by"
+            "  WHERE j.state IN ('submitting', 'submitted') AND w.id <> ?"
+            "  AND w.stopped_at IS NULL AND NOT w.reaped)"
+            " OR EXISTS (SELECT 1 FROM jobs WHERE state = 'completed' AND held_by IS NULL)",
+            (self.worker,),
+        ).fetchone()
+        return bool(found)
 
     def live_workers(self) -> list[dict[str, Any]]:
         """Every worker neither stopped nor reaped: host, last heartbeat, jobs in flight."""
@@ -367,13 +383,24 @@ class PgStateStore(StateStore):
         ).fetchone()
         if found is None:
             raise JobTakenError(f"job {job_id!r} is held by another worker")
-        if self.max_in_flight is not None:
+        self._room_counted_at = -ROOM_LOOK  # the count that decides is never a cached one
+        if not self.fleet_room():
+            raise FleetFullError(f"the fleet has {self.max_in_flight} jobs in flight")
+        return row_from(found)
+
+    def fleet_room(self) -> bool:
+        """Whether the fleet has fewer than ``--max-in-flight`` jobs in flight (counted at
+        most every ``ROOM_LOOK`` seconds: every submitter of a full fleet asks, and the
+        count in ``begin_submit`` is the one that decides)."""
+        if self.max_in_flight is None:
+            return True
+        now = time.monotonic()
+        if now - self._room_counted_at >= ROOM_LOOK:
             (flying,) = self.db.execute(
                 "SELECT COUNT(*) FROM jobs WHERE state IN ('submitting', 'submitted')"
             ).fetchone()
-            if flying >= self.max_in_flight:
-                raise FleetFullError(f"the fleet has {flying} jobs in flight")
-        return row_from(found)
+            self._room, self._room_counted_at = bool(flying < self.max_in_flight), now
+        return self._room
 
     def _current(self, job_id: str) -> JobRow:
         found = self.db.execute(
@@ -391,5 +418,38 @@ class PgStateStore(StateStore):
         return row_from(found[:-1])
 
     def _move(self, row: JobRow, target: JobState, **fields: Any) -> None:
-        fields["held_by"] = self.worker if target in _HELD else None
+        # A job that just completed is anyone's to download (``claim_download``); a worker
+        # refreshing the media URL of its download keeps it.
+        up_for_grabs = target is JobState.COMPLETED and row.state is not JobState.COMPLETED
+        fields["held_by"] = self.worker if target in _HELD and not up_for_grabs else None
         super()._move(row, target, **fields)
+
+    def claim_download(self, job_id: str) -> bool:
+        """Take the completed job's download, unless another worker has it."""
+        if self.worker is None:
+            return True
+        with self._transaction():
+            found = self.db.execute(
+                "UPDATE jobs SET held_by = ? WHERE id = ? AND state = 'completed'"
+                " AND (held_by IS NULL OR held_by = ?) RETURNING id",
+                (self.worker, job_id, self.worker),
+            ).fetchone()
+        return found is not None
+
+    def release(self, job_id: str) -> None:
+        """Let go of a job this worker holds, for any worker to take."""
+        with self._transaction():
+            self.db.execute(
+                "UPDATE jobs SET held_by = NULL WHERE id = ? AND held_by = ?", (job_id, self.worker)
+            )
+
+    def claim_completed(self, limit: int) -> list[JobRow]:
+        """Take up to ``limit`` completed jobs nobody downloads yet, oldest first."""
+        with self._transaction():
+            rows = self.db.execute(
+                f"UPDATE jobs SET held_by = ? WHERE id IN (SELECT id FROM jobs"  # noqa: S608
+                " WHERE state = 'completed' AND held_by IS NULL ORDER BY seq LIMIT ?"
+                f" FOR UPDATE SKIP LOCKED) RETURNING {COLUMNS}",
+                (self.worker, limit),
+            ).fetchall()
+        return [row_from(found) for found in rows]

@@ -28,7 +28,6 @@ from pixazo_batch.lifecycle import (
     Interrupted,
     Listed,
     MediaRefreshed,
-    NotSent,
     OnWire,
     OperatorAbandoned,
     OperatorFoundRequest,
@@ -125,6 +124,10 @@ class Router:
         """How many jobs are moving through this run."""
         return len(self._moving)
 
+    def is_moving(self, job_id: str) -> bool:
+        """Whether the job is queued for, or in, a stage of this run."""
+        return job_id in self._moving
+
     async def admit(self, row: JobRow, outcome: Outcome) -> Step:
         """Take in a job the producer found (``Listed``, ``Resumed``, ``Interrupted``) or a
         callback brought back; a job already moving is left where it is."""
@@ -142,11 +145,15 @@ class Router:
         row = self.store.get(job_id)
         if row is None:
             raise InvalidTransitionError(f"unknown job {job_id!r}")
-        fleet = self.store.worker is not None
-        if fleet and isinstance(outcome, NotSent) and row.state not in SENDABLE:
-            # a fleet: another worker sent the job meanwhile
-            outcome = TakenElsewhere(f"job {job_id!r} is {row.state.value} by another worker")
-        step = self.apply(row, outcome)
+        try:
+            step = self.apply(row, outcome)
+        except InvalidTransitionError:
+            if self.store.worker is None:
+                raise
+            # A fleet: another worker moved the job on meanwhile (sent it, downloaded it); what
+            # this stage learned is news to nobody.
+            log.info("moved_on_elsewhere", job_id=job_id, state=row.state.value)
+            step = self.apply(row, TakenElsewhere(f"job {job_id!r} is {row.state.value}"))
         if step.action not in _STAYS:
             await self._dispatch(job_id, step.action)
         return step

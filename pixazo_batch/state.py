@@ -281,6 +281,16 @@ class StateStore(StateReader):
             )
             self._end_attempt(row, outcome, row.request_id)
 
+    def fleet_room(self) -> bool:
+        """Whether the fleet may have one more job in flight (a state file has no fleet: its
+        run's router keeps ``--max-in-flight``)."""
+        return True
+
+    def claim_download(self, job_id: str) -> bool:
+        """Take the completed job's download for this worker; False when another worker of a
+        fleet has it (a state file has one worker: always True)."""
+        return True
+
     def refresh_media(self, job_id: str, media_url: str) -> None:
         """``completed -> completed`` with a fresh media URL."""
         with self._transaction():

@@ -32,6 +32,7 @@ from pixazo_batch.gateway import RateLimitedError
 from pixazo_batch.governor import BackoffPolicy
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.lifecycle import (
+    SENDABLE,
     Accepted,
     Action,
     AnswerLost,
@@ -52,7 +53,7 @@ _TRY_LATER = frozenset({500})
 #: the gateway's answers that say "not now" for reasons not the job's: retried, never counted
 _BUSY = frozenset({503})
 #: seconds a submitter waits when the fleet has ``--max-in-flight`` jobs in flight
-FLEET_FULL_WAIT = 0.5
+FLEET_FULL_WAIT = 0.2
 
 
 class _StoppingError(Exception):
@@ -107,8 +108,9 @@ class Submitter:
             RunStopError: the key was refused, or the gateway stayed unreachable too long.
         """
         ctx = self.ctx
-        if ctx.flags.stop_submitting:
-            return NotSent(ctx.flags.stop_submitting, retry=False)
+        early = await self._before_sending(job_id)
+        if early is not None:
+            return early
         await ctx.health.ready(self._probe)
         self._paced = False
         post = _Post()
@@ -152,6 +154,26 @@ class Submitter:
             state="submitted",
         )
         return Accepted(accepted.request_id, accepted.polling_url)
+
+    async def _before_sending(self, job_id: str) -> Outcome | None:
+        """Why the job is not to be sent now, before a rate token is spent on it: the run is
+        stopping, or (a fleet) another worker has it or the fleet is full."""
+        if self.ctx.flags.stop_submitting:
+            return NotSent(self.ctx.flags.stop_submitting, retry=False)
+        refused = self._fleet_check(job_id)
+        return None if refused is None else await self._fleet_refusal(job_id, refused)
+
+    def _fleet_check(self, job_id: str) -> JobTakenError | FleetFullError | None:
+        """Why this worker of a fleet cannot send the job now: another worker moved it on,
+        or the fleet is full (None: it may try; always, without a fleet)."""
+        if self.ctx.store.worker is None:
+            return None
+        row = self.ctx.store.get(job_id)
+        if row is None or row.state not in SENDABLE:
+            return JobTakenError(f"job {job_id!r} was moved on by another worker")
+        if not self.ctx.store.fleet_room():
+            return FleetFullError("the fleet has --max-in-flight jobs in flight")
+        return None
 
     async def _fleet_refusal(self, job_id: str, exc: JobTakenError | FleetFullError) -> Outcome:
         """A fleet's answer to the write-ahead: another worker holds the job (it is left to

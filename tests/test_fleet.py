@@ -92,7 +92,14 @@ async def test_three_workers_and_one_killed_pay_each_job_once_and_finish_everyth
         stats = sim.stats()
     codes = [w.process.returncode for w in workers]
     assert codes[victim] == -signal.SIGKILL, f"the kill landed ({kill_at})"
-    problems = [e for w in workers for e in w.events if e.get("level") in ("warning", "error")]
+    problems = [
+        e
+        for w in workers
+        for e in w.events
+        if e.get("level") in ("warning", "error", "info")
+        and e.get("event") in ("summary", "run_stopped", "remote_finished", "jobs_adopted")
+        and (e.get("event") != "remote_finished" or e.get("error"))
+    ]
     assert all(code in (0, 5) for i, code in enumerate(codes) if i != victim), (codes, problems)
     assert fresh.returncode in (0, 5), fresh.stderr.decode()[-2000:]
     assert stats["duplicate_charges"] == 0
@@ -100,10 +107,11 @@ async def test_three_workers_and_one_killed_pay_each_job_once_and_finish_everyth
     uncertain = {job_id for job_id, (state, _) in jobs.items() if state == "uncertain"}
     assert {state for state, _ in jobs.values()} <= {"downloaded", "uncertain"}
     # A job is uncertain only if the victim had made its POST durable: the gateway got it, or
-    # the kill fell between the write-ahead and the bytes (a kill aimed at "submitting").
+    # the kill fell between the write-ahead and the bytes, which each of its two submitters
+    # may be crossing at any instant.
     never_sent = {j for j in uncertain if jobs[j][1] not in stats["arrived_by_hash"]}
     assert uncertain - never_sent <= workers[victim].sent(), "uncertain: POSTs that left"
-    assert len(never_sent) <= (2 if kill_at[0] == "submitting" else 0), never_sent
+    assert len(never_sent) <= 2, never_sent
     print(f"seed={seed} kill_at={kill_at} uncertain={len(uncertain)} never_sent={len(never_sent)}")
 
 

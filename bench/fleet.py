@@ -1,0 +1,99 @@
+"""Benchmark 9: a fleet. One worker against three on one PostgreSQL state database (a throwaway
+server, as the tests start it), on two scenarios:
+
+- rate-limited: the gateway allows R requests a second per key, and the workers are given the
+  key's rate (``--rps R``, which a fleet divides among its living workers): three workers must
+  not beat one (the key's rate is the bound) nor lose to it (target: within 1.05x);
+- download-bound: every media connection is capped, so a worker's ``--downloads`` bound its
+  throughput; three workers must reach at least twice the throughput of one.
+
+Usage: ``python bench/fleet.py [--jobs 120] [--limit 10] [--videos 24]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import PYTHON, ROOT, engine_env, sim_process, table, write_manifest
+
+sys.path.insert(0, str(ROOT))
+from tests.pgserver import fresh_database, postgres_server
+
+
+def fleet(workers: int, manifest: Path, out: Path, url: str, base_url: str, *flags: str) -> float:
+    """Seconds until ``workers`` worker processes have all finished the manifest."""
+    command = [PYTHON, "-m", "pixazo_batch", "--log-level", "warning", "run", str(manifest),
+               "--out", str(out), "--base-url", base_url, "--state", url, *flags]  # fmt: skip
+    start = time.perf_counter()
+    running = [
+        subprocess.Popen(command, env=engine_env(), stdout=subprocess.DEVNULL)
+        for _ in range(workers)
+    ]
+    codes = [process.wait() for process in running]
+    if any(code not in (0, 3) for code in codes):
+        raise SystemExit(f"a worker failed: exits {codes}")
+    return time.perf_counter() - start
+
+
+def compare(server: str, scenario: dict[str, Any], jobs: int, *flags: str) -> tuple[float, float]:
+    """Makespan of one worker, then of three, each on a fresh database and simulator."""
+    times = []
+    for workers in (1, 3):
+        with (
+            tempfile.TemporaryDirectory(prefix="pixazo-bench-") as scratch,
+            sim_process("fast", **scenario) as sim,
+        ):
+            folder = Path(scratch)
+            manifest = write_manifest(folder / "jobs.jsonl", jobs)
+            url = fresh_database(server)
+            times.append(fleet(workers, manifest, folder / "out", url, sim.base_url, *flags))
+    return times[0], times[1]
+
+
+def main() -> None:
+    """Measure and print."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=120)
+    parser.add_argument("--limit", type=int, default=10)
+    parser.add_argument("--videos", type=int, default=24)
+    args = parser.parse_args()
+    quick = {
+        "processing_median": {"540p": 0.5, "720p": 0.5, "1080p": 0.5},
+        "processing_sigma": 0.1,
+        "status_tick": [0.0, 0.0],
+        "failed_rate": 0.0,
+        "error_rate": 0.0,
+        "straggler_rate": 0.0,
+        "media_bitrate": None,
+        "media_size_jitter": 0.0,
+    }
+    limited = {**quick, "rate_limit": args.limit, "rate_window": 1.0, "media_bytes": 4096}
+    capped = {**quick, "media_bytes": 4_000_000, "media_throughput": 1_000_000}
+    with postgres_server() as server:
+        one, three = compare(
+            server, limited, args.jobs, "--rps", str(args.limit), "--poll-interval", "0.5"
+        )
+        one_dl, three_dl = compare(server, capped, args.videos, "--downloads", "2")
+    megabytes = args.videos * 4
+    table(
+        f"A fleet on PostgreSQL: 1 worker against 3 ({args.jobs} jobs at {args.limit} requests/s "
+        f"per key; {args.videos} videos of 4 MB at 1 MB/s per connection, --downloads 2)",
+        [
+            ("rate-limited: makespan, s (1 worker | 3)", f"{three:.1f}", f"{one:.1f}",
+             "3 workers within 1.05x of 1"),
+            ("rate-limited: ratio 3 workers / 1", f"{three / one:.2f}", "-", "<= 1.05"),
+            ("download-bound: MB/s (1 worker | 3)", f"{megabytes / three_dl:.1f}",
+             f"{megabytes / one_dl:.1f}", ">= 2x"),
+            ("download-bound: ratio 3 workers / 1", f"{one_dl / three_dl:.2f}", "-", ">= 2"),
+        ],
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
