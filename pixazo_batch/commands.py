@@ -29,7 +29,7 @@ from pixazo_batch.lifecycle import OperatorAbandoned, OperatorFoundRequest, Oper
 from pixazo_batch.logs import configure_logging
 from pixazo_batch.manifest import ManifestIssue, read_manifest
 from pixazo_batch.models import JobSpec
-from pixazo_batch.pgstate import is_database_url
+from pixazo_batch.pgconn import is_database_url
 from pixazo_batch.planning import plan_run
 from pixazo_batch.progress import TerminalProgress
 from pixazo_batch.resolve import Choice, resolve_job

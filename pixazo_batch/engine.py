@@ -47,7 +47,8 @@ from pixazo_batch.images import InputUploader
 from pixazo_batch.lifecycle import Hinted
 from pixazo_batch.manifest import ManifestIssue
 from pixazo_batch.models import JobState
-from pixazo_batch.pgstate import FleetIdentity, PgStateStore
+from pixazo_batch.pgstate import PgStateStore
+from pixazo_batch.pgworkers import FleetIdentity
 from pixazo_batch.poller import Poller
 from pixazo_batch.producer import feed
 from pixazo_batch.router import Queues, Router

@@ -10,7 +10,6 @@ they also survive a power cut. ``statefile.py`` finds, checks, creates and locks
 from __future__ import annotations
 
 import dataclasses
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -27,11 +26,12 @@ from pixazo_batch.errors import (
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.models import ALLOWED_TRANSITIONS, JobSpec, JobState
 from pixazo_batch.mp4 import Mp4Info
+from pixazo_batch.runmemory import RunMemory
 from pixazo_batch.statefile import locked_connection, read_only_connection
-from pixazo_batch.statereader import Connection, StateReader
+from pixazo_batch.statereader import Connection
 
 
-class StateStore(StateReader):
+class StateStore(RunMemory):
     """Durable job states for one output folder.
 
     Usage: ``with StateStore.open(path) as store: store.register(spec, run_id)``.
@@ -75,34 +75,6 @@ class StateStore(StateReader):
             return
         with locked_connection(path, folder=folder) as db:
             yield cls(path, db)
-
-    # --- runs ---------------------------------------------------------------------------------
-
-    def begin_run(self) -> int:
-        """Record a new run; returns its id."""
-        with self._transaction():
-            (self.run_id,) = self.db.execute(
-                "INSERT INTO runs (pid, started_at) VALUES (?, ?) RETURNING id",
-                (os.getpid(), time.time()),
-            ).fetchone()
-        return self.run_id
-
-    def end_run(self, exit_code: int) -> None:
-        """Record how the current run ended."""
-        with self._transaction():
-            self.db.execute(
-                "UPDATE runs SET ended_at = ?, exit_code = ? WHERE id = ?",
-                (time.time(), exit_code, self.run_id),
-            )
-
-    def add_webhook_secret(self, secret: str) -> None:
-        """Keep the current run's webhook signing secret."""
-        with self._transaction():
-            self.db.execute(
-                "INSERT INTO webhook_secrets (run_id, secret) VALUES (?, ?)"
-                " ON CONFLICT (run_id) DO UPDATE SET secret = excluded.secret",
-                (self.run_id, secret),
-            )
 
     # --- registering manifest jobs ------------------------------------------------------------
 
@@ -173,25 +145,6 @@ class StateStore(StateReader):
         if found is not None:
             return f"output {output!r} is a folder of job {found[0]!r}'s output"
         return None
-
-    def keep_inputs(self, inputs: dict[str, Path]) -> None:
-        """Remember where the local images of a job are (by their key in the inputs bucket)."""
-        with self._transaction():
-            self.db.executemany(
-                "INSERT INTO input_files (key, path) VALUES (?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET path = excluded.path",
-                [(key, str(path)) for key, path in inputs.items()],
-            )
-
-    def remember_manifest(self, digest: str, jobs: int) -> None:
-        """Note that a manifest with this digest was registered in full, without a bad line."""
-        with self._transaction():
-            self.db.execute(
-                "INSERT INTO manifests (digest, jobs, registered_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (digest) DO UPDATE SET jobs = excluded.jobs,"
-                " registered_at = excluded.registered_at",
-                (digest, jobs, time.time()),
-            )
 
     # --- transitions ---------------------------------------------------------------------------
 
@@ -331,35 +284,6 @@ class StateStore(StateReader):
             row = self._current(job_id)
             self._move(row, JobState.PENDING, error=reason)
             self._end_attempt(row, "not_sent")
-
-    def keep_callback(self, job_id: str, request_id: str) -> None:
-        """Remember, durably, that a callback named ``request_id`` for an uncertain job (a hint,
-        confirmed by a status request before it is believed)."""
-        with self._transaction():
-            self.db.execute(
-                "INSERT INTO callback_hints (job_id, request_id, received_at)"
-                " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                (job_id, request_id, time.time()),
-            )
-
-    def keep_speed(self, origin: str, scales: list[float]) -> None:
-        """Keep what this run knows of the gateway's speed for the next run."""
-        with self._transaction():
-            self.db.execute("DELETE FROM speed_samples WHERE origin = ?", (origin,))
-            self.db.executemany(
-                "INSERT INTO speed_samples (origin, n, scale) VALUES (?, ?, ?)",
-                [(origin, n, scale) for n, scale in enumerate(scales)],
-            )
-
-    def remember_pause(self, origin: str, until: float) -> None:
-        """Keep the end (wall clock) of a pause the gateway announced, for later runs."""
-        with self._transaction():
-            self.db.execute(
-                "INSERT INTO pauses (origin, until) VALUES (?, ?) ON CONFLICT (origin)"
-                " DO UPDATE SET until = CASE WHEN excluded.until > pauses.until"
-                " THEN excluded.until ELSE pauses.until END",
-                (origin, until),
-            )
 
     # --- internals ----------------------------------------------------------------------------
 

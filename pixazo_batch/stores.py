@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pixazo_batch.pgstate import FleetIdentity, PgStateStore, is_database_url
+from pixazo_batch.pgconn import is_database_url
+from pixazo_batch.pgstate import PgStateStore
+from pixazo_batch.pgworkers import FleetIdentity
 from pixazo_batch.state import StateStore
 
 
