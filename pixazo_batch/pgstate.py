@@ -145,19 +145,18 @@ class PgStateStore(WorkerRoster):
         ).fetchone()
         if found is None:
             raise JobTakenError(f"job {job_id!r} is held by another worker")
-        self._room_counted_at = -ROOM_LOOK  # the count that decides is never a cached one
-        if not self.fleet_room():
+        if not self.fleet_room(fresh=True):  # the count that decides is never a cached one
             raise FleetFullError(f"the fleet has {self.max_in_flight} jobs in flight")
         return row_from(found)
 
-    def fleet_room(self) -> bool:
+    def fleet_room(self, *, fresh: bool = False) -> bool:
         """Whether the fleet has fewer than ``--max-in-flight`` jobs in flight (counted at
         most every ``ROOM_LOOK`` seconds: every submitter of a full fleet asks, and the
         count in ``begin_submit`` is the one that decides)."""
         if self.max_in_flight is None:
             return True
         now = time.monotonic()
-        if now - self._room_counted_at >= ROOM_LOOK:
+        if fresh or now - self._room_counted_at >= ROOM_LOOK:
             (flying,) = self.db.execute(
                 "SELECT COUNT(*) FROM jobs WHERE state IN ('submitting', 'submitted')"
             ).fetchone()

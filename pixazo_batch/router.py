@@ -118,11 +118,16 @@ class Router:
         self._intake_closed = False
         self._slots = anyio.CapacityLimiter(max_in_flight)
         self._holding: set[str] = set()
+        self._slot_freed = anyio.Event()
 
     @property
     def moving(self) -> int:
         """How many jobs are moving through this run."""
         return len(self._moving)
+
+    async def next_slot_freed(self) -> None:
+        """Wait until a job of this run leaves flight (a fleet's submitters wake on it)."""
+        await self._slot_freed.wait()
 
     def is_moving(self, job_id: str) -> bool:
         """Whether the job is queued for, or in, a stage of this run."""
@@ -193,6 +198,8 @@ class Router:
         elif job_id in self._holding:
             self._holding.discard(job_id)
             self._slots.release_on_behalf_of(job_id)
+            self._slot_freed.set()
+            self._slot_freed = anyio.Event()
         match action:
             case Action.SUBMIT:
                 self.queues.submit.send_nowait(job_id)

@@ -234,9 +234,9 @@ class StateStore(RunMemory):
             )
             self._end_attempt(row, outcome, row.request_id)
 
-    def fleet_room(self) -> bool:
+    def fleet_room(self, *, fresh: bool = False) -> bool:
         """Whether the fleet may have one more job in flight (a state file has no fleet: its
-        run's router keeps ``--max-in-flight``)."""
+        run's router keeps ``--max-in-flight``); ``fresh`` counts again."""
         return True
 
     def claim_download(self, job_id: str) -> bool:

@@ -181,7 +181,10 @@ class Submitter:
         if isinstance(exc, JobTakenError):
             return TakenElsewhere(str(exc))
         log.debug("fleet_full", job_id=job_id, error=str(exc))
-        await self.ctx.clock.sleep(FLEET_FULL_WAIT)
+        # A slot of this worker's frees now; another worker's shows within the wait.
+        with anyio.move_on_after(FLEET_FULL_WAIT):
+            await self.ctx.router.next_slot_freed()
+        self.ctx.store.fleet_room(fresh=True)
         return NotSent(str(exc), retry=True)
 
     def _refusal(self, job_id: str, post: _Post, exc: HttpStatusError) -> Outcome:

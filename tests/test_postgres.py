@@ -17,7 +17,7 @@ from pixazo_batch.engine import run_batch
 from pixazo_batch.sim import Simulator
 from tests.conftest import TEST_KEY, fast, job_line, simulator, write_manifest
 from tests.test_cli import cli_env, run_args
-from tests.test_engine import (
+from tests.test_engine import (  # noqa: F401  (collected here again, on PostgreSQL)
     test_a_changed_request_under_a_known_id_is_refused,
     test_a_lost_answer_makes_the_job_uncertain_and_it_is_never_resubmitted_silently,
     test_a_run_cancelled_inside_any_stage_resumes_without_paying_twice,
@@ -31,18 +31,6 @@ from tests.test_engine import (
 from tests.test_unattended import cli
 
 pytestmark = pytest.mark.anyio
-
-ENGINE_TESTS = (
-    test_a_changed_request_under_a_known_id_is_refused,
-    test_a_lost_answer_makes_the_job_uncertain_and_it_is_never_resubmitted_silently,
-    test_a_run_cancelled_inside_any_stage_resumes_without_paying_twice,
-    test_bad_lines_are_reported_and_good_lines_still_run,
-    test_budget_caps_committed_spend_across_runs,
-    test_happy_path_downloads_every_video,
-    test_remote_error_is_resubmitted_up_to_max_attempts,
-    test_rerunning_a_finished_manifest_sends_nothing,
-    test_retry_after_is_honoured_in_every_form,
-)
 
 
 @pytest.fixture

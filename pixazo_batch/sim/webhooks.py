@@ -8,6 +8,7 @@ from collections.abc import Callable
 import aiohttp
 
 from pixazo_batch.sim.jobs import SimJob, status_body
+from pixazo_batch.sim.outbound import Outbound
 from pixazo_batch.sim.state import SimState
 
 #: deliveries to one job stop after this many failed POSTs in a row, as the real queue may
@@ -16,30 +17,19 @@ MAX_CONSECUTIVE_FAILURES = 3
 SYNC_TICK_CAP = 15.0
 
 
-class WebhookSender:
+class WebhookSender(Outbound):
     """Posts status callbacks for jobs submitted with ``X-Webhook-URL``."""
 
     def __init__(self, state: SimState) -> None:
+        super().__init__(timeout=5)
         self.state = state
         self.media_url: Callable[[SimJob], str | None] = lambda job: None
-        self._session: aiohttp.ClientSession | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def schedule(self, job: SimJob) -> None:
         """Start delivering callbacks for ``job`` in the background."""
         if job.webhook_mode == "sync":
             job.tick = min(job.tick, self.state.scenario.seconds(SYNC_TICK_CAP))
-        task = asyncio.get_running_loop().create_task(self._deliver(job))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def close(self) -> None:
-        """Stop all pending deliveries and release the HTTP session."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+        self.start(self._deliver(job))
 
     async def _deliver(self, job: SimJob) -> None:
         state = self.state
@@ -63,11 +53,9 @@ class WebhookSender:
 
     async def _post(self, job: SimJob, body: dict[str, object]) -> bool:
         assert job.webhook_url is not None
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         self.state.stats.webhooks_sent += 1
         try:
-            async with self._session.post(job.webhook_url, json=body) as response:
+            async with self.session.post(job.webhook_url, json=body) as response:
                 return 200 <= response.status < 300
         except (aiohttp.ClientError, TimeoutError):
             return False
