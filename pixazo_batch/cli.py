@@ -172,6 +172,15 @@ def _out_and_state(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _database_errors() -> tuple[type[Exception], ...]:
+    """What PostgreSQL's driver raises, when it is installed."""
+    try:
+        import psycopg  # noqa: PLC0415  (only with the pg extra)
+    except ImportError:
+        return ()
+    return (psycopg.Error,)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (``docs/design.md``, "Exit codes")."""
     args = build_parser().parse_args(argv)
@@ -182,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), exc.exit_code)
     except sqlite3.DatabaseError as exc:  # a state file damaged under a read
         return _fail(f"the state file is damaged or unreadable: {exc}", EXIT_USAGE)
+    except _database_errors() as exc:  # a state database gone under a read
+        return _fail(f"the state database failed: {str(exc).strip().splitlines()[0]}", EXIT_USAGE)
     except BrokenPipeError:
         # The reader stopped reading (``report | head``): nothing is wrong.
         _drop_stdout()

@@ -1,10 +1,10 @@
 """The fleet: what a worker does beside its stages when several share one state database.
 
 While the run goes on it beats its heart, takes over the work of workers gone silent past
-``--worker-timeout`` (``pgstate.PgStateStore.reap_and_adopt``), shares the key's request rate
-with the living (each takes ``--rps`` divided by their number) and honours at once a pause
-any of them was told (a 429's Retry-After, kept in ``pauses``). See ``docs/design.md``, "A
-fleet of workers".
+``--worker-timeout`` (``pgworkers.WorkerRoster.reap_and_adopt``), takes videos nobody downloads
+yet when its downloaders are idle, shares the key's request rate with the living (in proportion
+to the jobs each holds) and honours at once a pause any of them was told (a 429's Retry-After,
+kept in ``pauses``). See ``docs/design.md``, "A fleet of workers".
 """
 
 from __future__ import annotations

@@ -87,12 +87,14 @@ class PgStateStore(WorkerRoster):
             raise UsageError(f"--state {where}: cannot use the database: {detail}") from None
         store = cls(url, PgConnection(conn))
         try:
-            store._migrate()
-            if fleet is not None:
-                store._join(fleet)
+            try:
+                store._migrate()
+                if fleet is not None:
+                    store._join(fleet)
+            except psycopg.Error as exc:  # no right to create the tables, tables not ours...
+                detail = str(exc).strip().splitlines()[0]
+                raise UsageError(f"--state {where}: the database refused us: {detail}") from None
             yield store
-        except psycopg.errors.InsufficientPrivilege as exc:
-            raise UsageError(f"--state {where}: {exc}") from None
         finally:
             if store.worker is not None:
                 store._leave()

@@ -38,6 +38,9 @@ class FleetIdentity:
 class WorkerRoster(StateStore):
     """The fleet's workers, as one of them (or a command that is none) sees them."""
 
+    #: seconds of silence after which a worker is taken for dead
+    worker_timeout: float = 60.0
+
     def _join(self, fleet: FleetIdentity) -> None:
         """Check this run agrees with the database's manifest and with the living workers'
         gateway and key, then add this worker."""
@@ -70,6 +73,7 @@ class WorkerRoster(StateStore):
                 (worker, socket.gethostname(), os.getpid(), fleet.base_url, key_mark, time.time()),
             )
         self.max_in_flight = fleet.max_in_flight
+        self.worker_timeout = fleet.worker_timeout
         self.worker = worker
 
     def _fleet_value(self, name: str, proposed: str) -> str:
@@ -182,8 +186,12 @@ class WorkerRoster(StateStore):
         ]
 
     def others_working(self) -> bool:
-        """Whether another worker lives (it carries on with what is left)."""
-        return any(worker["worker"] != self.worker for worker in self.live_workers())
+        """Whether another worker lives and was heard from within the timeout (it carries on
+        with what is left)."""
+        return any(
+            worker["worker"] != self.worker and worker["silent_s"] < self.worker_timeout
+            for worker in self.live_workers()
+        )
 
     def _leave(self) -> None:
         """Stop as a worker: what this worker held is released for the others at once."""

@@ -97,13 +97,18 @@ async def test_status_report_and_resolve_work_against_the_database(
     assert stats["accepted"] == 2, "job-000 was attached, never submitted again"
 
 
-@pytest.mark.parametrize("problem", ["unreachable", "another manifest"])
+@pytest.mark.parametrize("problem", ["unreachable", "another manifest", "tables not ours"])
 async def test_a_database_that_cannot_be_used_is_one_clear_line_and_nothing_is_paid(
     tmp_path: Path, pg_url: str, problem: str
 ) -> None:
     env = cli_env(PIXAZO_API_KEY=TEST_KEY)
     url = "postgresql://pixazo@127.0.0.1:9/nowhere" if problem == "unreachable" else pg_url
     async with simulator(fast()) as sim:
+        if problem == "tables not ours":
+            import psycopg
+
+            with psycopg.connect(pg_url, autocommit=True) as db:
+                db.execute("CREATE TABLE fleet (owner TEXT)")
         if problem == "another manifest":
             first = run_args(sim, manifest_of(tmp_path, 1, "monday.jsonl"), tmp_path / "o")
             await anyio.run_process([*first, "--state", url], env=env)
@@ -117,6 +122,7 @@ async def test_a_database_that_cannot_be_used_is_one_clear_line_and_nothing_is_p
     expected = {
         "unreachable": "cannot use the database",
         "another manifest": "holds the jobs of manifest 'monday.jsonl', not 'tuesday.jsonl'",
+        "tables not ours": 'the database refused us: column "value" does not exist',
     }[problem]
     assert expected in refused.stderr.decode(), errors
     assert "Traceback" not in refused.stderr.decode()
