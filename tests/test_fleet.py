@@ -7,6 +7,7 @@ paying twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import signal
@@ -19,6 +20,7 @@ from anyio.abc import Process
 
 from pixazo_batch.sim import Simulator
 from tests.conftest import TEST_KEY, fast, job_line, simulator, write_manifest
+from tests.test_buckets import served_sha256
 from tests.test_cli import cli_env, log_events, run_args
 from tests.test_unattended import cli
 
@@ -90,6 +92,8 @@ async def test_three_workers_and_one_killed_pay_each_job_once_and_finish_everyth
                 await workers[victim].working.wait()
         fresh = await anyio.run_process(command, env=env, check=False)
         stats = sim.stats()
+        served = {job.request_hash: served_sha256(sim, request_id)
+                  for request_id, job in sim.state.book.jobs.items()}  # fmt: skip
     codes = [w.process.returncode for w in workers]
     assert codes[victim] == -signal.SIGKILL, f"the kill landed ({kill_at})"
     problems = [
@@ -106,6 +110,10 @@ async def test_three_workers_and_one_killed_pay_each_job_once_and_finish_everyth
     jobs = jobs_in(pg_url)
     uncertain = {job_id for job_id, (state, _) in jobs.items() if state == "uncertain"}
     assert {state for state, _ in jobs.values()} <= {"downloaded", "uncertain"}
+    for job_id, (state, request_hash) in jobs.items():  # one writer a file: none spliced
+        if state == "downloaded":
+            video = (out / f"{job_id}.mp4").read_bytes()
+            assert hashlib.sha256(video).hexdigest() == served[request_hash], job_id
     # A job is uncertain only if the victim had made its POST durable: the gateway got it, or
     # the kill fell between the write-ahead and the bytes, which each of its two submitters
     # may be crossing at any instant.
