@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -106,8 +105,9 @@ async def test_a_fresh_state_file_finds_quick_jobs_quickly_and_keeps_what_it_lea
     assert summary.exit_code == 0
     assert took < 10, "scouting from the poll floor, not a prior of minutes"
     assert stats["status_requests"] / 12 <= 3
-    # Whole-second gateway stamps make each sample +-0.5 s; their middle is the job's time.
-    assert len(kept) == 12 and 0.2 < statistics.median(kept) < 1.5
+    # Whole-second gateway stamps make each sample +-0.5 s of the job's 0.4 s, and jobs sent in
+    # one burst share the error (their start in the second), so only the range is certain.
+    assert len(kept) == 12 and min(kept) > 0.0 and max(kept) < 1.5
 
 
 @pytest.mark.anyio
