@@ -26,7 +26,7 @@ from tests.test_unattended import cli
 
 pytestmark = pytest.mark.anyio
 
-WORKER_TIMEOUT = "1.5"
+WORKER_TIMEOUT = "2.5"
 
 
 def fleet_command(sim: Simulator, manifest: Path, out: Path, url: str, *extra: str) -> list[str]:
@@ -65,6 +65,10 @@ class Worker:
                     self.process.kill()
         await self.process.wait()
 
+    def fenced(self) -> bool:
+        """Whether the fleet took this worker for dead and it stopped."""
+        return any("took this worker for dead" in str(e.get("error")) for e in self.events)
+
     def sent(self) -> set[str]:
         """Jobs whose POST this worker wrote ahead (durably ``submitting``)."""
         return {e["job_id"] for e in self.events if e.get("event") == "submitting"}
@@ -96,15 +100,11 @@ async def test_three_workers_and_one_killed_pay_each_job_once_and_finish_everyth
                   for request_id, job in sim.state.book.jobs.items()}  # fmt: skip
     codes = [w.process.returncode for w in workers]
     assert codes[victim] == -signal.SIGKILL, f"the kill landed ({kill_at})"
-    problems = [
-        e
-        for w in workers
-        for e in w.events
-        if e.get("level") in ("warning", "error", "info")
-        and e.get("event") in ("summary", "run_stopped", "remote_finished", "jobs_adopted")
-        and (e.get("event") != "remote_finished" or e.get("error"))
-    ]
-    assert all(code in (0, 5) for i, code in enumerate(codes) if i != victim), (codes, problems)
+    # A survivor whose loop stalled past the (short) timeout on a loaded machine is taken for
+    # dead too: it must then stop (exit 3) at its next transition, its work going on elsewhere.
+    dead = {victim} | {i for i, w in enumerate(workers) if w.fenced()}
+    assert all(code in (0, 5) for i, code in enumerate(codes) if i not in dead), codes
+    assert all(codes[i] == 3 for i in dead - {victim}), codes
     assert fresh.returncode in (0, 5), fresh.stderr.decode()[-2000:]
     assert stats["duplicate_charges"] == 0
     jobs = jobs_in(pg_url)
@@ -114,12 +114,13 @@ async def test_three_workers_and_one_killed_pay_each_job_once_and_finish_everyth
         if state == "downloaded":
             video = (out / f"{job_id}.mp4").read_bytes()
             assert hashlib.sha256(video).hexdigest() == served[request_hash], job_id
-    # A job is uncertain only if the victim had made its POST durable: the gateway got it, or
-    # the kill fell between the write-ahead and the bytes, which each of its two submitters
+    # A job is uncertain only if a dead worker had made its POST durable: the gateway got it,
+    # or the end fell between the write-ahead and the bytes, which each of its two submitters
     # may be crossing at any instant.
     never_sent = {j for j in uncertain if jobs[j][1] not in stats["arrived_by_hash"]}
-    assert uncertain - never_sent <= workers[victim].sent(), "uncertain: POSTs that left"
-    assert len(never_sent) <= 2, never_sent
+    sent_by_dead = set().union(*(workers[i].sent() for i in dead))
+    assert uncertain - never_sent <= sent_by_dead, "uncertain: POSTs that left"
+    assert len(never_sent) <= 2 * len(dead), never_sent
     print(f"seed={seed} kill_at={kill_at} uncertain={len(uncertain)} never_sent={len(never_sent)}")
 
 
