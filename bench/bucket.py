@@ -27,6 +27,7 @@ from common import (
     PYTHON,
     engine_env,
     free_port,
+    quick_jobs,
     run_child,
     run_naive,
     sim_process,
@@ -77,17 +78,7 @@ def main() -> None:
     parser.add_argument("--engine-flag", action="append", default=[], help="passed to the run")
     args = parser.parse_args()
     size = args.mb * 1_000_000
-    scenario = {
-        "processing_median": {"540p": 0.5, "720p": 0.5, "1080p": 0.5},
-        "processing_sigma": 0.1,
-        "status_tick": [0.0, 0.0],
-        "straggler_rate": 0.0,
-        "failed_rate": 0.0,
-        "error_rate": 0.0,
-        "media_bitrate": None,
-        "media_bytes": size,
-        "media_size_jitter": 0.0,
-    }
+    scenario = quick_jobs(0.5, 0.1, media_bytes=size)
     with tempfile.TemporaryDirectory(prefix="pixazo-bench-") as scratch, moto_server() as s3:
         folder = Path(scratch)
         env = engine_env() | {

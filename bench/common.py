@@ -62,6 +62,22 @@ def sim_process(
         process.wait()
 
 
+def quick_jobs(seconds: float, sigma: float, **more: Any) -> dict[str, Any]:
+    """Scenario settings for jobs that all take about ``seconds``, never fail and are seen at
+    once, with videos of a fixed size (``media_bytes`` in ``more``)."""
+    return {
+        "processing_median": {"540p": seconds, "720p": seconds, "1080p": seconds},
+        "processing_sigma": sigma,
+        "status_tick": [0.0, 0.0],
+        "straggler_rate": 0.0,
+        "failed_rate": 0.0,
+        "error_rate": 0.0,
+        "media_bitrate": None,
+        "media_size_jitter": 0.0,
+        **more,
+    }
+
+
 def free_port() -> int:
     """A loopback TCP port nobody listens on right now."""
     with socket.socket() as probe:

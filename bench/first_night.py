@@ -12,7 +12,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from common import run_engine, sim_process, table, write_manifest
+from common import quick_jobs, run_engine, sim_process, table, write_manifest
 
 
 def main() -> None:
@@ -20,17 +20,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=30)
     args = parser.parse_args()
-    quick = {
-        "processing_median": {"540p": 1.0, "720p": 1.0, "1080p": 1.0},
-        "processing_sigma": 0.2,
-        "dispatch_delay": [0.0, 0.2],
-        "status_tick": [0.0, 0.0],
-        "straggler_rate": 0.0,
-        "failed_rate": 0.0,
-        "error_rate": 0.0,
-        "media_bitrate": None,
-        "media_bytes": 65536,
-    }
+    quick = quick_jobs(1.0, 0.2, dispatch_delay=[0.0, 0.2], media_bytes=65536)
     with tempfile.TemporaryDirectory(prefix="pixazo-bench-") as scratch:
         folder = Path(scratch)
         manifest = write_manifest(folder / "jobs.jsonl", args.jobs)

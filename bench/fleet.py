@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import PYTHON, ROOT, engine_env, sim_process, table, write_manifest
+from common import PYTHON, ROOT, engine_env, quick_jobs, sim_process, table, write_manifest
 
 sys.path.insert(0, str(ROOT))
 from tests.pgserver import fresh_database, postgres_server
@@ -63,16 +63,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=10)
     parser.add_argument("--videos", type=int, default=24)
     args = parser.parse_args()
-    quick = {
-        "processing_median": {"540p": 0.5, "720p": 0.5, "1080p": 0.5},
-        "processing_sigma": 0.1,
-        "status_tick": [0.0, 0.0],
-        "failed_rate": 0.0,
-        "error_rate": 0.0,
-        "straggler_rate": 0.0,
-        "media_bitrate": None,
-        "media_size_jitter": 0.0,
-    }
+    quick = quick_jobs(0.5, 0.1)
     limited = {**quick, "rate_limit": args.limit, "rate_window": 1.0, "media_bytes": 4096}
     capped = {**quick, "media_bytes": 4_000_000, "media_throughput": 1_000_000}
     with postgres_server() as server:

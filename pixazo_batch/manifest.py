@@ -68,6 +68,16 @@ class ManifestIssue:
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.field}: {self.message}"
 
+    def log_fields(self) -> dict[str, object]:
+        """The fields of its ``manifest_issue`` log line."""
+        return {
+            "file": self.path,
+            "line": self.line,
+            "field": self.field,
+            "error": self.message,
+            "problem": str(self),
+        }
+
 
 #: an http(s) URL with a plain host (no IPv6 bracket, no space): accepted without parsing
 _SIMPLE_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:[/?#][^\s]*)?$")

@@ -116,14 +116,7 @@ def _report(
     issues.append(str(issue))
     if on_issue is not None:
         on_issue(issue)
-    log.warning(
-        "manifest_issue",
-        file=issue.path,
-        line=issue.line,
-        field=issue.field,
-        error=issue.message,
-        problem=str(issue),
-    )
+    log.warning("manifest_issue", **issue.log_fields())
     if strict:
         raise ManifestError(f"{issue} (--strict stops at the first bad line)")
 

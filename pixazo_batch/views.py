@@ -55,14 +55,7 @@ class Output:
         if self.human:
             self.errors.print(f"[red]{escape(str(issue))}[/red]")
         else:
-            log.warning(
-                "manifest_issue",
-                file=issue.path,
-                line=issue.line,
-                field=issue.field,
-                error=issue.message,
-                problem=str(issue),
-            )
+            log.warning("manifest_issue", **issue.log_fields())
 
     def run_summary(self, summary: RunSummary, out_dir: Path) -> None:
         """The end of a run: counts, money and every job that needs attention."""

@@ -188,3 +188,20 @@ async def test_the_budget_holds_to_the_cent_across_workers(tmp_path: Path, pg_ur
     states = [state for state, _ in jobs_in(pg_url).values()]
     assert states.count("downloaded") == 5 and states.count("pending") == 7
     assert set(codes) <= {2, 3}, codes
+
+
+async def test_max_in_flight_holds_for_the_whole_fleet(tmp_path: Path, pg_url: str) -> None:
+    manifest = write_manifest(tmp_path / "jobs.jsonl", [job_line(i) for i in range(12)])
+    env = cli_env(PIXAZO_API_KEY=TEST_KEY)
+    scenario = fast(processing_median={"540p": 1.0}, processing_sigma=0.0)
+    async with simulator(scenario) as sim:
+        command = fleet_command(sim, manifest, tmp_path / "out", pg_url, "--max-in-flight", "3")
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(lambda: anyio.run_process(command, env=env, check=True))
+        spans = [(job.created, job.finished) for job in sim.state.book.jobs.values()]
+    # Each job is in flight for the engine at least from its creation to its end at the
+    # gateway, so at no instant may more than 3 of those spans overlap (9 if each worker kept
+    # its own cap).
+    most = max(sum(start <= at < end for start, end in spans) for at, _ in spans)
+    assert len(spans) == 12 and most <= 3, most
