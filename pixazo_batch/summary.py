@@ -64,7 +64,7 @@ def summarise(
     uncertain = [row.id for row in _first(store.iter_jobs(JobState.UNCERTAIN))]
     mismatched = [
         {"id": row.id, "mismatch": row.mismatch}
-        for row in _first(row for row in store.iter_jobs(JobState.DOWNLOADED) if row.mismatch)
+        for row in _first(r for r in store.iter_mismatched() if r.state is JobState.DOWNLOADED)
     ]
     codes: set[int] = set()
     if stopped_by is not None:

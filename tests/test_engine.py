@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,26 @@ async def test_a_vanished_output_is_downloaded_again_without_resubmitting(
     assert summary.exit_code == 0
     assert (settings.out_dir / "job-000.mp4").is_file()
     assert stats["accepted"] == 2
+
+
+async def test_vanished_outputs_in_folders_are_found_and_only_they_are_fetched_again(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    outputs = ["spring/a.mp4", "spring/b.mp4", "summer/c.mp4", "d.mp4"]
+    lines = [job_line(i, output=output) for i, output in enumerate(outputs)]
+    manifest = write_manifest(tmp_path / "jobs.jsonl", lines)
+    async with simulator() as sim:
+        settings = make_settings(sim, manifest)
+        await run_batch(settings)
+        before = sim.stats()["media_requests"]
+        (settings.out_dir / "spring" / "a.mp4").unlink()
+        shutil.rmtree(settings.out_dir / "summer")
+        summary = await run_batch(settings)
+        stats = sim.stats()
+    assert summary.exit_code == 0
+    assert all((settings.out_dir / output).is_file() for output in outputs)
+    assert stats["media_requests"] - before == 2
+    assert stats["accepted"] == 4
 
 
 async def test_rejected_submission_fails_the_job_with_the_server_message(
