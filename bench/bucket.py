@@ -1,8 +1,8 @@
 """Benchmark 8: videos into a bucket. 20 videos of 100 MB from the simulator's media origin into
 an S3-compatible bucket (moto's server on loopback), two ways in one run:
 
-- pixazo-batch ``--out s3://bucket/engine``: each body streams from the CDN into a multipart
-  upload while it is checked, then is copied server-side to its final key;
+- pixazo-batch ``--out s3://bucket/engine``: each video is fetched into the local spool and
+  checked, then uploaded to its final key while the next comes in;
 - the baseline: the naive script downloads every video to disk, then boto3's managed transfer
   (``upload_file``, threads) uploads the folder.
 

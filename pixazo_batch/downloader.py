@@ -17,9 +17,10 @@ from pathlib import Path
 import aiohttp
 import anyio
 import structlog
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from pixazo_batch.bucketsink import BUCKET_READ_BUFFER, already_published, save_to_bucket
+from pixazo_batch.bucketsink import SPOOL, already_published, publish
 from pixazo_batch.context import RunContext
 from pixazo_batch.errors import MediaError, RequestError, SubmitStopError
 from pixazo_batch.governor import BackoffPolicy
@@ -32,7 +33,7 @@ from pixazo_batch.lifecycle import (
     Outcome,
     TakenElsewhere,
 )
-from pixazo_batch.mediafile import CHUNK, PartFile, commit
+from pixazo_batch.mediafile import CHUNK, PartFile, commit, saved_video
 from pixazo_batch.models import RemoteStatus
 from pixazo_batch.mp4 import Mp4Info, mismatch
 from pixazo_batch.safefs import UnsafePathError, confined_path
@@ -45,6 +46,8 @@ log = structlog.get_logger(__name__)
 INLINE_CHUNK = 64 << 10
 #: a body bringing fewer bytes than this in a stall window is cut (and resumed later)
 STALL_MIN_BYTES = 16 << 10
+#: the media body's read buffer on its way to a bucket (a file's is the session's)
+SPOOL_READ_BUFFER = 1 << 20
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
 
@@ -53,10 +56,21 @@ class Downloader:
 
     def __init__(self, ctx: RunContext, *, backoff: BackoffPolicy | None = None) -> None:
         self.ctx = ctx
+        # Into a bucket: how many videos come in from the CDN at once, and how many go out.
+        self._fetching = anyio.CapacityLimiter(ctx.settings.downloads)
+        self._uploading = anyio.CapacityLimiter(ctx.settings.downloads)
+        # Twice the workers into a bucket, and parts in memory: a smaller read buffer each.
+        self._read_buffer = SPOOL_READ_BUFFER if ctx.bucket else None
         self.backoff = backoff or BackoffPolicy(base=0.5, cap=30.0)
         self._rng = random.Random()
         self._root = ctx.settings.out_dir.resolve()
         self._limit = ctx.settings.max_video_mb << 20
+
+    def start(self, group: TaskGroup, jobs: MemoryObjectReceiveStream[str]) -> None:
+        """Start ``--downloads`` workers taking jobs from ``jobs`` (into a bucket, twice as many:
+        a video's upload does not keep the next one from coming in)."""
+        for _ in range(self.ctx.settings.downloads * (2 if self.ctx.bucket else 1)):
+            group.start_soon(self.run, jobs)
 
     async def run(self, jobs: MemoryObjectReceiveStream[str]) -> None:
         """Download each job id received until the run ends (the engine owns the stream)."""
@@ -85,12 +99,14 @@ class Downloader:
         left = tries < self.ctx.settings.download_tries
         part: Path | None = None
         try:
-            if self.ctx.bucket is not None:
-                size, sha256, video = await self._to_bucket(row)
+            into_bucket = self.ctx.bucket is not None
+            relative = f"{SPOOL}/{row.id}.mp4" if into_bucket else row.output
+            final = confined_path(self._root, relative)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            part = final.with_name(final.name + ".part")
+            if into_bucket:
+                size, sha256, video = await self._to_bucket(row, part, final)
             else:
-                final = confined_path(self._root, row.output)
-                final.parent.mkdir(parents=True, exist_ok=True)
-                part = final.with_name(final.name + ".part")
                 size, sha256, video = await self._fetch(row, part, final)
         except UnsafePathError as exc:
             log.error("download_refused", job_id=row.id, error=str(exc))
@@ -121,24 +137,31 @@ class Downloader:
             log.warning("video_mismatch", job_id=row.id, request_id=row.request_id, error=differs)
         return Downloaded(size, sha256, video, differs)
 
-    async def _to_bucket(self, row: JobRow) -> tuple[int, str, Mp4Info]:
-        """The video streamed into the bucket, visible once whole (``bucketsink.py``)."""
+    async def _to_bucket(self, row: JobRow, part: Path, spooled: Path) -> tuple[int, str, Mp4Info]:
+        """The video fetched into the spool, verified, then put into the bucket (``bucketsink``)."""
         ctx = self.ctx
         assert ctx.bucket is not None
         assert ctx.storage is not None
-        assert row.media_url is not None
         try:
             published = await already_published(ctx.storage, ctx.bucket, row)
             if published is not None:
                 return published
-            # A smaller read buffer than a file's: the body waits while a part is sent.
-            async with ctx.media.get(row.media_url, read_bufsize=BUCKET_READ_BUFFER) as response:
-                total, _ = self._check_answer(response, 0)
-                return await save_to_bucket(ctx.storage, ctx.bucket, row, response, total)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise MediaError(f"{type(exc).__name__}: {exc}") from exc
+            if spooled.is_file():  # noqa: ASYNC240  (a killed run's whole video: one stat)
+                size, sha256, video = await anyio.to_thread.run_sync(saved_video, spooled)
+            else:
+                async with self._fetching:
+                    size, sha256, video = await self._fetch(row, part, spooled, durable=False)
+            async with self._uploading:
+                await publish(ctx.storage, ctx.bucket, row, spooled, sha256=sha256, info=video)
         except storage_errors() as exc:
             raise MediaError(f"the bucket refused the video: {exc}") from exc
+        except (MediaError, OSError) as exc:
+            # Whatever is wrong with a spooled video, the next try fetches it again.
+            spooled.unlink(missing_ok=True)  # noqa: ASYNC240
+            if isinstance(exc, MediaError):
+                raise
+            raise MediaError(f"cannot upload {spooled.name}: {exc.strerror or exc}") from exc
+        return size, sha256, video
 
     async def _refresh_url(self, row: JobRow, reason: str, *, tries_left: bool) -> Outcome:
         """Ask the status endpoint for a fresh media URL (the old one expired)."""
@@ -152,8 +175,11 @@ class Downloader:
             return MediaRefreshed(status.media_url)
         return DownloadFailed(reason, tries_left=tries_left)
 
-    async def _fetch(self, row: JobRow, part_path: Path, final: Path) -> tuple[int, str, Mp4Info]:
-        """Bring the body into the part file and commit it; (size, sha256, its headers)."""
+    async def _fetch(
+        self, row: JobRow, part_path: Path, final: Path, *, durable: bool = True
+    ) -> tuple[int, str, Mp4Info]:
+        """Bring the body into the part file and commit it (``durable``: synced to disk);
+        (size, sha256, its headers)."""
         assert row.media_url is not None
         try:
             # One stat on the loop costs less than a thread hop; only a resume reads the part.
@@ -167,7 +193,8 @@ class Downloader:
             raise MediaError(f"cannot read {part_path.name}: {exc}", discard_part=True) from exc
         headers = {"Range": f"bytes={part.size}-"} if part.size else {}
         try:
-            async with self.ctx.media.get(row.media_url, headers=headers) as response:
+            get = self.ctx.media.get(row.media_url, headers=headers, read_bufsize=self._read_buffer)
+            async with get as response:
                 total, etag = self._check_answer(response, part.size)
                 if response.status == 200 and part.size:
                     part.restart()
@@ -179,7 +206,7 @@ class Downloader:
             raise MediaError(str(exc), discard_part=True) from exc
         except OSError as exc:
             raise MediaError(f"cannot write {part_path.name}: {exc.strerror or exc}") from exc
-        video = await anyio.to_thread.run_sync(commit, part, final, total, etag)
+        video = await anyio.to_thread.run_sync(commit, part, final, total, etag, durable)
         return part.size, part.sha256.hexdigest(), video
 
     def _check_answer(

@@ -219,8 +219,7 @@ async def _run(
                         for _ in range(settings.concurrency):
                             group.start_soon(Submitter(ctx).run, submit_receive)
                         group.start_soon(Poller(ctx, estimator=estimator).run, poll_receive)
-                        for _ in range(settings.downloads):
-                            group.start_soon(Downloader(ctx).run, download_receive)
+                        Downloader(ctx).start(group, download_receive)
                         if webhooks is not None:
                             group.start_soon(webhooks.adopt_hinted, partial(_adopt, ctx))
                         if isinstance(store, PgStateStore) and store.worker is not None:

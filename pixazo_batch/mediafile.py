@@ -92,9 +92,12 @@ class PartFile:
         self.size += len(chunk)
 
 
-def commit(part: PartFile, final: Path, total: int, etag: str | None) -> Mp4Info:
-    """Check that ``part`` is the whole video and move it to ``final``, all or nothing.
-    Returns what its headers say. Runs in a worker thread (it reads and fsyncs).
+def commit(
+    part: PartFile, final: Path, total: int, etag: str | None, durable: bool = True
+) -> Mp4Info:
+    """Check that ``part`` is the whole video and move it to ``final``, all or nothing (and,
+    when ``durable``, on disk before the call returns). Returns what its headers say. Runs in
+    a worker thread (it reads and fsyncs).
 
     Raises:
         MediaError: the file is short, not a whole MP4, or does not match the ETag.
@@ -114,12 +117,37 @@ def commit(part: PartFile, final: Path, total: int, etag: str | None) -> Mp4Info
         if part.resumed and match is not None and _md5(saved) != match.group(1):
             raise MediaError("resumed content does not match the CDN's ETag", discard_part=True)
         try:
-            os.fsync(saved.fileno())
+            if durable:
+                os.fsync(saved.fileno())
             os.replace(part.path, final)
-            _fsync_folder(final.parent)
+            if durable:
+                _fsync_folder(final.parent)
         except OSError as exc:
             raise MediaError(f"cannot move {part.path.name} into place: {exc.strerror}") from exc
     return info
+
+
+def saved_video(path: Path) -> tuple[int, str, Mp4Info]:
+    """Size, sha256 and headers of a whole video saved earlier. Runs in a worker thread.
+
+    Raises:
+        MediaError: the file cannot be read or is not a whole MP4 (it is to be fetched again).
+    """
+    try:
+        fd = open_nofollow(path, os.O_RDONLY)
+    except OSError as exc:
+        raise MediaError(f"cannot read {path.name}: {exc.strerror or exc}") from exc
+    with os.fdopen(fd, "rb") as saved:
+        size = os.fstat(fd).st_size
+        try:
+            info = inspect(saved, size)
+        except Mp4Error as exc:
+            raise MediaError(str(exc), discard_part=True) from exc
+        saved.seek(0)
+        digest = hashlib.sha256()
+        while piece := saved.read(CHUNK):
+            digest.update(piece)
+    return size, digest.hexdigest(), info
 
 
 def _md5(saved: BinaryIO) -> str:

@@ -3,34 +3,33 @@
 Credentials, region and endpoint come from the standard AWS environment and config files
 (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``, ``AWS_ENDPOINT_URL``,
 profiles), through aiobotocore; plain http is allowed only on loopback or with
-``AWS_ALLOW_HTTP=true``. A video goes into the bucket so that it is visible only once complete
-and verified (``docs/design.md``, "Object storage"): its bytes stream into a multipart upload of
-a staging key, the upload is completed only when length, sha256 and MP4 structure hold, then the
-object is copied server-side to its final key with its sha256 in the metadata, and the staging
-object is deleted. Uploads a killed run left behind are aborted before the next try.
+``AWS_ALLOW_HTTP=true``. A video goes into the bucket only once it is whole and verified, with
+its sha256 in the object's metadata, and appears whole or not at all (``docs/design.md``,
+"Object storage"); uploads a killed run left unfinished are aborted before the next try.
 Credentials and presigned URLs are never logged or stored.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from io import BufferedReader
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
+import anyio
 import structlog
 
 from pixazo_batch.errors import RunStopError, UsageError
+from pixazo_batch.safefs import open_nofollow
 
 log = structlog.get_logger(__name__)
 
-#: a multipart upload's parts: S3's minimum for every part but the last (at most 10,000 parts:
-#: 50 GiB, well above ``--max-video-mb``), so a stream holds little
+#: a multipart upload's parts (at most 10,000 of them: 50 GiB, well above ``--max-video-mb``);
+#: one part a video is in memory at a time
 PART_BYTES = 5 << 20
-#: where unfinished uploads live, below the output prefix
-STAGING = ".pixazo-batch-staging"
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
@@ -184,9 +183,8 @@ class Storage:
         )
         return url
 
-    async def abort_leftovers(self, where: BucketPath, relative: str) -> int:
-        """Abort every unfinished upload to ``relative`` and delete its object (a killed run's
-        staging); returns how many uploads were aborted."""
+    async def abort_unfinished(self, where: BucketPath, relative: str) -> int:
+        """Abort every unfinished upload to ``relative`` (a killed run's); returns how many."""
         key = where.key(relative)
         listed = await self._client.list_multipart_uploads(Bucket=where.bucket, Prefix=key)
         aborted = 0
@@ -196,51 +194,52 @@ class Storage:
                     Bucket=where.bucket, Key=key, UploadId=upload["UploadId"]
                 )
                 aborted += 1
-        await self._client.delete_object(Bucket=where.bucket, Key=key)
         return aborted
 
-    async def stream_upload(
-        self, where: BucketPath, relative: str, chunks: AsyncIterator[bytes]
-    ) -> MultipartUpload:
-        """Start a multipart upload to ``relative`` and feed it ``chunks``; the caller completes
-        or aborts what is returned."""
-        key = where.key(relative)
-        created = await self._client.create_multipart_upload(
-            Bucket=where.bucket, Key=key, ContentType="video/mp4"
-        )
-        upload = MultipartUpload(self._client, where.bucket, key, created["UploadId"])
-        try:
-            # One part in memory: a part is handed over as the bytearray it was filled in, which
-            # aiohttp sends in one write (bytes would become a BytesIO read back 64 KiB at a
-            # time through threads). Sending a part while the next fills was measured: no
-            # faster with four downloads at once, and a part more in memory for each.
-            buffer = bytearray()
-            async for chunk in chunks:
-                buffer += chunk
-                if len(buffer) >= PART_BYTES:
-                    await upload.add_part(buffer)
-                    buffer = bytearray()
-            if buffer or not upload.parts:
-                await upload.add_part(buffer)
-        except BaseException:
-            await upload.abort()
-            raise
-        return upload
-
-    async def publish(
-        self, where: BucketPath, staging: str, relative: str, metadata: dict[str, str]
+    async def upload_file(
+        self, where: BucketPath, relative: str, path: Path, metadata: dict[str, str]
     ) -> None:
-        """Copy the completed staging object to its final key with ``metadata`` (visible at
-        once, whole), then delete the staging object."""
-        await self._client.copy_object(
-            Bucket=where.bucket,
-            Key=where.key(relative),
-            CopySource={"Bucket": where.bucket, "Key": where.key(staging)},
-            Metadata=metadata,
-            MetadataDirective="REPLACE",
-            ContentType="video/mp4",
-        )
-        await self._client.delete_object(Bucket=where.bucket, Key=where.key(staging))
+        """Put the file at ``path`` at ``relative`` with ``metadata``; the object appears whole
+        or not at all (one PUT, or a multipart upload completed only once every part is in)."""
+        key = where.key(relative)
+        with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as source:
+            size = os.fstat(source.fileno()).st_size
+            if size <= PART_BYTES:
+                body = bytearray(size)
+                await anyio.to_thread.run_sync(_read_part, source, body)
+                await self._client.put_object(
+                    Bucket=where.bucket, Key=key, Body=body, ContentType="video/mp4",
+                    Metadata=metadata,
+                )  # fmt: skip
+                return
+            created = await self._client.create_multipart_upload(
+                Bucket=where.bucket, Key=key, ContentType="video/mp4", Metadata=metadata
+            )
+            upload = MultipartUpload(self._client, where.bucket, key, created["UploadId"])
+            try:
+                # One buffer for every part, made here rather than in a worker thread (whose
+                # malloc arena would keep it), handed over as the bytearray it is: aiohttp sends
+                # it in one write (bytes would become a BytesIO read back 64 KiB at a time).
+                part = bytearray(PART_BYTES)
+                for offset in range(0, size, PART_BYTES):
+                    if size - offset < PART_BYTES:
+                        del part[size - offset :]
+                    await anyio.to_thread.run_sync(_read_part, source, part)
+                    await upload.add_part(part)
+                await upload.complete()
+            except BaseException:
+                await upload.abort()
+                raise
+
+
+def _read_part(source: BufferedReader, part: bytearray) -> None:
+    """Fill ``part`` with the next bytes of ``source``.
+
+    Raises:
+        OSError: the file ends before it is full (it changed under us).
+    """
+    if source.readinto(part) != len(part):
+        raise OSError(f"{source.name}: shorter than when it was verified")
 
 
 class MultipartUpload:

@@ -73,7 +73,7 @@ async def test_videos_go_into_the_bucket_whole_verified_and_named_by_their_locat
     remote = bucket.get_object(Bucket=bucket.bucket_name, Key="night-1/results.jsonl")
     records = [json.loads(line) for line in remote["Body"].read().decode().splitlines()]
     assert [r["location"] for r in records] == [f"{url}/job-00{i}.mp4" for i in range(3)]
-    assert not list((tmp_path / "local").glob("*.mp4")), "no video on the local disk"
+    assert not list((tmp_path / "local").rglob("*.mp4*")), "no video left on the local disk"
 
 
 async def test_a_page_instead_of_a_video_leaves_no_object_and_no_upload(
@@ -178,6 +178,7 @@ async def test_kill_nine_mid_upload_leaves_no_partial_object_and_the_next_run_fi
         "killed/job-000.mp4", "killed/job-001.mp4",
     ]  # fmt: skip
     assert unfinished_uploads(bucket) == []
+    assert not list((tmp_path / "state").rglob("*.mp4*")), "the spool is empty"
     assert stats["accepted"] == 2 and stats["duplicate_charges"] == 0
     status = await anyio.run_process(
         [*command[:3], "status", "--out", url, "--json"], env=env, check=False

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from pixazo_batch.mp4 import Mp4Error, Mp4Info, Mp4Stream, inspect, mismatch
+from pixazo_batch.mp4 import Mp4Error, Mp4Info, inspect, mismatch
 from pixazo_batch.sim.media import clip
 
 ASPECTS = ("16:9", "9:16", "4:3", "3:4", "21:9", "9:21")
@@ -69,31 +69,3 @@ def test_mismatch_names_what_differs() -> None:
         mismatch(info, seconds=9, aspect_ratio="9:16") == "lasts 5.0 s, not 9 s; is 96x54, not 9:16"
     )
     assert mismatch(Mp4Info(5.0, 0, 0), seconds=5, aspect_ratio="16:9") == "has no video track"
-
-
-@pytest.mark.parametrize("piece", [1, 3, 7, 8, 15, 16, 1000, 1 << 20])
-def test_the_streaming_check_agrees_with_the_file_check_whatever_the_pieces(piece: int) -> None:
-    data = clip("9:16", "9s") + struct.pack(">I4sQ", 1, b"free", 16 + 30) + b"\x00" * 30
-    check = Mp4Stream(len(data))
-    for at in range(0, len(data), piece):
-        check.feed(data[at : at + piece])
-    assert check.finish() == read(data)
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"<html>not a video</html>",
-        clip()[:-10],
-        struct.pack(">I4s", 16, b"ftyp") + b"isom\0\0\0\0" + struct.pack(">I4s", 8, b"free"),
-    ],
-)
-def test_the_streaming_check_refuses_what_the_file_check_refuses(data: bytes) -> None:
-    check = Mp4Stream(len(data) + (10 if data == clip()[:-10] else 0))
-
-    def feed_and_finish() -> None:
-        check.feed(data)
-        check.finish()
-
-    with pytest.raises(Mp4Error):
-        feed_and_finish()
