@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -144,12 +145,8 @@ async def test_a_bucket_that_cannot_be_used_is_one_clear_line_before_anything_is
     assert expected in str(refused.value)
 
 
-async def test_kill_nine_mid_upload_leaves_no_partial_object_and_the_next_run_finishes(
-    tmp_path: Path, bucket: Any, moto_endpoint: str
-) -> None:
-    manifest = manifest_of(tmp_path, 2)
-    url = f"s3://{bucket.bucket_name}/killed"
-    env = cli_env(
+def bucket_env(tmp_path: Path, moto_endpoint: str) -> dict[str, str]:
+    return cli_env(
         PIXAZO_API_KEY=TEST_KEY,
         AWS_ENDPOINT_URL=moto_endpoint,
         AWS_ACCESS_KEY_ID="testing",
@@ -157,21 +154,33 @@ async def test_kill_nine_mid_upload_leaves_no_partial_object_and_the_next_run_fi
         AWS_REGION="us-east-1",
         XDG_STATE_HOME=str(tmp_path / "state"),
     )
+
+
+async def kill_at_first_part(command: list[str], env: dict[str, str]) -> int | None:
+    async with await anyio.open_process(command, env=env) as process:
+        async for record in log_events(process):
+            if record.get("event") == "upload_part":
+                process.kill()
+                break
+        return await process.wait()
+
+
+async def test_kill_nine_mid_upload_leaves_no_partial_object_and_the_next_run_finishes(
+    tmp_path: Path, bucket: Any, moto_endpoint: str
+) -> None:
+    manifest = manifest_of(tmp_path, 2)
+    url = f"s3://{bucket.bucket_name}/killed"
+    env = bucket_env(tmp_path, moto_endpoint)
     scenario = fast(media_bytes=20 << 20, media_size_jitter=0.0, media_throughput=8e6)
     async with simulator(scenario) as sim:
         command = [*run_args(sim, manifest, tmp_path / "unused"), "--out", url]
-        async with await anyio.open_process(command, env=env) as process:
-            async for record in log_events(process):
-                if record.get("event") == "upload_part":
-                    process.kill()
-                    break
-            await process.wait()
+        killed = await kill_at_first_part(command, env)
         orphans = unfinished_uploads(bucket)
         scenario_fast = fast(media_bytes=20 << 20, media_size_jitter=0.0)
         sim.state.scenario = scenario_fast
         finished = await anyio.run_process(command, env=env, check=False)
         stats = sim.stats()
-    assert process.returncode == -signal.SIGKILL
+    assert killed == -signal.SIGKILL
     assert orphans, "the kill landed mid-upload"
     assert finished.returncode == 0, finished.stderr.decode()[-2000:]
     assert [k for k in keys(bucket) if k.endswith(".mp4")] == [
@@ -184,3 +193,31 @@ async def test_kill_nine_mid_upload_leaves_no_partial_object_and_the_next_run_fi
         [*command[:3], "status", "--out", url, "--json"], env=env, check=False
     )
     assert json.loads(status.stdout)["location"] == url
+
+
+@pytest.mark.parametrize("spooled", ["whole", "damaged"])
+async def test_a_video_whole_in_the_spool_goes_up_without_being_fetched_again(
+    tmp_path: Path, bucket: Any, moto_endpoint: str, spooled: str
+) -> None:
+    url = f"s3://{bucket.bucket_name}/spooled"
+    env = bucket_env(tmp_path, moto_endpoint)
+    async with simulator(fast(media_bytes=20 << 20, media_size_jitter=0.0)) as sim:
+        command = [*run_args(sim, manifest_of(tmp_path, 1), tmp_path / "unused"), "--out", url]
+        killed = await kill_at_first_part(command, env)
+        orphans = unfinished_uploads(bucket)
+        (video,) = (tmp_path / "state").rglob("job-000.mp4")
+        if spooled == "damaged":
+            os.truncate(video, video.stat().st_size // 2)
+        finished = await anyio.run_process(command, env=env, check=False)
+        (request_id,) = sim.state.book.jobs
+        expected = served_sha256(sim, request_id)
+        stats = sim.stats()
+    assert killed == -signal.SIGKILL and orphans, "the kill landed mid-upload"
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+    assert stats["media_requests"] == (1 if spooled == "whole" else 2)
+    head = bucket.head_object(Bucket=bucket.bucket_name, Key="spooled/job-000.mp4")
+    body = bucket.get_object(Bucket=bucket.bucket_name, Key="spooled/job-000.mp4")["Body"].read()
+    assert head["Metadata"]["sha256"] == expected == hashlib.sha256(body).hexdigest()
+    assert unfinished_uploads(bucket) == []
+    assert not list((tmp_path / "state").rglob("*.mp4*")), "the spool is empty"
+    assert stats["accepted"] == 1
