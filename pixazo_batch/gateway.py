@@ -186,7 +186,8 @@ class GatewayClient:
         """
         url = self._status_url(request_id, polling_url)
         while True:
-            await self.governor.acquire()
+            # Ahead of submits waiting for a token: a job found done frees a slot for them.
+            await self.governor.acquire(ahead=True)
             answer = await self._send("GET", url, {}, None, self._status_timeout)
             if answer.status != 429:
                 break

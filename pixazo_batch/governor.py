@@ -33,6 +33,9 @@ SERVED_WINDOW = 2.0
 #: never measure throughput over less than this: a fresh window lets a burst through that the
 #: limit will not sustain
 MIN_SERVED_SPAN = 1.0
+#: a request waiting for a token looks again at least this often (seconds): the rate may have
+#: grown meanwhile (a fleet's share, a recovery), and a wait worked out at the old rate is long
+TOKEN_LOOK = 0.25
 
 
 class Clock(Protocol):
@@ -105,6 +108,8 @@ class RateGovernor:
         self._served: deque[float] = deque()
         self._first_success = -float("inf")
         self._lock = anyio.Lock()
+        #: requests without priority wait here, one at a time at ``_lock``
+        self._queue = anyio.Lock()
 
     @property
     def paused_until(self) -> float:
@@ -125,8 +130,17 @@ class RateGovernor:
         self.rate = max(self.min_rps, min(self.rate * scale, self._ceiling))
         self._step = max(self.rate, self.min_rps) / RECOVERY_STEPS
 
-    async def acquire(self) -> None:
-        """Wait until a request may start: after any announced pause, within the rate."""
+    async def acquire(self, *, ahead: bool = False) -> None:
+        """Wait until a request may start: after any announced pause, within the rate. With
+        ``ahead`` (a status read, which may free a slot) it goes before every request waiting
+        without it but one, which goes before every later one: nobody starves."""
+        if ahead:
+            await self._take()
+            return
+        async with self._queue:
+            await self._take()
+
+    async def _take(self) -> None:
         async with self._lock:
             while True:
                 now = self.clock.now()
@@ -137,7 +151,7 @@ class RateGovernor:
                 if self._tokens >= 1 - _EPSILON:
                     self._tokens = max(0.0, self._tokens - 1)
                     return
-                await self.clock.sleep((1 - self._tokens) / self.rate)
+                await self.clock.sleep(min(TOKEN_LOOK, (1 - self._tokens) / self.rate))
 
     def _refill(self, now: float) -> None:
         # No bursts: a limit counted over a sliding window is overrun by a burst after an idle

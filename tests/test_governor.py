@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from functools import partial
 
 import anyio
 import pytest
@@ -71,6 +72,50 @@ async def test_many_pollers_never_starve_a_submitter_nor_the_reverse() -> None:
     assert len(submits) >= 9
     assert max(b - a for a, b in itertools.pairwise(submits)) <= 31
     assert grants.count("poll") >= 270
+
+
+async def test_a_status_read_goes_before_submits_waiting_for_a_token() -> None:
+    """A poll may free a slot the submits wait for: it is granted right after the one submit
+    already waiting for the next token, not after the whole queue."""
+    clock = VirtualClock()
+    governor = RateGovernor(1.0, clock=clock)
+    grants: list[str] = []
+
+    async def sender(name: str, *, ahead: bool = False) -> None:
+        await governor.acquire(ahead=ahead)
+        grants.append(name)
+
+    async with anyio.create_task_group() as group:
+        for name in ("submit-1", "submit-2", "submit-3", "submit-4"):
+            group.start_soon(sender, name)
+        while clock.now() == 0:  # until the submits queue, one of them waiting for a token
+            await anyio.lowlevel.checkpoint()
+        group.start_soon(partial(sender, "poll", ahead=True))
+    assert grants == ["submit-1", "submit-2", "poll", "submit-3", "submit-4"]
+
+
+async def test_a_request_waiting_at_a_low_rate_goes_soon_after_the_rate_grows() -> None:
+    """A fleet worker's share grows when another leaves: a wait worked out at the old rate
+    (ten seconds for a token at 0.1 a second) must not be served out in full."""
+    clock = VirtualClock()
+    governor = RateGovernor(10.0, clock=clock)
+    governor.share(0.1)
+    await governor.acquire()
+    granted: list[float] = []
+
+    async def waiter() -> None:
+        await governor.acquire()
+        granted.append(clock.now())
+
+    async def grow_at_one_second() -> None:
+        while clock.now() < 1.0:
+            await anyio.lowlevel.checkpoint()
+        governor.share(10.0)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(waiter)
+        group.start_soon(grow_at_one_second)
+    assert granted[0] <= 1.5
 
 
 async def test_rate_halves_on_429_and_recovers_additively_to_the_served_ceiling() -> None:
