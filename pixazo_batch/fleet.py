@@ -28,9 +28,9 @@ BEATS_PER_TIMEOUT = 5
 #: how often a worker works out its part of the key's rate again (seconds)
 SHARE_EVERY = 1.0
 #: a worker's weight in the rate share, beside one per job it holds
-IDLE_WEIGHT = 0.25
+IDLE_WEIGHT = 0.05
 #: how often a worker with nothing of its own left looks whether the fleet still works
-STAY_LOOK = 0.5
+STAY_LOOK = 0.2
 
 
 def fleet_store(ctx: RunContext) -> PgStateStore | None:
