@@ -8,7 +8,7 @@ byte goes, so the object is written once at its final key: a multipart upload is
 the object appears) only when every part is in. Uploads a killed run left unfinished are
 aborted first; a final object already in place with its sha256 is taken as it is (the run died
 between the upload and its record); a whole spooled video is uploaded without being fetched
-again. The spool holds at most one video per download slot.
+again. The spool holds at most twice ``--downloads`` videos (those coming in, those going out).
 """
 
 from __future__ import annotations
