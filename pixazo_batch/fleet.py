@@ -110,10 +110,8 @@ async def watch_fleet(
         # Once the run has settled nothing taken in would be downloaded: leave it to others.
         if idle and not ctx.router.settled.is_set():
             for row in store.claim_completed(idle):
-                if ctx.router.is_moving(row.id):  # still queued here for a stage it left
+                if not await ctx.router.take_over(row):
                     store.release(row.id)
-                else:
-                    await ctx.router.admit(row, Resumed(file_present=False))
         until = store.pause_until(origin)
         left = 0.0 if until is None else until - time.time()
         if left > 0 and governor.clock.now() + left > governor.paused_until + 0.01:

@@ -114,7 +114,8 @@ class Router:
         self.queues = queues
         #: fires once intake is closed and no job is moving: the run's work is done
         self.settled = anyio.Event()
-        self._moving: set[str] = set()
+        #: each job moving in this run, and the stage it was last sent to
+        self._stage: dict[str, Action] = {}
         self._intake_closed = False
         self._slots = anyio.CapacityLimiter(max_in_flight)
         self._holding: set[str] = set()
@@ -123,33 +124,46 @@ class Router:
     @property
     def moving(self) -> int:
         """How many jobs are moving through this run."""
-        return len(self._moving)
+        return len(self._stage)
 
     async def next_slot_freed(self) -> None:
         """Wait until a job of this run leaves flight (a fleet's submitters wake on it)."""
         await self._slot_freed.wait()
 
-    def is_moving(self, job_id: str) -> bool:
-        """Whether the job is queued for, or in, a stage of this run."""
-        return job_id in self._moving
-
     async def admit(self, row: JobRow, outcome: Outcome) -> Step:
         """Take in a job the producer found (``Listed``, ``Resumed``, ``Interrupted``) or a
         callback brought back; a job already moving is left where it is."""
-        if row.id in self._moving:
+        if row.id in self._stage:
             return Step(row.state, Action.REST)
         step = self.apply(row, outcome)
         if step.action is not Action.REST:
-            self._moving.add(row.id)
             await self._dispatch(row.id, step.action)
         return step
 
-    async def settle(self, job_id: str, outcome: Outcome) -> Step:
+    async def take_over(self, row: JobRow) -> bool:
+        """Take in a completed job this worker of a fleet claimed for its idle downloaders.
+        A job still queued here to be sent (another worker sent it meanwhile) goes to the
+        downloader at once; the submitter's later report on it is dropped. Returns False when
+        the job moves here in another stage (it is left there)."""
+        stage = self._stage.get(row.id)
+        if stage is not None and stage is not Action.SUBMIT:
+            return False
+        self._stage.pop(row.id, None)
+        await self.admit(row, Resumed(file_present=False))
+        return True
+
+    async def settle(
+        self, job_id: str, outcome: Outcome, *, from_stage: Action | None = None
+    ) -> Step:
         """Record what a stage reports and send the job on. Returns the step; with ``RETRY``
-        the reporting stage keeps the job and tries again."""
+        the reporting stage keeps the job and tries again. A report ``from_stage`` on a job
+        since taken to another stage (``take_over``) is stale: dropped, and the step is REST."""
         row = self.store.get(job_id)
         if row is None:
             raise InvalidTransitionError(f"unknown job {job_id!r}")
+        if from_stage is not None and self._stage.get(job_id) is not from_stage:
+            log.debug("stale_report_dropped", job_id=job_id, stage=from_stage.value)
+            return Step(row.state, Action.REST, "taken over by another stage")
         try:
             step = self.apply(row, outcome)
         except InvalidTransitionError:
@@ -191,15 +205,19 @@ class Router:
         self._check_settled()
 
     async def _dispatch(self, job_id: str, action: Action) -> None:
+        if action is Action.REST:
+            self._stage.pop(job_id, None)
+        else:
+            self._stage[job_id] = action  # before any wait: the job is moving from now on
         if action in _IN_FLIGHT:
             if job_id not in self._holding:
                 await self._slots.acquire_on_behalf_of(job_id)
                 self._holding.add(job_id)
+                if self._stage.get(job_id) is not action:  # taken over while it waited
+                    self._free_slot(job_id)
+                    return
         elif job_id in self._holding:
-            self._holding.discard(job_id)
-            self._slots.release_on_behalf_of(job_id)
-            self._slot_freed.set()
-            self._slot_freed = anyio.Event()
+            self._free_slot(job_id)
         match action:
             case Action.SUBMIT:
                 self.queues.submit.send_nowait(job_id)
@@ -208,9 +226,14 @@ class Router:
             case Action.DOWNLOAD:
                 self.queues.download.send_nowait(job_id)
             case _:
-                self._moving.discard(job_id)
                 self._check_settled()
 
+    def _free_slot(self, job_id: str) -> None:
+        self._holding.discard(job_id)
+        self._slots.release_on_behalf_of(job_id)
+        self._slot_freed.set()
+        self._slot_freed = anyio.Event()
+
     def _check_settled(self) -> None:
-        if self._intake_closed and not self._moving:
+        if self._intake_closed and not self._stage:
             self.settled.set()

@@ -93,7 +93,7 @@ class Submitter:
         failures = 0
         while True:
             outcome = await self.attempt(job_id)
-            step = await self.ctx.router.settle(job_id, outcome)
+            step = await self.ctx.router.settle(job_id, outcome, from_stage=Action.SUBMIT)
             if step.action is not Action.RETRY:
                 return
             # A connection refused waits in ``health.ready``; a 429 in the governor.
@@ -138,7 +138,9 @@ class Submitter:
             return Declined(str(exc), retry=False) if post.on_wire else NotSent(str(exc), False)
         except AuthRefusedError as exc:
             if post.on_wire:
-                await ctx.router.settle(job_id, Declined(str(exc), retry=False))
+                await ctx.router.settle(
+                    job_id, Declined(str(exc), retry=False), from_stage=Action.SUBMIT
+                )
             raise
         except AnswerLostError as exc:
             ctx.health.answer_lost(str(exc))

@@ -1,0 +1,126 @@
+"""The router on a real state file: a job taken over from the submit stage by a fleet worker's
+idle downloaders goes to the downloader at once, its in-flight slot is freed, and the
+submitter's late report on it changes nothing."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from pixazo_batch.jobrow import JobRow
+from pixazo_batch.lifecycle import Action, Listed, RunFlags, TakenElsewhere
+from pixazo_batch.models import GenerationRequest, JobSpec, JobState
+from pixazo_batch.router import Queues, Router
+from pixazo_batch.state import StateStore
+
+pytestmark = pytest.mark.anyio
+
+
+@dataclass
+class Stages:
+    """The receive ends of the router's queues, as the stages would hold them."""
+
+    submit: MemoryObjectReceiveStream[str]
+    poll: MemoryObjectReceiveStream[str]
+    download: MemoryObjectReceiveStream[str]
+
+
+@pytest.fixture
+async def routed(tmp_path: Path) -> AsyncIterator[tuple[StateStore, Router, Stages]]:
+    submit_in, submit_out = anyio.create_memory_object_stream[str](100)
+    poll_in, poll_out = anyio.create_memory_object_stream[str](100)
+    download_in, download_out = anyio.create_memory_object_stream[str](100)
+    streams = (submit_in, submit_out, poll_in, poll_out, download_in, download_out)
+    with StateStore.open(tmp_path / "state.db") as store, contextlib.ExitStack() as closing:
+        for stream in streams:
+            closing.enter_context(stream)
+        router = Router(store, Queues(submit_in, poll_in, download_in), max_in_flight=1)
+        yield store, router, Stages(submit_out, poll_out, download_out)
+
+
+def register(store: StateStore, job_id: str) -> JobRow:
+    request = GenerationRequest(prompt=f"prompt {job_id}", image_url="https://x.example/a.jpg")
+    row = store.register(JobSpec(job_id, request, f"{job_id}.mp4", line=1))
+    assert isinstance(row, JobRow)
+    return row
+
+
+def completed_elsewhere(store: StateStore, job_id: str) -> JobRow:
+    """What another worker of the fleet did meanwhile: sent the job, and it completed."""
+    store.begin_submit(job_id, None)
+    store.submit_accepted(job_id, f"req-{job_id}", None)
+    store.remote_finished(
+        job_id, JobState.COMPLETED, remote_status="COMPLETED", media_url="https://cdn.x/v.mp4"
+    )
+    row = store.get(job_id)
+    assert row is not None
+    return row
+
+
+async def test_a_job_waiting_to_be_sent_is_taken_over_for_download_and_the_late_report_dropped(
+    routed: tuple[StateStore, Router, Stages],
+) -> None:
+    store, router, stages = routed
+    listed = Listed(RunFlags(), attempts_left=True)
+    await router.admit(register(store, "a"), listed)
+    assert stages.submit.receive_nowait() == "a"
+
+    assert await router.take_over(completed_elsewhere(store, "a"))
+    assert stages.download.receive_nowait() == "a"
+
+    # The in-flight slot "a" held as a job to send is free: with --max-in-flight 1 the next
+    # job is queued for sending at once.
+    with anyio.fail_after(1):
+        await router.admit(register(store, "b"), listed)
+    assert stages.submit.receive_nowait() == "b"
+
+    # The submitter reaches "a" at last and finds it moved on: its report is dropped, and the
+    # job stays with the downloader (the run is not done while it downloads).
+    step = await router.settle("a", TakenElsewhere("moved on"), from_stage=Action.SUBMIT)
+    assert step.action is Action.REST
+    router.close_intake()
+    await router.settle("b", TakenElsewhere("moved on"), from_stage=Action.SUBMIT)
+    assert router.moving == 1
+    assert not router.settled.is_set()
+
+
+async def test_a_job_this_run_polls_or_downloads_is_not_taken_over(
+    routed: tuple[StateStore, Router, Stages],
+) -> None:
+    store, router, stages = routed
+    register(store, "a")
+    row = completed_elsewhere(store, "a")
+    assert await router.take_over(row)
+    assert stages.download.receive_nowait() == "a"
+
+    assert not await router.take_over(row)
+    with pytest.raises(anyio.WouldBlock):
+        stages.download.receive_nowait()
+
+
+async def test_a_job_taken_over_while_it_waited_for_a_slot_gives_the_slot_back(
+    routed: tuple[StateStore, Router, Stages],
+) -> None:
+    store, router, stages = routed
+    listed = Listed(RunFlags(), attempts_left=True)
+    await router.admit(register(store, "a"), listed)
+    waiting = register(store, "b")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(router.admit, waiting, listed)
+        await anyio.wait_all_tasks_blocked()
+        assert await router.take_over(completed_elsewhere(store, "b"))
+        assert stages.download.receive_nowait() == "b"
+        await router.settle("a", TakenElsewhere("moved on"), from_stage=Action.SUBMIT)
+    # "b" never reached the submit queue, and the slot it got once "a" left is free again.
+    assert stages.submit.receive_nowait() == "a"
+    with pytest.raises(anyio.WouldBlock):
+        stages.submit.receive_nowait()
+    with anyio.fail_after(1):
+        await router.admit(register(store, "c"), listed)
+    assert stages.submit.receive_nowait() == "c"
