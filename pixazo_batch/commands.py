@@ -243,7 +243,7 @@ def report(args: argparse.Namespace) -> int:
         if args.format == "csv":
             write_csv(store, sys.stdout, where)
         elif args.format == "html":
-            sys.stdout.write(render_page(store))
+            sys.stdout.writelines(render_page(store))
         elif args.format == "jsonl":
             Output(human=False).records(iter_results(store, where))
         else:

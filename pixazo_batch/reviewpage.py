@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -54,10 +55,10 @@ document.querySelectorAll('.filters input').forEach(function (box) {
 """
 
 
-def render_page(store: StateReader) -> str:
-    """The whole review page for the jobs the state file holds."""
+def render_page(store: StateReader) -> Iterator[str]:
+    """The whole review page for the jobs the state file holds, in pieces (a card a job:
+    a page of 100,000 jobs is never held whole)."""
     counts = store.counts()
-    cards = "\n".join(_card(row, cents) for row, _, cents in store.iter_ledger())
     total = sum(counts.values())
     totals = ", ".join(f"{n} {state.value}" for state, n in sorted(counts.items()) if n)
     filters = " ".join(
@@ -66,7 +67,7 @@ def render_page(store: StateReader) -> str:
         for state in JobState
         if counts.get(state)
     )
-    return (
+    yield (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         "<title>pixazo-batch review</title>"
@@ -76,9 +77,13 @@ def render_page(store: StateReader) -> str:
         f"${store.committed_cents() / 100:.2f} committed, "
         f"${store.spent_cents() / 100:.2f} spent.</p>"
         f'<p class="filters">{filters}</p>'
-        f'<main class="cards">{cards}</main>'
-        f"<script>{_SCRIPT}</script></body></html>\n"
+        '<main class="cards">'
     )
+    separator = ""
+    for row, _, cents in store.iter_ledger():
+        yield separator + _card(row, cents)
+        separator = "\n"
+    yield f"</main><script>{_SCRIPT}</script></body></html>\n"
 
 
 def write_page(store: StateReader, folder: Path) -> None:
@@ -86,7 +91,7 @@ def write_page(store: StateReader, folder: Path) -> None:
     page = folder / PAGE_NAME
     temporary = temporary_for(page, store.worker)
     with os.fdopen(write_fresh(temporary), "w", encoding="utf-8") as sink:
-        sink.write(render_page(store))
+        sink.writelines(render_page(store))
         sink.flush()
         os.fsync(sink.fileno())
     os.replace(temporary, page)
