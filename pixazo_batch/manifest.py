@@ -1,14 +1,14 @@
 """Streams a JSONL manifest into ``JobSpec``s, reporting every bad line without stopping the rest.
 
-Lines are read one at a time, so a manifest of any length runs in constant memory; duplicate ids
-and output paths are found through a throwaway on-disk SQLite index rather than in-memory sets.
+Lines are read one at a time (and checked against the earlier ones a batch at a time), so a
+manifest of any length runs in constant memory; duplicate ids and output paths are found through
+a throwaway on-disk index (``seenindex.py``) rather than in-memory sets.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +28,7 @@ from pydantic import (
 
 from pixazo_batch.images import ImageReader
 from pixazo_batch.models import AspectRatio, Duration, GenerationRequest, JobSpec, Resolution
+from pixazo_batch.seenindex import BATCH, SeenIndex, Unchecked
 
 #: names inside the output folder that belong to pixazo-batch itself (and their temp names)
 RESERVED_NAMES = ("results.jsonl", "report.html", "inputs")
@@ -197,67 +198,6 @@ def _issues_from(error: ValidationError, path: str, line: int) -> Iterator[Manif
         yield ManifestIssue(path, line, field, message)
 
 
-class _DuplicateIndex:
-    """Remembers ids and output paths already seen, on disk, so memory stays flat."""
-
-    def __init__(self, folder: str) -> None:
-        self.db = sqlite3.connect(Path(folder) / "seen.db", isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=OFF")
-        self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute("CREATE TABLE ids (value TEXT PRIMARY KEY, line INTEGER) WITHOUT ROWID")
-        # An output is a file; each of its parents is a folder: one name, one kind, one line.
-        self.db.execute(
-            "CREATE TABLE paths (value TEXT PRIMARY KEY, folder INTEGER, line INTEGER)"
-            " WITHOUT ROWID"
-        )
-        # One transaction for the whole pass: a throwaway index needs no commits, and SQLite
-        # spills its page cache to the file, so memory stays flat.
-        self.db.execute("BEGIN")
-
-    def first_line(self, job_id: str, line: int) -> int | None:
-        """The earlier line that used ``job_id``, or None (and remember this one)."""
-        added = self.db.execute(
-            "INSERT INTO ids VALUES (?, ?) ON CONFLICT DO NOTHING", (job_id, line)
-        )
-        if added.rowcount == 1:
-            return None
-        (earlier,) = self.db.execute("SELECT line FROM ids WHERE value = ?", (job_id,)).fetchone()
-        return int(earlier)
-
-    def output_conflict(self, output: str, line: int) -> str | None:
-        """Why ``output`` cannot coexist with the outputs seen so far (the same file, a file
-        where another needs a folder, or the reverse), or None (and remember it)."""
-        parents = []
-        cut = output.rfind("/")
-        while cut > 0:
-            parents.append(output[:cut])
-            cut = output.rfind("/", 0, cut)
-        for parent in parents:
-            found = self._find(parent)
-            if found is not None and not found[0]:
-                return f"{parent!r} is the output of line {found[1]}, so it cannot be a folder"
-        added = self.db.execute(
-            "INSERT INTO paths VALUES (?, 0, ?) ON CONFLICT DO NOTHING", (output, line)
-        )
-        if added.rowcount != 1:
-            folder, earlier = self._find(output) or (False, 0)
-            if folder:
-                return f"{output!r} is a folder of the output of line {earlier}"
-            return f"{output!r} is already the output of line {earlier}"
-        if parents:
-            self.db.executemany(
-                "INSERT INTO paths VALUES (?, 1, ?) ON CONFLICT DO NOTHING",
-                [(parent, line) for parent in parents],
-            )
-        return None
-
-    def _find(self, value: str) -> tuple[bool, int] | None:
-        found = self.db.execute(
-            "SELECT folder, line FROM paths WHERE value = ?", (value,)
-        ).fetchone()
-        return None if found is None else (bool(found[0]), int(found[1]))
-
-
 def read_manifest(path: Path) -> Iterator[JobSpec | ManifestIssue]:
     """Every job of the manifest, in order, or an issue for each bad line.
 
@@ -271,17 +211,43 @@ def read_manifest(path: Path) -> Iterator[JobSpec | ManifestIssue]:
         tempfile.TemporaryDirectory(prefix="pixazo-manifest-") as scratch,
         open(path, "rb") as lines,
     ):
-        seen = _DuplicateIndex(scratch)
+        seen = SeenIndex(scratch)
         images = ImageReader(path.parent)
+        read: list[Unchecked | ManifestIssue] = []
         try:
             for number, raw in enumerate(_lines(lines), start=1):
                 if raw is None:
                     message = f"longer than {MAX_LINE_BYTES} bytes; skipped"
-                    yield ManifestIssue(name, number, "(line)", message)
+                    read.append(ManifestIssue(name, number, "(line)", message))
                     continue
-                yield from _parse_line(name, number, raw, seen, images)
+                entry = _plain_entry(raw)
+                if entry is not None:
+                    read.append(_job(entry, name, number, images))
+                else:
+                    read.extend(_parse_line(name, number, raw, images))
+                if len(read) >= BATCH:
+                    yield from _checked(read, seen, name)
+                    read = []
+            yield from _checked(read, seen, name)
         finally:
-            seen.db.close()
+            seen.close()
+
+
+def _checked(
+    read: list[Unchecked | ManifestIssue], seen: SeenIndex, name: str
+) -> Iterator[JobSpec | ManifestIssue]:
+    """The lines read, in order, each job checked against every earlier line's."""
+    checked = iter(seen.check([item for item in read if isinstance(item, Unchecked)]))
+    for item in read:
+        if isinstance(item, ManifestIssue):
+            yield item
+            continue
+        job = next(checked)
+        yield (
+            job
+            if isinstance(job, JobSpec)
+            else ManifestIssue(name, job.line, job.field, job.message)
+        )
 
 
 def _lines(source: BinaryIO) -> Iterator[bytes | None]:
@@ -297,8 +263,8 @@ def _lines(source: BinaryIO) -> Iterator[bytes | None]:
 
 
 def _parse_line(
-    name: str, number: int, raw: bytes, seen: _DuplicateIndex, images: ImageReader
-) -> Iterator[JobSpec | ManifestIssue]:
+    name: str, number: int, raw: bytes, images: ImageReader
+) -> Iterator[Unchecked | ManifestIssue]:
     data = _line_object(name, number, raw)
     if data is None:
         return
@@ -310,7 +276,24 @@ def _parse_line(
     except ValidationError as exc:
         yield from _issues_from(exc, name, number)
         return
-    yield _job(entry, name, number, seen, images)
+    yield _job(entry, name, number, images)
+
+
+def _plain_entry(raw: bytes) -> ManifestLine | None:
+    """The entry of an ordinary valid line, decoded and validated in one pass; None for any
+    other line, which ``_line_object`` then reads the careful way and reports exactly.
+
+    Lines with escapes (a lone surrogate hides there) go the careful way, and so does a line
+    where ``":`` occurs more often than the entry has fields (a key may be given twice: JSON
+    keeps the last, the careful way refuses the line).
+    """
+    if b"\\u" in raw:
+        return None
+    try:
+        entry = ManifestLine.model_validate_json(raw)
+    except ValidationError:
+        return None
+    return entry if raw.count(b'":') <= len(entry.model_fields_set) else None
 
 
 def _line_object(name: str, number: int, raw: bytes) -> dict[str, object] | ManifestIssue | None:
@@ -340,43 +323,42 @@ def _line_object(name: str, number: int, raw: bytes) -> dict[str, object] | Mani
 
 
 def _job(
-    entry: ManifestLine, name: str, number: int, seen: _DuplicateIndex, images: ImageReader
-) -> JobSpec | ManifestIssue:
-    """The job a valid line describes, or why it cannot run beside the lines before it."""
+    entry: ManifestLine, name: str, number: int, images: ImageReader
+) -> Unchecked | ManifestIssue:
+    """The job a valid line describes (not yet checked against the lines before it), or why
+    it cannot run (an image file, an output path)."""
     inputs: dict[str, Path] = {}
-    urls = {"image_url": entry.image_url or "", "end_image_url": entry.end_image_url}
-    for field, url_field in (("image_file", "image_url"), ("end_image_file", "end_image_url")):
-        relative = getattr(entry, field)
-        if relative is None:
-            continue
-        try:
-            image = images.read(relative)
-        except ValueError as exc:
-            return ManifestIssue(name, number, field, str(exc))
-        urls[url_field] = image.placeholder
-        inputs[image.key] = image.path
-    request = GenerationRequest.model_validate(
-        {
-            "prompt": entry.prompt,
-            "image_url": urls["image_url"],
-            "end_image_url": urls["end_image_url"],
-            "aspect_ratio": entry.aspect_ratio,
-            "loop": entry.loop,
-            "resolution": entry.resolution,
-            "duration": entry.duration,
-        }
+    urls: dict[str, object] = {
+        "image_url": entry.image_url or "",
+        "end_image_url": entry.end_image_url,
+    }
+    if entry.image_file is not None or entry.end_image_file is not None:
+        pairs = (("image_file", "image_url"), ("end_image_file", "end_image_url"))
+        for field, url_field in pairs:
+            relative = getattr(entry, field)
+            if relative is None:
+                continue
+            try:
+                image = images.read(relative)
+            except ValueError as exc:
+                return ManifestIssue(name, number, field, str(exc))
+            urls[url_field] = image.placeholder
+            inputs[image.key] = image.path
+    urls.update(
+        prompt=entry.prompt,
+        aspect_ratio=entry.aspect_ratio,
+        loop=entry.loop,
+        resolution=entry.resolution,
+        duration=entry.duration,
     )
+    request = GenerationRequest.model_validate(urls)
     job_id = entry.id or f"job-{request.request_hash()[:16]}"
-    try:
-        output = safe_output(entry.output if entry.output is not None else f"{job_id}.mp4")
-    except ValueError as exc:
-        return ManifestIssue(name, number, "output", str(exc))
-    earlier = seen.first_line(job_id, number)
-    if earlier is not None:
-        hint = "" if entry.id else "; the same request twice: give each line its own id"
-        message = f"duplicate id {job_id!r} (first on line {earlier}){hint}"
-        return ManifestIssue(name, number, "id", message)
-    conflict = seen.output_conflict(output, number)
-    if conflict is not None:
-        return ManifestIssue(name, number, "output", conflict)
-    return JobSpec(id=job_id, request=request, output=output, line=number, inputs=inputs)
+    # An id (its pattern, or a hash) with ".mp4" is always a safe output: no check needed.
+    output = f"{job_id}.mp4"
+    if entry.output is not None:
+        try:
+            output = safe_output(entry.output)
+        except ValueError as exc:
+            return ManifestIssue(name, number, "output", str(exc))
+    spec = JobSpec(id=job_id, request=request, output=output, line=number, inputs=inputs)
+    return Unchecked(spec, id_given=entry.id is not None)

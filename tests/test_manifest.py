@@ -76,6 +76,40 @@ def test_duplicates_blank_lines_and_comments(tmp_path: Path) -> None:
     assert jobs[1].id.startswith("job-") and jobs[1].output == f"{jobs[1].id}.mp4"
 
 
+def test_conflicts_far_apart_are_found_and_name_the_earlier_line(tmp_path: Path) -> None:
+    """Lines are checked against the earlier ones a batch at a time (512 lines): each
+    conflict below sits in a batch of its own, and is reported like any other."""
+    outputs = {
+        3: "a/b.mp4",
+        300: "x.mp4/c.mp4",
+        400: "deep/er.mp4",
+        700: "a",  # a file where line 3 needs a folder
+        1100: "own-1100.mp4",  # its id is line 5's (below)
+        1600: "deep/er.mp4/e.mp4",  # a folder where line 400 has a file
+        2050: "p/q.mp4",
+        2051: "p",  # a file where the line before needs a folder
+        2600: "r.mp4",
+        2601: "r.mp4",
+    }
+    lines = []
+    for number in range(1, 2701):
+        line = job_line(5 if number == 1100 else number)  # 1100 takes line 5's id
+        if number in outputs:
+            line["output"] = outputs[number]
+        lines.append(json.dumps(line).encode())
+    items = read(tmp_path / "m.jsonl", lines)
+    issues = {i.line: (i.field, i.message) for i in items if isinstance(i, ManifestIssue)}
+    assert issues == {
+        700: ("output", "'a' is a folder of the output of line 3"),
+        1100: ("id", "duplicate id 'job-005' (first on line 5)"),
+        1600: ("output", "'deep/er.mp4' is the output of line 400, so it cannot be a folder"),
+        2051: ("output", "'p' is a folder of the output of line 2050"),
+        2601: ("output", "'r.mp4' is already the output of line 2600"),
+    }
+    jobs = [i for i in items if isinstance(i, JobSpec)]
+    assert [j.line for j in jobs] == [n for n in range(1, 2701) if n not in issues]
+
+
 def test_default_id_is_stable_for_the_same_request(tmp_path: Path) -> None:
     line = json.dumps({"prompt": "a stable one", "image_url": "https://x.example/a.jpg"}).encode()
     first = read(tmp_path / "a.jsonl", [line])[0]
