@@ -74,6 +74,10 @@ class RemoteStatus(StrEnum):
         return self in {RemoteStatus.COMPLETED, RemoteStatus.FAILED, RemoteStatus.ERROR}
 
 
+#: the encoder of ``canonical_json``, made once (``json.dumps`` with options makes one a call)
+_CANONICAL = json.JSONEncoder(separators=(",", ":"))
+
+
 class GenerationRequest(BaseModel):
     """The submit body, with the documented defaults.
 
@@ -106,7 +110,7 @@ class GenerationRequest(BaseModel):
             "prompt": self.prompt,
             "resolution": self.resolution.value,
         }
-        return json.dumps(fields, separators=(",", ":"))
+        return _CANONICAL.encode(fields)
 
     def request_hash(self) -> str:
         """SHA-256 of the canonical JSON; equal requests hash equal whatever their spelling."""
