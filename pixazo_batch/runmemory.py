@@ -80,11 +80,15 @@ class RunMemory(StateReader):
             )
 
     def keep_speed(self, origin: str, scales: list[float]) -> None:
-        """Keep what this run knows of the gateway's speed for the next run."""
+        """Keep what this run knows of the gateway's speed for the next run (workers of a
+        fleet keeping theirs at once: the samples of the last to write win, row by row)."""
         with self._transaction():
-            self.db.execute("DELETE FROM speed_samples WHERE origin = ?", (origin,))
+            self.db.execute(
+                "DELETE FROM speed_samples WHERE origin = ? AND n >= ?", (origin, len(scales))
+            )
             self.db.executemany(
-                "INSERT INTO speed_samples (origin, n, scale) VALUES (?, ?, ?)",
+                "INSERT INTO speed_samples (origin, n, scale) VALUES (?, ?, ?)"
+                " ON CONFLICT (origin, n) DO UPDATE SET scale = excluded.scale",
                 [(origin, n, scale) for n, scale in enumerate(scales)],
             )
 

@@ -126,3 +126,28 @@ async def test_a_database_that_cannot_be_used_is_one_clear_line_and_nothing_is_p
     }[problem]
     assert expected in refused.stderr.decode(), errors
     assert "Traceback" not in refused.stderr.decode()
+
+
+async def test_workers_keeping_what_they_learned_at_once_do_not_fail(pg_url: str) -> None:
+    """Two workers ending together both keep the gateway's speed: the second, whose write
+    waits on the first's, must not stop on the rows the first just added."""
+    import psycopg
+
+    from pixazo_batch.pgstate import PgStateStore
+
+    with PgStateStore.open_database(pg_url) as store, psycopg.connect(pg_url) as first:
+        first.execute(
+            "INSERT INTO speed_samples (origin, n, scale) VALUES ('g', 0, 1.0), ('g', 1, 2.0)"
+        )  # the first worker's transaction, not yet committed
+        (pid,) = first.execute("SELECT pg_backend_pid()").fetchone()
+        async with anyio.create_task_group() as group:
+            group.start_soon(anyio.to_thread.run_sync, store.keep_speed, "g", [3.0, 4.0, 5.0])
+            with psycopg.connect(pg_url, autocommit=True) as watch:
+                while not watch.execute(  # until the second worker's insert waits on the first
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND %s = ANY(pg_blocking_pids(pid)))",
+                    (pid,),
+                ).fetchone()[0]:
+                    await anyio.lowlevel.checkpoint()
+            first.commit()
+        assert store.speed_scales("g") == [3.0, 4.0, 5.0]
