@@ -139,15 +139,16 @@ async def test_workers_keeping_what_they_learned_at_once_do_not_fail(pg_url: str
         first.execute(
             "INSERT INTO speed_samples (origin, n, scale) VALUES ('g', 0, 1.0), ('g', 1, 2.0)"
         )  # the first worker's transaction, not yet committed
-        (pid,) = first.execute("SELECT pg_backend_pid()").fetchone()
+        pid = first.info.backend_pid
+        blocked = (
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND %s = ANY(pg_blocking_pids(pid))"
+        )
         async with anyio.create_task_group() as group:
             group.start_soon(anyio.to_thread.run_sync, store.keep_speed, "g", [3.0, 4.0, 5.0])
             with psycopg.connect(pg_url, autocommit=True) as watch:
-                while not watch.execute(  # until the second worker's insert waits on the first
-                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND %s = ANY(pg_blocking_pids(pid)))",
-                    (pid,),
-                ).fetchone()[0]:
+                # until the second worker's insert waits on the first's
+                while watch.execute(blocked, (pid,)).fetchone() is None:
                     await anyio.lowlevel.checkpoint()
             first.commit()
         assert store.speed_scales("g") == [3.0, 4.0, 5.0]
