@@ -24,10 +24,12 @@ from pixazo_batch.fleet import adopt_orphans, fleet_store, wait_for_silent_worke
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.lifecycle import Hinted, Interrupted, Listed, Resumed
 from pixazo_batch.manifest import ManifestIssue, read_manifest
-from pixazo_batch.models import JobState
+from pixazo_batch.models import JobSpec, JobState
 
 log = structlog.get_logger(__name__)
 
+#: manifest jobs recorded together (one state lookup for those recorded already)
+REGISTER_BATCH = 256
 #: states in which a manifest job may be (re)submitted, flags permitting
 _OFFERABLE = (JobState.PENDING, JobState.UNCERTAIN, JobState.FAILED, JobState.ERRORED)
 
@@ -83,28 +85,47 @@ async def _register_manifest(
     number of good lines."""
     settings = ctx.settings
     jobs = 0
+    waiting: list[JobSpec] = []  # recorded together: one lookup for those known already
     for number, item in enumerate(read_manifest(settings.manifest)):
         if number % 256 == 0:
             await anyio.lowlevel.checkpoint()
         if isinstance(item, ManifestIssue):
-            _report(item, issues, on_issue, strict=settings.strict)
-            continue
-        if item.inputs and ctx.uploader is None:
+            issue = item
+        elif item.inputs and ctx.uploader is None:
             message = "a local image needs --inputs s3://bucket/prefix (or --out s3://...)"
             issue = ManifestIssue(str(settings.manifest), item.line, "image_file", message)
-            _report(issue, issues, on_issue, strict=settings.strict)
+        else:
+            waiting.append(item)
+            if len(waiting) >= REGISTER_BATCH:
+                jobs += await _record(ctx, waiting, issues, on_issue)
+                waiting = []
             continue
-        row = ctx.store.register(item)
+        # A bad line is reported after the lines before it are recorded (--strict stops there).
+        jobs += await _record(ctx, waiting, issues, on_issue)
+        waiting = []
+        _report(issue, issues, on_issue, strict=settings.strict)
+    return jobs + await _record(ctx, waiting, issues, on_issue)
+
+
+async def _record(
+    ctx: RunContext,
+    specs: list[JobSpec],
+    issues: list[str],
+    on_issue: Callable[[ManifestIssue], None] | None,
+) -> int:
+    """Record the jobs of good lines and offer them; returns how many were recorded."""
+    recorded = 0
+    for spec, row in zip(specs, ctx.store.register_many(specs), strict=True):
         if isinstance(row, str):
             field = "id" if row.startswith("id ") else "output"
-            issue = ManifestIssue(str(settings.manifest), item.line, field, row)
-            _report(issue, issues, on_issue, strict=settings.strict)
+            issue = ManifestIssue(str(ctx.settings.manifest), spec.line, field, row)
+            _report(issue, issues, on_issue, strict=ctx.settings.strict)
             continue
-        if item.inputs:
-            ctx.store.keep_inputs(item.inputs)
-        jobs += 1
+        if spec.inputs:
+            ctx.store.keep_inputs(spec.inputs)
+        recorded += 1
         await _offer(ctx, row)
-    return jobs
+    return recorded
 
 
 def _report(

@@ -85,14 +85,7 @@ class StateStore(RunMemory):
         request_hash = spec.request.request_hash()
         row = self.get(spec.id)
         if row is not None:
-            if row.request_hash != request_hash:
-                return (
-                    f"id {spec.id!r} was first recorded with a different request; give the "
-                    "changed job a new id (the old one may already be paid for)"
-                )
-            if row.output != spec.output:
-                return f"output {row.output!r} was recorded for id {spec.id!r}, not {spec.output!r}"
-            return row
+            return _recorded(spec, row, request_hash)
         conflict = self._folder_conflict(spec.output)
         if conflict is not None:
             return conflict
@@ -124,6 +117,18 @@ class StateStore(RunMemory):
         row = self.get(spec.id)
         assert row is not None
         return row
+
+    def register_many(self, specs: list[JobSpec]) -> Iterator[JobRow | str]:
+        """``register`` each job, in order, each only once the one before was taken, with one
+        lookup for those already recorded (a manifest run again is mostly those)."""
+        known = self.get_many([spec.id for spec in specs])
+        for spec in specs:
+            row = known.get(spec.id)
+            yield (
+                self.register(spec)
+                if row is None
+                else _recorded(spec, row, spec.request.request_hash())
+            )
 
     def _folder_conflict(self, output: str) -> str | None:
         """Why ``output`` cannot coexist with a recorded output: one of them would have to be
@@ -339,3 +344,15 @@ class StateStore(RunMemory):
             " WHERE job_id = ? AND n = ?",
             (outcome, request_id, time.time(), row.id, row.attempts),
         )
+
+
+def _recorded(spec: JobSpec, row: JobRow, request_hash: str) -> JobRow | str:
+    """The recorded row of a manifest job, or why the manifest's line no longer matches it."""
+    if row.request_hash != request_hash:
+        return (
+            f"id {spec.id!r} was first recorded with a different request; give the "
+            "changed job a new id (the old one may already be paid for)"
+        )
+    if row.output != spec.output:
+        return f"output {row.output!r} was recorded for id {spec.id!r}, not {spec.output!r}"
+    return row

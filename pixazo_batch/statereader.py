@@ -49,6 +49,15 @@ class StateReader:
         found = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()  # noqa: S608
         return None if found is None else row_from(found)
 
+    def get_many(self, job_ids: list[str]) -> dict[str, JobRow]:
+        """The rows of those of ``job_ids`` the state holds, by id (one query; a few hundred
+        ids at most)."""
+        if not job_ids:
+            return {}
+        marks = ", ".join("?" * len(job_ids))
+        query = f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks})"  # noqa: S608
+        return {row.id: row for row in map(row_from, self.db.execute(query, job_ids))}
+
     def request_ids(self, job_id: str) -> list[str]:
         """The request_id of every attempt of the job the gateway answered, oldest first."""
         rows = self.db.execute(
