@@ -2,9 +2,10 @@
 
 While the run goes on it beats its heart, takes over the work of workers gone silent past
 ``--worker-timeout`` (``pgworkers.WorkerRoster.reap_and_adopt``), takes videos nobody downloads
-yet when its downloaders are idle, shares the key's request rate with the living (in proportion
-to the jobs each holds) and honours at once a pause any of them was told (a 429's Retry-After,
-kept in ``pauses``). See ``docs/design.md``, "A fleet of workers".
+yet when its downloaders are idle, stops waiting for jobs it queued to send that others sent,
+shares the key's request rate with the living (in proportion to the jobs each holds) and
+honours at once a pause any of them was told (a 429's Retry-After, kept in ``pauses``). See
+``docs/design.md``, "A fleet of workers".
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import structlog
 
 from pixazo_batch.context import RunContext
 from pixazo_batch.governor import RateGovernor
-from pixazo_batch.lifecycle import Resumed
+from pixazo_batch.lifecycle import SENDABLE, Resumed
+from pixazo_batch.models import JobState
 from pixazo_batch.pgstate import PgStateStore
+from pixazo_batch.router import Router
+from pixazo_batch.statereader import StateReader
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +33,8 @@ BEATS_PER_TIMEOUT = 5
 SHARE_EVERY = 1.0
 #: a worker's weight in the rate share, beside one per job it holds
 IDLE_WEIGHT = 0.05
+#: job ids looked up in one query
+LOOKUP_BATCH = 500
 #: how often a worker with nothing of its own left looks whether the fleet still works
 STAY_LOOK = 0.2
 
@@ -82,6 +88,21 @@ def rate_share(store: PgStateStore, rps: float) -> float:
     return rps * (mine + IDLE_WEIGHT) / (held + IDLE_WEIGHT * max(1, len(workers)))
 
 
+def let_go_of_jobs_sent_elsewhere(router: Router, store: StateReader) -> None:
+    """Jobs this worker queued to send that another worker has sent: the run stops waiting for
+    them (its submitters may wait seconds for a token at a small share of the key's rate
+    before they find out). A job being sent (``submitting``) is left: it may be this
+    worker's own POST, still on the wire."""
+    waiting = router.waiting_to_send()
+    for start in range(0, len(waiting), LOOKUP_BATCH):
+        chunk = waiting[start : start + LOOKUP_BATCH]
+        rows = store.get_many(chunk)
+        for job_id in chunk:
+            row = rows.get(job_id)
+            if row is not None and row.state not in (*SENDABLE, JobState.SUBMITTING):
+                router.let_go(job_id)
+
+
 async def watch_fleet(
     ctx: RunContext,
     store: PgStateStore,
@@ -105,6 +126,7 @@ async def watch_fleet(
             next_beat = now + interval
         if now >= next_share:
             governor.share(rate_share(store, ctx.settings.rps))
+            let_go_of_jobs_sent_elsewhere(ctx.router, store)
             next_share = now + SHARE_EVERY
         idle = idle_downloaders()
         # Once the run has settled nothing taken in would be downloaded: leave it to others.

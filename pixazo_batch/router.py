@@ -152,6 +152,21 @@ class Router:
         await self.admit(row, Resumed(file_present=False))
         return True
 
+    def waiting_to_send(self) -> list[str]:
+        """The jobs queued here for the submitter (or in its hands)."""
+        return [job_id for job_id, stage in self._stage.items() if stage is Action.SUBMIT]
+
+    def let_go(self, job_id: str) -> None:
+        """Stop waiting for a job queued here to be sent that another worker of the fleet sent
+        meanwhile: it no longer holds an in-flight slot nor keeps the run from ending, and the
+        submitter's later report on it is dropped."""
+        if self._stage.get(job_id) is not Action.SUBMIT:
+            return
+        del self._stage[job_id]
+        if job_id in self._holding:
+            self._free_slot(job_id)
+        self._check_settled()
+
     async def settle(
         self, job_id: str, outcome: Outcome, *, from_stage: Action | None = None
     ) -> Step:

@@ -13,6 +13,7 @@ import anyio
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from pixazo_batch.fleet import let_go_of_jobs_sent_elsewhere
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.lifecycle import Action, Listed, RunFlags, TakenElsewhere
 from pixazo_batch.models import GenerationRequest, JobSpec, JobState
@@ -124,3 +125,32 @@ async def test_a_job_taken_over_while_it_waited_for_a_slot_gives_the_slot_back(
     with anyio.fail_after(1):
         await router.admit(register(store, "c"), listed)
     assert stages.submit.receive_nowait() == "c"
+
+
+async def test_jobs_queued_here_and_sent_by_another_worker_stop_holding_the_run(
+    routed: tuple[StateStore, Router, Stages],
+) -> None:
+    """The fleet's sweep lets go of a job another worker sent (its slot is freed and the run
+    may end without it); it keeps a job still pending, and one being sent, which may be this
+    worker's own POST on the wire."""
+    store, router, _ = routed
+    listed = Listed(RunFlags(), attempts_left=True)
+    wide = Router(store, router.queues, max_in_flight=3)
+    for job_id in ("sent", "sending", "pending"):
+        await wide.admit(register(store, job_id), listed)
+    store.begin_submit("sent", None)
+    store.submit_accepted("sent", "req-sent", None)
+    store.begin_submit("sending", None)
+
+    let_go_of_jobs_sent_elsewhere(wide, store)
+
+    assert sorted(wide.waiting_to_send()) == ["pending", "sending"]
+    with anyio.fail_after(1):  # the slot "sent" held is free
+        await wide.admit(register(store, "next"), listed)
+    step = await wide.settle("sent", TakenElsewhere("moved on"), from_stage=Action.SUBMIT)
+    assert step.action is Action.REST and step.state is JobState.SUBMITTED
+    wide.close_intake()
+    for job_id in ("sending", "pending", "next"):
+        assert not wide.settled.is_set()
+        await wide.settle(job_id, TakenElsewhere("moved on"), from_stage=Action.SUBMIT)
+    assert wide.settled.is_set()
