@@ -172,13 +172,14 @@ class Router:
     ) -> Step:
         """Record what a stage reports and send the job on. Returns the step; with ``RETRY``
         the reporting stage keeps the job and tries again. A report ``from_stage`` on a job
-        since taken to another stage (``take_over``) is stale: dropped, and the step is REST."""
+        that stage no longer holds here (``take_over``, ``let_go``) is stale: dropped, and the
+        step is REST."""
         row = self.store.get(job_id)
         if row is None:
             raise InvalidTransitionError(f"unknown job {job_id!r}")
         if from_stage is not None and self._stage.get(job_id) is not from_stage:
             log.debug("stale_report_dropped", job_id=job_id, stage=from_stage.value)
-            return Step(row.state, Action.REST, "taken over by another stage")
+            return Step(row.state, Action.REST, "no longer this stage's")
         try:
             step = self.apply(row, outcome)
         except InvalidTransitionError:
