@@ -30,6 +30,8 @@ CEILING_SHARE = 0.97
 CEILING_CREEP = 0.001
 #: the window over which served throughput is measured
 SERVED_WINDOW = 2.0
+#: a fleet worker's share counts as steady while it moves by no more than this factor
+STEADY_SHARE = 1.1
 #: never measure throughput over less than this: a fresh window lets a burst through that the
 #: limit will not sustain
 MIN_SERVED_SPAN = 1.0
@@ -105,8 +107,11 @@ class RateGovernor:
         self._consecutive_429 = 0
         self._ceiling = rps
         self._ceiling_stamp = self._stamp
-        self._served: deque[float] = deque()
+        #: when each recent success came, and the share of the key's rate this process had then
+        self._served: deque[tuple[float, float]] = deque()
         self._first_success = -float("inf")
+        #: whether this process is one worker of a fleet sharing the key's rate
+        self._in_fleet = False
         self._lock = anyio.Lock()
         #: requests without priority wait here, one at a time at ``_lock``
         self._queue = anyio.Lock()
@@ -123,6 +128,7 @@ class RateGovernor:
     def share(self, rps: float) -> None:
         """Take ``rps`` as this process's part of the key's rate (a fleet of workers shares
         one key): the rate and its ceiling never exceed it."""
+        self._in_fleet = True
         before, self.max_rps = self.max_rps, max(self.min_rps, rps)
         # What was learned of the limit scales with the share (a worker leaving frees its part).
         scale = self.max_rps / before
@@ -170,7 +176,7 @@ class RateGovernor:
         self._consecutive_429 = 0
         if not self._served and self._first_success == -float("inf"):
             self._first_success = now
-        self._served.append(now)
+        self._served.append((now, self.max_rps))
         self._ceiling = min(
             self.max_rps, self._ceiling * (1 + CEILING_CREEP * (now - self._ceiling_stamp))
         )
@@ -194,13 +200,29 @@ class RateGovernor:
         # Throughput over the window, counted only since the run began and since the last pause
         # ended: idle seconds would make the limit look lower than it is.
         since = max(now - SERVED_WINDOW, self._first_success, previous_pause_end)
-        while self._served and self._served[0] < since:
+        while self._served and self._served[0][0] < since:
             self._served.popleft()
-        served = len(self._served) / max(MIN_SERVED_SPAN, now - since)
-        self._ceiling = max(self.min_rps, CEILING_SHARE * served if served else self.rate / 2)
-        self._ceiling_stamp = now
+        if self._share_was_steady(now):
+            # Each success counted against the share this process had when it came: what is
+            # learned is the part of the share that was served.
+            share_served = sum(1 / share for _, share in self._served)
+            served = self.max_rps * share_served / max(MIN_SERVED_SPAN, now - since)
+            self._ceiling = max(self.min_rps, CEILING_SHARE * served if served else self.rate / 2)
+            self._ceiling_stamp = now
         self.rate = max(self.min_rps, min(self.rate / 2, self._ceiling))
         self._step = max(self.rate, self.min_rps) / RECOVERY_STEPS
         self._refill(now)
         self._tokens = 0.0
         return wait
+
+    def _share_was_steady(self, now: float) -> bool:
+        """Whether this process's share of the key's rate held over the window before a 429, so
+        that what it served says where the key's limit is. A fleet worker's share is a guess in
+        its first seconds (workers starting together each count themselves alone until they
+        see the others) and while it moves: another worker's requests may have brought the 429."""
+        if not self._in_fleet:
+            return True
+        if now - self._first_success < SERVED_WINDOW:
+            return False
+        shares = [share for _, share in self._served]
+        return not shares or max(shares) <= STEADY_SHARE * min(shares)

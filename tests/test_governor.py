@@ -157,6 +157,36 @@ async def test_the_ceiling_creeps_up_with_time_but_never_past_the_configured_rat
     assert governor.rate == pytest.approx(8.0)
 
 
+async def test_a_fleet_worker_learns_no_ceiling_while_its_share_is_a_guess() -> None:
+    clock = VirtualClock()
+    governor = RateGovernor(10.0, clock=clock)
+    governor.share(10.0)  # a worker of a fleet that has seen no other worker yet
+    for _ in range(7):  # others starting with it sent too: the key's limit is hit early
+        clock.time += 0.1
+        governor.on_success()
+    governor.on_rate_limited(0.0)
+    assert governor.ceiling == pytest.approx(10.0), "its own 7 a second say nothing of the key"
+    assert governor.rate == pytest.approx(5.0), "the rate is still halved"
+    for _ in range(40):  # a steady share, served at 8 a second: now the limit is known
+        clock.time += 1 / 8
+        governor.on_success()
+    governor.on_rate_limited(0.0)
+    assert governor.ceiling == pytest.approx(0.97 * 8, rel=0.07)
+
+
+async def test_a_fleet_worker_learns_no_ceiling_while_its_share_moves() -> None:
+    clock = VirtualClock()
+    governor = RateGovernor(10.0, clock=clock)
+    governor.share(3.0)
+    for share in (3.0, 3.0, 3.0, 6.0, 9.0, 9.0):  # its share tripled as it took on jobs
+        governor.share(share)
+        for _ in range(int(share)):
+            clock.time += 1 / share
+            governor.on_success()
+    governor.on_rate_limited(0.0)
+    assert governor.ceiling == pytest.approx(9.0)
+
+
 async def test_missing_retry_after_uses_growing_jittered_backoff() -> None:
     governor = RateGovernor(
         8.0, clock=VirtualClock(), backoff=BackoffPolicy(base=1.0, cap=60.0), seed=3
