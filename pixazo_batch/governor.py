@@ -222,7 +222,7 @@ class RateGovernor:
         see the others) and while it moves: another worker's requests may have brought the 429."""
         if not self._in_fleet:
             return True
-        if now - self._first_success < SERVED_WINDOW:
-            return False
         shares = [share for _, share in self._served]
-        return not shares or max(shares) <= STEADY_SHARE * min(shares)
+        if not shares or now - self._first_success < SERVED_WINDOW:
+            return False  # nothing served yet, or too soon to have seen the other workers
+        return max(shares) <= STEADY_SHARE * min(shares)
