@@ -177,6 +177,8 @@ class RateGovernor:
         if not self._served and self._first_success == -float("inf"):
             self._first_success = now
         self._served.append((now, self.max_rps))
+        while self._served[0][0] < now - SERVED_WINDOW:  # only the window is ever read
+            self._served.popleft()
         self._ceiling = min(
             self.max_rps, self._ceiling * (1 + CEILING_CREEP * (now - self._ceiling_stamp))
         )
