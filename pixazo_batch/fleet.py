@@ -29,8 +29,11 @@ log = structlog.get_logger(__name__)
 PAUSE_LOOK = 0.1
 #: heartbeats a worker beats within the timeout
 BEATS_PER_TIMEOUT = 5
-#: how often a worker works out its part of the key's rate again (seconds)
+#: how often a worker works out its part of the key's rate again (seconds, on the database's
+#: clock: every worker does it at the same instants)
 SHARE_EVERY = 1.0
+#: how long after a share tick a worker wakes for it (the database's clock read a moment ago)
+TICK_SLACK = 0.005
 #: a worker's weight in the rate share, beside one per job it holds
 IDLE_WEIGHT = 0.05
 #: job ids looked up in one query
@@ -80,12 +83,10 @@ async def wait_for_silent_workers(ctx: RunContext, store: PgStateStore) -> None:
 
 
 def rate_share(store: PgStateStore, rps: float) -> float:
-    """This worker's part of the key's rate: in proportion to the jobs it holds (each job's
-    polls go through its holder), with a small even part so a worker holding none can start."""
-    workers = store.live_workers()
-    mine: int = next((w["in_flight"] for w in workers if w["worker"] == store.worker), 0)
-    held: int = sum(w["in_flight"] for w in workers)
-    return rps * (mine + IDLE_WEIGHT) / (held + IDLE_WEIGHT * max(1, len(workers)))
+    """This worker's part of the key's rate in this tick of the fleet's clock: in proportion to
+    the jobs it holds (each job's polls go through its holder), with a small even part so a
+    worker holding none can start."""
+    return rps * store.rate_part(SHARE_EVERY, IDLE_WEIGHT)
 
 
 def let_go_of_jobs_sent_elsewhere(router: Router, store: StateReader) -> None:
@@ -117,26 +118,35 @@ async def watch_fleet(
         WorkerFencedError: the fleet took this worker for dead (the run must stop).
     """
     interval = beat_interval(ctx)
-    next_beat = next_share = 0.0
+    rps = ctx.settings.rps
+    # Every worker shares on the same ticks of the database's clock, from one picture of the
+    # fleet (``rate_part``): their parts add up to the key's rate, and one that joins waits
+    # for the next tick to get a part.
+    tick = store.look(origin).db_clock // SHARE_EVERY
+    governor.share(rate_share(store, rps))
+    next_beat = 0.0
     while True:
         now = ctx.clock.now()
         if now >= next_beat:
             store.heartbeat()
             await adopt_orphans(ctx, store)
             next_beat = now + interval
-        if now >= next_share:
-            governor.share(rate_share(store, ctx.settings.rps))
+        seen = store.look(origin)
+        this_tick = seen.db_clock // SHARE_EVERY
+        if this_tick != tick:
+            governor.share(rate_share(store, rps))
             let_go_of_jobs_sent_elsewhere(ctx.router, store)
-            next_share = now + SHARE_EVERY
+            tick = this_tick
         idle = idle_downloaders()
         # Once the run has settled nothing taken in would be downloaded: leave it to others.
         if idle and not ctx.router.settled.is_set():
             for row in store.claim_completed(idle):
                 if not await ctx.router.take_over(row):
                     store.release(row.id)
-        until = store.pause_until(origin)
+        until = seen.pause_until
         left = 0.0 if until is None else until - time.time()
         if left > 0 and governor.clock.now() + left > governor.paused_until + 0.01:
             log.info("fleet_pause", wait_s=round(left, 2))
             governor.hold(left)
-        await ctx.clock.sleep(PAUSE_LOOK)
+        to_tick = (this_tick + 1) * SHARE_EVERY - seen.db_clock
+        await ctx.clock.sleep(min(PAUSE_LOOK, to_tick + TICK_SLACK))

@@ -134,6 +134,9 @@ class RateGovernor:
         scale = self.max_rps / before
         self._ceiling = min(self._ceiling * scale, self.max_rps)
         self.rate = max(self.min_rps, min(self.rate * scale, self._ceiling))
+        # A token saved up at the larger share is not this worker's to spend at the smaller
+        # one: a worker joining a fleet at a small share would send at once, above its part.
+        self._tokens *= min(1.0, scale)
         self._step = max(self.rate, self.min_rps) / RECOVERY_STEPS
 
     async def acquire(self, *, ahead: bool = False) -> None:

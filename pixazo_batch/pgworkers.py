@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import socket
@@ -22,6 +23,16 @@ from pixazo_batch.state import StateStore
 SUBMIT_LOCK = 7_310_002
 #: the database's clock, in seconds since the epoch (heartbeats never use a machine's clock)
 NOW = "extract(epoch from clock_timestamp())"
+
+
+@dataclass(frozen=True, slots=True)
+class FleetLook:
+    """What a worker reads of the fleet every tenth of a second."""
+
+    #: the end (wall clock) of the latest pause the gateway announced to any worker
+    pause_until: float | None
+    #: the database's clock, in seconds since the epoch
+    db_clock: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +176,41 @@ class WorkerRoster(StateStore):
             (self.worker,),
         ).fetchone()
         return bool(found)
+
+    def look(self, origin: str) -> FleetLook:
+        """The fleet's pause for the gateway at ``origin`` and the database's clock, in one
+        round trip."""
+        until, db_clock = self.db.execute(
+            f"SELECT (SELECT until FROM pauses WHERE origin = ?), {NOW}",  # noqa: S608
+            (origin,),
+        ).fetchone()
+        return FleetLook(None if until is None else float(until), float(db_clock))
+
+    def rate_part(self, every: float, idle_weight: float) -> float:
+        """This worker's part (0 to 1) of the key's rate in the current tick of ``every``
+        seconds of the database's clock: one for each job it holds and ``idle_weight``, over
+        the same for every living worker. The first worker to ask in a tick works out every
+        worker's part from one picture of the fleet and keeps them for the others, so the
+        parts in use add up to one; a worker that joined since has none until the next tick."""
+        with self._transaction():
+            self.db.execute(
+                "INSERT INTO fleet (name, value) VALUES ('rate_parts', '{}') ON CONFLICT DO NOTHING"
+            )
+            value, tick = self.db.execute(
+                f"SELECT value, floor({NOW} / ?) FROM fleet"  # noqa: S608
+                " WHERE name = 'rate_parts' FOR UPDATE",
+                (every,),
+            ).fetchone()
+            kept: dict[str, Any] = json.loads(value)
+            if kept.get("tick") != float(tick):
+                workers = self.live_workers()
+                total = sum(w["in_flight"] + idle_weight for w in workers)
+                parts = {w["worker"]: (w["in_flight"] + idle_weight) / total for w in workers}
+                kept = {"tick": float(tick), "parts": parts}
+                self.db.execute(
+                    "UPDATE fleet SET value = ? WHERE name = 'rate_parts'", (json.dumps(kept),)
+                )
+        return float(kept["parts"].get(self.worker, 0.0))
 
     def live_workers(self) -> list[dict[str, Any]]:
         """Every worker neither stopped nor reaped: host, last heartbeat, jobs in flight."""

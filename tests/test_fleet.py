@@ -168,6 +168,23 @@ async def test_a_pause_one_worker_is_told_holds_every_worker(tmp_path: Path, pg_
     assert {state for state, _ in jobs_in(pg_url).values()} == {"downloaded"}
 
 
+async def test_workers_starting_together_keep_under_the_keys_rate(
+    tmp_path: Path, pg_url: str
+) -> None:
+    # Each worker starting together first sees the fleet as it is at its own start (the first
+    # of them alone with the whole key); their parts must still add up to --rps.
+    manifest = write_manifest(tmp_path / "jobs.jsonl", [job_line(i) for i in range(40)])
+    env = cli_env(PIXAZO_API_KEY=TEST_KEY)
+    async with simulator(fast(rate_limit=10, rate_window=1.0)) as sim:
+        command = fleet_command(sim, manifest, tmp_path / "out", pg_url, "--rps", "9")
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(lambda: anyio.run_process(command, env=env, check=True))
+        stats = sim.stats()
+    assert stats["rate_limited"] == 0, "the fleet went past the key's rate"
+    assert {state for state, _ in jobs_in(pg_url).values()} == {"downloaded"}
+
+
 async def test_the_budget_holds_to_the_cent_across_workers(tmp_path: Path, pg_url: str) -> None:
     manifest = write_manifest(tmp_path / "jobs.jsonl", [job_line(i) for i in range(12)])
     env = cli_env(PIXAZO_API_KEY=TEST_KEY)

@@ -94,13 +94,22 @@ async def test_a_status_read_goes_before_submits_waiting_for_a_token() -> None:
     assert grants == ["submit-1", "submit-2", "poll", "submit-3", "submit-4"]
 
 
+async def test_a_worker_given_a_small_share_has_no_token_saved_at_the_whole_keys_rate() -> None:
+    """A worker joining a fleet starts with the key's whole rate until it learns its share:
+    sending at once on a token saved at that rate would go past its part."""
+    clock = VirtualClock()
+    governor = RateGovernor(10.0, clock=clock)
+    governor.share(0.5)
+    await governor.acquire()
+    assert clock.now() == pytest.approx(1.9)  # what is left of the token, 0.95, at 0.5 a second
+
+
 async def test_a_request_waiting_at_a_low_rate_goes_soon_after_the_rate_grows() -> None:
     """A fleet worker's share grows when another leaves: a wait worked out at the old rate
     (ten seconds for a token at 0.1 a second) must not be served out in full."""
     clock = VirtualClock()
     governor = RateGovernor(10.0, clock=clock)
-    governor.share(0.1)
-    await governor.acquire()
+    governor.share(0.1)  # and the token saved at the whole key's rate is gone with it
     granted: list[float] = []
 
     async def waiter() -> None:

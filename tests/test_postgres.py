@@ -4,6 +4,7 @@ database adds: one clear line when it cannot be used, status, report and resolve
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -152,3 +153,33 @@ async def test_workers_keeping_what_they_learned_at_once_do_not_fail(pg_url: str
                     await anyio.lowlevel.checkpoint()
             first.commit()
         assert store.speed_scales("g") == [3.0, 4.0, 5.0]
+
+
+def test_the_parts_of_the_keys_rate_read_in_one_tick_add_up_to_one(pg_url: str) -> None:
+    """Workers read their parts at different moments of a tick while the jobs they hold
+    change: the parts still come from one picture of the fleet (several pictures would give
+    more than the key's rate: requests past the limit, a 429 for everyone). One who joins in
+    the tick has none until the next."""
+    from pixazo_batch.pgstate import PgStateStore
+    from pixazo_batch.pgworkers import FleetIdentity
+    from tests.test_router import register
+
+    identity = FleetIdentity(manifest="jobs.jsonl", base_url="http://gw", api_key="k")
+    tick, next_tick = 1e9, 1e8  # seconds: every read falls in one tick of each
+    with contextlib.ExitStack() as stores:
+        first, second = (
+            stores.enter_context(PgStateStore.open_database(pg_url, fleet=identity))
+            for _ in range(2)
+        )
+        for index in range(4):
+            register(first, f"job-{index}")
+        first.begin_submit("job-0", None)
+        mine = first.rate_part(tick, 0.05)
+        second.begin_submit("job-1", None)
+        second.begin_submit("job-2", None)  # held since the first worker read its part
+        joined = stores.enter_context(PgStateStore.open_database(pg_url, fleet=identity))
+        parts = [mine, second.rate_part(tick, 0.05), joined.rate_part(tick, 0.05)]
+        assert sum(parts) == pytest.approx(1.0)
+        assert parts == pytest.approx([1.05 / 1.1, 0.05 / 1.1, 0.0])
+        later = [store.rate_part(next_tick, 0.05) for store in (first, second, joined)]
+        assert later == pytest.approx([1.05 / 3.15, 2.05 / 3.15, 0.05 / 3.15])
