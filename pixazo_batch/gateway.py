@@ -158,8 +158,13 @@ class GatewayClient:
             headers["X-Webhook-Mode"] = webhook_mode
         body = request.model_dump_json().encode()
         url = self._url(SUBMIT_PATH)
-        await self.governor.acquire()
-        answer = await self._send("POST", url, headers, body, self._submit_timeout, on_wire)
+        granted_at = await self.governor.acquire()
+
+        def leaving() -> None:
+            on_wire()
+            self.governor.departed(granted_at)
+
+        answer = await self._send("POST", url, headers, body, self._submit_timeout, leaving)
         if 200 <= answer.status < 300 and not answer.oversized:
             try:
                 accepted = SubmitAccepted.model_validate_json(answer.text)

@@ -22,6 +22,10 @@ import anyio
 
 #: float slack, so rounding never leaves a waiter sleeping for a vanishing fraction forever
 _EPSILON = 1e-9
+#: the governor never paces above this share of the configured rate: requests leave on this
+#: clock and are counted where they arrive, and a sliding window at exactly the limit turns
+#: a few milliseconds of jitter (a new connection's set-up) into a 429 that pauses every sender
+HEADROOM = 0.98
 #: successes needed to climb back from a halved rate to the rate that was cut
 RECOVERY_STEPS = 32
 #: the ceiling left by a 429, as a share of the throughput served just before it
@@ -139,15 +143,25 @@ class RateGovernor:
         self._tokens *= min(1.0, scale)
         self._step = max(self.rate, self.min_rps) / RECOVERY_STEPS
 
-    async def acquire(self, *, ahead: bool = False) -> None:
+    async def acquire(self, *, ahead: bool = False) -> float:
         """Wait until a request may start: after any announced pause, within the rate. With
         ``ahead`` (a status read, which may free a slot) it goes before every request waiting
-        without it but one, which goes before every later one: nobody starves."""
+        without it but one, which goes before every later one: nobody starves. Returns the
+        clock time of the grant (for ``departed``)."""
         if ahead:
             await self._take()
-            return
-        async with self._queue:
-            await self._take()
+        else:
+            async with self._queue:
+                await self._take()
+        return self.clock.now()
+
+    def departed(self, granted_at: float) -> None:
+        """The request granted at ``granted_at`` leaves only now (its write-ahead took that
+        long): later grants move back by the delay, up to one token, so the gateway, counting
+        requests where they arrive, sees them no closer together than the pace."""
+        delay = self.clock.now() - granted_at
+        if delay > 0:
+            self._tokens -= min(1.0, delay * self.pace)
 
     async def _take(self) -> None:
         async with self._lock:
@@ -160,12 +174,18 @@ class RateGovernor:
                 if self._tokens >= 1 - _EPSILON:
                     self._tokens = max(0.0, self._tokens - 1)
                     return
-                await self.clock.sleep(min(TOKEN_LOOK, (1 - self._tokens) / self.rate))
+                await self.clock.sleep(min(TOKEN_LOOK, (1 - self._tokens) / self.pace))
+
+    @property
+    def pace(self) -> float:
+        """Requests per second the governor lets through now: the rate, with headroom under
+        the configured one."""
+        return min(self.rate, HEADROOM * self.max_rps)
 
     def _refill(self, now: float) -> None:
         # No bursts: a limit counted over a sliding window is overrun by a burst after an idle
         # spell even when the average rate is below it.
-        self._tokens = min(1.0, self._tokens + (now - self._stamp) * self.rate)
+        self._tokens = min(1.0, self._tokens + (now - self._stamp) * self.pace)
         self._stamp = now
 
     @property
