@@ -35,7 +35,7 @@ SHARE_EVERY = 1.0
 #: how long after a share tick a worker wakes for it (the database's clock read a moment ago)
 TICK_SLACK = 0.005
 #: a worker's weight in the rate share, beside one per job it holds
-IDLE_WEIGHT = 0.05
+IDLE_WEIGHT = 0.02
 #: job ids looked up in one query
 LOOKUP_BATCH = 500
 #: how often a worker with nothing of its own left looks whether the fleet still works
