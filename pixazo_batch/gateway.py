@@ -158,11 +158,12 @@ class GatewayClient:
             headers["X-Webhook-Mode"] = webhook_mode
         body = request.model_dump_json().encode()
         url = self._url(SUBMIT_PATH)
-        granted_at = await self.governor.acquire()
+        await self.governor.acquire()
 
         def leaving() -> None:
+            writing_since = self.governor.clock.now()
             on_wire()
-            self.governor.departed(granted_at)
+            self.governor.departed(writing_since)
 
         answer = await self._send("POST", url, headers, body, self._submit_timeout, leaving)
         if 200 <= answer.status < 300 and not answer.oversized:

@@ -155,11 +155,13 @@ class RateGovernor:
                 await self._take()
         return self.clock.now()
 
-    def departed(self, granted_at: float) -> None:
-        """The request granted at ``granted_at`` leaves only now (its write-ahead took that
-        long): later grants move back by the delay, up to one token, so the gateway, counting
-        requests where they arrive, sees them no closer together than the pace."""
-        delay = self.clock.now() - granted_at
+    def departed(self, since: float) -> None:
+        """A request held since ``since`` by its write-ahead (a ``submitting`` row made durable)
+        leaves only now: later grants move back by that delay, up to one token, so the gateway,
+        counting requests where they arrive, sees them no closer together than the pace. (Time
+        spent waiting for a connection is not counted: while connections are the bound, the
+        same wait delays every request alike.)"""
+        delay = self.clock.now() - since
         if delay > 0:
             self._tokens -= min(1.0, delay * self.pace)
 
