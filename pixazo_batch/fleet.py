@@ -82,11 +82,12 @@ async def wait_for_silent_workers(ctx: RunContext, store: PgStateStore) -> None:
         await adopt_orphans(ctx, store)
 
 
-def rate_share(store: PgStateStore, rps: float) -> float:
+def rate_share(store: PgStateStore, rps: float) -> float | None:
     """This worker's part of the key's rate in this tick of the fleet's clock: in proportion to
     the jobs it holds (each job's polls go through its holder), with a small even part so a
-    worker holding none can start."""
-    return rps * store.rate_part(SHARE_EVERY, IDLE_WEIGHT)
+    worker holding none can start. None while another worker works the parts out."""
+    part = store.rate_part(SHARE_EVERY, IDLE_WEIGHT)
+    return None if part is None else rps * part
 
 
 def let_go_of_jobs_sent_elsewhere(router: Router, store: StateReader) -> None:
@@ -122,8 +123,13 @@ async def watch_fleet(
     # Every worker shares on the same ticks of the database's clock, from one picture of the
     # fleet (``rate_part``): their parts add up to the key's rate, and one that joins waits
     # for the next tick to get a part.
-    tick = store.look(origin).db_clock // SHARE_EVERY
-    governor.share(rate_share(store, rps))
+    tick: float | None = store.look(origin).db_clock // SHARE_EVERY
+    first = rate_share(store, rps)
+    if first is not None:
+        governor.share(first)
+    else:
+        tick = None  # ask again at once; nothing at the whole key's rate meanwhile
+        governor.share(0.0)
     next_beat = 0.0
     while True:
         now = ctx.clock.now()
@@ -133,9 +139,10 @@ async def watch_fleet(
             next_beat = now + interval
         seen = store.look(origin)
         this_tick = seen.db_clock // SHARE_EVERY
-        if this_tick != tick:
-            governor.share(rate_share(store, rps))
-            let_go_of_jobs_sent_elsewhere(ctx.router, store)
+        if this_tick != tick and (share := rate_share(store, rps)) is not None:
+            governor.share(share)
+            if tick is not None:
+                let_go_of_jobs_sent_elsewhere(ctx.router, store)
             tick = this_tick
         idle = idle_downloaders()
         # Once the run has settled nothing taken in would be downloaded: leave it to others.
@@ -149,4 +156,6 @@ async def watch_fleet(
             log.info("fleet_pause", wait_s=round(left, 2))
             governor.hold(left)
         to_tick = (this_tick + 1) * SHARE_EVERY - seen.db_clock
+        if tick != this_tick:  # another worker was working the parts out: ask again soon
+            to_tick = 0.0
         await ctx.clock.sleep(min(PAUSE_LOOK, to_tick + TICK_SLACK))

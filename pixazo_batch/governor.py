@@ -143,17 +143,15 @@ class RateGovernor:
         self._tokens *= min(1.0, scale)
         self._step = max(self.rate, self.min_rps) / RECOVERY_STEPS
 
-    async def acquire(self, *, ahead: bool = False) -> float:
+    async def acquire(self, *, ahead: bool = False) -> None:
         """Wait until a request may start: after any announced pause, within the rate. With
         ``ahead`` (a status read, which may free a slot) it goes before every request waiting
-        without it but one, which goes before every later one: nobody starves. Returns the
-        clock time of the grant (for ``departed``)."""
+        without it but one, which goes before every later one: nobody starves."""
         if ahead:
             await self._take()
-        else:
-            async with self._queue:
-                await self._take()
-        return self.clock.now()
+            return
+        async with self._queue:
+            await self._take()
 
     def departed(self, since: float) -> None:
         """A request held since ``since`` by its write-ahead (a ``submitting`` row made durable)

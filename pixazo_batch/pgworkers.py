@@ -107,7 +107,10 @@ class WorkerRoster(StateStore):
                 (self.worker,),
             ).fetchone()
         if found is None:
-            raise WorkerFencedError(f"the fleet took worker {self.worker} for dead; stopping")
+            raise WorkerFencedError(
+                f"the fleet took this worker for dead ({self.worker}, silent past the timeout);"
+                " stopping"
+            )
 
     def reap_and_adopt(self, timeout: float) -> list[JobRow]:
         """Reap the workers silent for ``timeout`` seconds (their ``submitting`` jobs become
@@ -186,21 +189,26 @@ class WorkerRoster(StateStore):
         ).fetchone()
         return FleetLook(None if until is None else float(until), float(db_clock))
 
-    def rate_part(self, every: float, idle_weight: float) -> float:
+    def rate_part(self, every: float, idle_weight: float) -> float | None:
         """This worker's part (0 to 1) of the key's rate in the current tick of ``every``
         seconds of the database's clock: one for each job it holds and ``idle_weight``, over
         the same for every living worker. The first worker to ask in a tick works out every
         worker's part from one picture of the fleet and keeps them for the others, so the
-        parts in use add up to one; a worker that joined since has none until the next tick."""
+        parts in use add up to one; a worker that joined since has none until the next tick.
+        None while another worker is working them out (ask again: waiting for its lock would
+        stall this worker's event loop, heartbeats included)."""
         with self._transaction():
             self.db.execute(
                 "INSERT INTO fleet (name, value) VALUES ('rate_parts', '{}') ON CONFLICT DO NOTHING"
             )
-            value, tick = self.db.execute(
+            found = self.db.execute(
                 f"SELECT value, floor({NOW} / ?) FROM fleet"  # noqa: S608
-                " WHERE name = 'rate_parts' FOR UPDATE",
+                " WHERE name = 'rate_parts' FOR UPDATE SKIP LOCKED",
                 (every,),
             ).fetchone()
+            if found is None:
+                return None
+            value, tick = found
             kept: dict[str, Any] = json.loads(value)
             if kept.get("tick") != float(tick):
                 workers = self.live_workers()

@@ -101,10 +101,11 @@ async def test_three_workers_and_one_killed_pay_each_job_once_and_finish_everyth
     codes = [w.process.returncode for w in workers]
     assert codes[victim] == -signal.SIGKILL, f"the kill landed ({kill_at})"
     # A survivor whose loop stalled past the (short) timeout on a loaded machine is taken for
-    # dead too: it must then stop (exit 3) at its next transition, its work going on elsewhere.
+    # dead too: it must then stop at its next transition (exit 3, or 5 when the victim left
+    # jobs uncertain), its work going on elsewhere.
     dead = {victim} | {i for i, w in enumerate(workers) if w.fenced()}
     assert all(code in (0, 5) for i, code in enumerate(codes) if i not in dead), codes
-    assert all(codes[i] == 3 for i in dead - {victim}), codes
+    assert all(codes[i] in (3, 5) for i in dead - {victim}), codes
     assert fresh.returncode in (0, 5), fresh.stderr.decode()[-2000:]
     assert stats["duplicate_charges"] == 0
     jobs = jobs_in(pg_url)

@@ -160,6 +160,8 @@ def test_the_parts_of_the_keys_rate_read_in_one_tick_add_up_to_one(pg_url: str) 
     change: the parts still come from one picture of the fleet (several pictures would give
     more than the key's rate: requests past the limit, a 429 for everyone). One who joins in
     the tick has none until the next."""
+    import psycopg
+
     from pixazo_batch.pgstate import PgStateStore
     from pixazo_batch.pgworkers import FleetIdentity
     from tests.test_router import register
@@ -179,7 +181,10 @@ def test_the_parts_of_the_keys_rate_read_in_one_tick_add_up_to_one(pg_url: str) 
         second.begin_submit("job-2", None)  # held since the first worker read its part
         joined = stores.enter_context(PgStateStore.open_database(pg_url, fleet=identity))
         parts = [mine, second.rate_part(tick, 0.05), joined.rate_part(tick, 0.05)]
-        assert sum(parts) == pytest.approx(1.0)
         assert parts == pytest.approx([1.05 / 1.1, 0.05 / 1.1, 0.0])
+        assert sum(part or 0.0 for part in parts) == pytest.approx(1.0)
+        with psycopg.connect(pg_url) as other:  # another worker working the parts out
+            other.execute("SELECT 1 FROM fleet WHERE name = 'rate_parts' FOR UPDATE")
+            assert first.rate_part(next_tick, 0.05) is None, "asks again, never waits"
         later = [store.rate_part(next_tick, 0.05) for store in (first, second, joined)]
         assert later == pytest.approx([1.05 / 3.15, 2.05 / 3.15, 0.05 / 3.15])
