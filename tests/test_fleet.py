@@ -20,7 +20,7 @@ from anyio.abc import Process
 
 from pixazo_batch.sim import Simulator
 from tests.conftest import TEST_KEY, fast, job_line, simulator, write_manifest
-from tests.test_buckets import served_sha256
+from tests.test_buckets import bucket_env, keys, served_sha256, unfinished_uploads
 from tests.test_cli import cli_env, log_events, run_args
 from tests.test_unattended import cli
 
@@ -223,3 +223,38 @@ async def test_max_in_flight_holds_for_the_whole_fleet(tmp_path: Path, pg_url: s
     # its own cap).
     most = max(sum(start <= at < end for start, end in spans) for at, _ in spans)
     assert len(spans) == 12 and most <= 3, most
+
+
+async def test_workers_writing_into_one_bucket_put_each_video_there_once_and_whole(
+    tmp_path: Path, pg_url: str, bucket: Any, moto_endpoint: str
+) -> None:
+    # Two workers on one machine share the bucket prefix and the local spool: each video is
+    # claimed by one of them, fetched once, and lands whole under its own key.
+    manifest = write_manifest(tmp_path / "jobs.jsonl", [job_line(i) for i in range(16)])
+    url = f"s3://{bucket.bucket_name}/fleet"
+    env = bucket_env(tmp_path, moto_endpoint)
+    scenario = fast(media_bytes=200_000, processing_median={"540p": 0.3}, processing_sigma=0.3)
+    async with simulator(scenario) as sim:
+        command = fleet_command(sim, manifest, tmp_path / "unused", pg_url, "--out", url)
+        workers = [Worker(await anyio.open_process(command, env=env), anyio.Event())
+                   for _ in range(2)]  # fmt: skip
+        async with anyio.create_task_group() as group:
+            for worker in workers:
+                group.start_soon(worker.follow)
+        stats = sim.stats()
+        served = {job.request_hash: served_sha256(sim, request_id)
+                  for request_id, job in sim.state.book.jobs.items()}  # fmt: skip
+        sizes = sum(sim.state.media_file(job).size for job in sim.state.book.jobs.values())
+    assert [w.process.returncode for w in workers] == [0, 0]
+    assert stats["accepted"] == 16 and stats["duplicate_charges"] == 0
+    assert stats["media_bytes"] == sizes, "each video fetched once, by one worker"
+    saved = [e["job_id"] for w in workers for e in w.events if e.get("event") == "downloaded"]
+    assert sorted(saved) == sorted(jobs_in(pg_url)), "each video saved by one worker"
+    videos = [key for key in keys(bucket, "fleet/") if key.endswith(".mp4")]
+    assert videos == [f"fleet/job-{i:03d}.mp4" for i in range(16)]
+    assert unfinished_uploads(bucket) == []
+    for job_id, (state, request_hash) in jobs_in(pg_url).items():
+        assert state == "downloaded"
+        body = bucket.get_object(Bucket=bucket.bucket_name, Key=f"fleet/{job_id}.mp4")["Body"]
+        assert hashlib.sha256(body.read()).hexdigest() == served[request_hash], job_id
+    assert not list((tmp_path / "state").rglob("*.mp4*")), "the shared spool is left empty"
