@@ -42,6 +42,10 @@ MIN_SERVED_SPAN = 1.0
 #: a request waiting for a token looks again at least this often (seconds): the rate may have
 #: grown meanwhile (a fleet's share, a recovery), and a wait worked out at the old rate is long
 TOKEN_LOOK = 0.25
+#: how late a waiting request may wake and still keep the pace's schedule (seconds): the event
+#: loop wakes a sleeper a few ms late, and a busy loop lost 4-10% of the pace to that lateness
+#: (small next to the headroom, so arrivals stay under the gateway's window)
+LATE_CARRY = 0.005
 
 
 class Clock(Protocol):
@@ -165,15 +169,20 @@ class RateGovernor:
 
     async def _take(self) -> None:
         async with self._lock:
+            waited = False
             while True:
                 now = self.clock.now()
                 if now < self._paused_until:
                     await self.clock.sleep(self._paused_until - now)
+                    waited = False  # a pause is an idle spell: nothing is carried over it
                     continue
-                self._refill(now)
+                # A request that slept for its token takes it when it was due, not when the
+                # loop woke it: the time it woke late goes to the next one.
+                self._refill(now, carry=LATE_CARRY * self.pace if waited else 0.0)
                 if self._tokens >= 1 - _EPSILON:
                     self._tokens = max(0.0, self._tokens - 1)
                     return
+                waited = True
                 await self.clock.sleep(min(TOKEN_LOOK, (1 - self._tokens) / self.pace))
 
     @property
@@ -182,10 +191,11 @@ class RateGovernor:
         the configured one."""
         return min(self.rate, HEADROOM * self.max_rps)
 
-    def _refill(self, now: float) -> None:
+    def _refill(self, now: float, carry: float = 0.0) -> None:
         # No bursts: a limit counted over a sliding window is overrun by a burst after an idle
-        # spell even when the average rate is below it.
-        self._tokens = min(1.0, self._tokens + (now - self._stamp) * self.pace)
+        # spell even when the average rate is below it. Only ``carry`` (a fraction of a token,
+        # the lateness of a waiter's wake-up) may be saved beyond one token.
+        self._tokens = min(1.0 + min(carry, 0.5), self._tokens + (now - self._stamp) * self.pace)
         self._stamp = now
 
     @property

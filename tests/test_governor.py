@@ -37,6 +37,23 @@ async def test_requests_are_paced_just_under_the_configured_rate() -> None:
     assert clock.time == pytest.approx(2.0 / 0.98, abs=0.01)
 
 
+class LateClock(VirtualClock):
+    """Wakes every sleeper 3 ms late, as a busy event loop does."""
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds + 0.003)
+
+
+async def test_a_loop_that_wakes_sleepers_late_costs_no_pace() -> None:
+    """Each grant keeps the pace's schedule: twenty intervals take twenty intervals and one
+    late wake-up, not twenty late wake-ups (4-10% of the pace on a busy loop)."""
+    clock = LateClock()
+    governor = RateGovernor(10.0, clock=clock)
+    for _ in range(21):
+        await governor.acquire()
+    assert clock.time == pytest.approx(2.0 / 0.98 + 0.003, abs=0.001)
+
+
 async def test_a_429_pauses_every_sender_until_retry_after() -> None:
     clock = VirtualClock()
     governor = RateGovernor(100.0, clock=clock)
