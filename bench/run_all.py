@@ -30,7 +30,15 @@ def main() -> None:
         ["hostile.py", "--line-mb", "100" if full else "20"],
         ["first_night.py", "--jobs", "30"],
         ["bucket.py", "--jobs", "20", "--mb", "100" if full else "20"],
-        ["fleet.py", "--jobs", "120" if full else "60", "--videos", "24" if full else "12"],
+        [
+            "fleet.py",
+            "--jobs",
+            "120" if full else "60",
+            "--videos",
+            "24" if full else "12",
+            "--pairs",
+            "3" if full else "1",
+        ],
     ]
     for script, *args in runs:
         subprocess.run([sys.executable, str(HERE / script), *args], check=True)

@@ -8,7 +8,8 @@ ceiling just under the throughput that was actually being served when it came: t
 back quickly to that ceiling and the ceiling itself creeps up only slowly (a fraction of a per
 cent a second), because with whole-second ``Retry-After`` values every probe that overshoots
 stops all senders for a second. Waiters are served in arrival order (``anyio.Lock`` is fair), so
-polls never starve submissions nor the reverse.
+polls never starve submissions nor the reverse. A waiter takes its token when it was due, not
+when the event loop woke it, so a busy loop's late wake-ups do not slow the pace.
 """
 
 from __future__ import annotations
