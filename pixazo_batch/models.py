@@ -53,6 +53,11 @@ class Duration(StrEnum):
         """Length of the video in whole seconds."""
         return int(self.value.removesuffix("s"))
 
+    @property
+    def price_cents(self) -> int:
+        """What one accepted submission of a video this long costs, in US cents."""
+        return CENTS_PER_SECOND * self.seconds
+
 
 class RemoteStatus(StrEnum):
     """Status of one request as the universal status endpoint reports it."""
@@ -97,7 +102,7 @@ class GenerationRequest(BaseModel):
     @property
     def price_cents(self) -> int:
         """What one accepted submission of this request costs, in US cents."""
-        return CENTS_PER_SECOND * self.duration.seconds
+        return self.duration.price_cents
 
     def canonical_json(self) -> str:
         """A byte-stable JSON form: every field present, keys sorted, no whitespace."""
