@@ -8,11 +8,12 @@ import os
 import secrets
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
+import structlog
 from pydantic import SecretStr
 from rich.console import Console
 
@@ -29,7 +30,8 @@ from pixazo_batch.errors import EXIT_OK, EXIT_USAGE, UsageError
 from pixazo_batch.lifecycle import OperatorAbandoned, OperatorFoundRequest, OperatorNotSent
 from pixazo_batch.logs import configure_logging
 from pixazo_batch.manifest import ManifestIssue, read_manifest
-from pixazo_batch.models import Duration, JobSpec, Resolution
+from pixazo_batch.manifestpool import PARALLEL_BYTES, judge_manifest, worker_count
+from pixazo_batch.models import Duration, JobSpec
 from pixazo_batch.pgconn import is_database_url
 from pixazo_batch.planning import plan_run
 from pixazo_batch.progress import TerminalProgress
@@ -40,6 +42,8 @@ from pixazo_batch.storage import BucketPath
 from pixazo_batch.stores import open_store
 from pixazo_batch.summary import RunSummary
 from pixazo_batch.views import Output
+
+log = structlog.get_logger(__name__)
 
 #: the simulator's scenarios (kept here so the CLI never imports the simulator until asked)
 SANDBOX_SCENARIOS = ("demo", "fast", "realistic", "hostile", "broke")
@@ -171,18 +175,16 @@ def validate(args: argparse.Namespace) -> int:
     jobs: list[JobSpec] = []
     problems = 0
     bad_lines: set[int] = set()
-    # Counted by kind, priced once a kind: a million lines cost a million enum reads less.
-    kinds: Counter[tuple[Resolution, Duration]] = Counter()
+    # Counted by kind, priced once a kind.
+    kinds: Counter[tuple[str, str]] = Counter()
     try:
-        for item in read_manifest(args.manifest):
+        for item in _judged_lines(args.manifest, keep=jobs if args.check_urls else None):
             if isinstance(item, ManifestIssue):
                 problems += 1
                 bad_lines.add(item.line)
                 out.issue(item)
-                continue
-            kinds[item.request.resolution, item.request.duration] += 1
-            if args.check_urls:  # otherwise nothing is kept: any manifest fits in memory
-                jobs.append(item)
+            else:
+                kinds[item] += 1
     except OSError as exc:
         raise UsageError(f"{args.manifest}: {exc.strerror or exc}") from None
     if args.check_urls:
@@ -192,8 +194,8 @@ def validate(args: argparse.Namespace) -> int:
             problems += 1
             bad_lines.add(issue.line)
             out.issue(issue)
-    cents = sum(count * duration.price_cents for (_, duration), count in kinds.items())
-    by_kind = {f"{res.value}/{duration.value}": count for (res, duration), count in kinds.items()}
+    cents = sum(count * Duration(duration).price_cents for (_, duration), count in kinds.items())
+    by_kind = {f"{res}/{duration}": count for (res, duration), count in kinds.items()}
     out.validation(
         {
             "jobs": sum(by_kind.values()),
@@ -204,6 +206,26 @@ def validate(args: argparse.Namespace) -> int:
         }
     )
     return EXIT_USAGE if problems else EXIT_OK
+
+
+def _judged_lines(
+    manifest: Path, *, keep: list[JobSpec] | None
+) -> Iterator[ManifestIssue | tuple[str, str]]:
+    """Each bad line's issues and each good line's (resolution, duration), in order; with
+    ``keep``, every good line's job is appended to it. A large manifest whose jobs are not
+    kept is read by every core (``manifestpool.py``)."""
+    workers = worker_count()
+    if keep is None and workers and manifest.stat().st_size >= PARALLEL_BYTES:
+        log.debug("manifest_read_in_parallel", workers=workers)
+        yield from judge_manifest(manifest, workers)
+        return
+    for item in read_manifest(manifest):
+        if isinstance(item, ManifestIssue):
+            yield item
+            continue
+        if keep is not None:  # otherwise nothing is kept: any manifest fits in memory
+            keep.append(item)
+        yield item.request.resolution.value, item.request.duration.value
 
 
 def _state_file(args: argparse.Namespace) -> Path | str:

@@ -28,7 +28,7 @@ from pydantic import (
 
 from pixazo_batch.images import ImageReader
 from pixazo_batch.models import AspectRatio, Duration, GenerationRequest, JobSpec, Resolution
-from pixazo_batch.seenindex import BATCH, SeenIndex, Unchecked
+from pixazo_batch.seenindex import BATCH, Claim, SeenIndex
 
 #: names inside the output folder that belong to pixazo-batch itself (and their temp names)
 RESERVED_NAMES = ("results.jsonl", "report.html", "inputs")
@@ -209,22 +209,13 @@ def read_manifest(path: Path) -> Iterator[JobSpec | ManifestIssue]:
     name = str(path)
     with (
         tempfile.TemporaryDirectory(prefix="pixazo-manifest-") as scratch,
-        open(path, "rb") as lines,
+        open(path, "rb") as source,
     ):
         seen = SeenIndex(scratch)
-        images = ImageReader(path.parent)
         read: list[Unchecked | ManifestIssue] = []
         try:
-            for number, raw in enumerate(_lines(lines), start=1):
-                if raw is None:
-                    message = f"longer than {MAX_LINE_BYTES} bytes; skipped"
-                    read.append(ManifestIssue(name, number, "(line)", message))
-                    continue
-                entry = _plain_entry(raw)
-                if entry is not None:
-                    read.append(_job(entry, name, number, images))
-                else:
-                    read.extend(_parse_line(name, number, raw, images))
+            for item in read_lines(source, name, ImageReader(path.parent)):
+                read.append(item)
                 if len(read) >= BATCH:
                     yield from _checked(read, seen, name)
                     read = []
@@ -233,27 +224,57 @@ def read_manifest(path: Path) -> Iterator[JobSpec | ManifestIssue]:
             seen.close()
 
 
+@dataclass(frozen=True, slots=True)
+class Unchecked:
+    """A valid line's job, not yet checked against the other lines."""
+
+    claim: Claim
+    spec: JobSpec
+
+
+def read_lines(
+    source: BinaryIO, name: str, images: ImageReader, *, first: int = 1, stop: int | None = None
+) -> Iterator[Unchecked | ManifestIssue]:
+    """Each line of ``source`` from where it stands (to the byte offset ``stop``, a line's end)
+    judged on its own, numbered from ``first``: its job, or its issues. Never raises for bad
+    content.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    for number, raw in enumerate(_lines(source, stop), start=first):
+        if raw is None:
+            message = f"longer than {MAX_LINE_BYTES} bytes; skipped"
+            yield ManifestIssue(name, number, "(line)", message)
+            continue
+        entry = _plain_entry(raw)
+        if entry is not None:
+            yield _job(entry, name, number, images)
+        else:
+            yield from _parse_line(name, number, raw, images)
+
+
 def _checked(
     read: list[Unchecked | ManifestIssue], seen: SeenIndex, name: str
 ) -> Iterator[JobSpec | ManifestIssue]:
     """The lines read, in order, each job checked against every earlier line's."""
-    checked = iter(seen.check([item for item in read if isinstance(item, Unchecked)]))
+    conflicts = iter(seen.check([item.claim for item in read if isinstance(item, Unchecked)]))
     for item in read:
         if isinstance(item, ManifestIssue):
             yield item
             continue
-        job = next(checked)
+        conflict = next(conflicts)
         yield (
-            job
-            if isinstance(job, JobSpec)
-            else ManifestIssue(name, job.line, job.field, job.message)
+            item.spec
+            if conflict is None
+            else ManifestIssue(name, conflict.line, conflict.field, conflict.message)
         )
 
 
-def _lines(source: BinaryIO) -> Iterator[bytes | None]:
-    """Each line of ``source``; None for a line over ``MAX_LINE_BYTES``, which is skipped
-    without ever being held whole."""
-    while line := source.readline(MAX_LINE_BYTES + 1):
+def _lines(source: BinaryIO, stop: int | None = None) -> Iterator[bytes | None]:
+    """Each line of ``source`` (up to the byte offset ``stop``); None for a line over
+    ``MAX_LINE_BYTES``, which is skipped without ever being held whole."""
+    while (stop is None or source.tell() < stop) and (line := source.readline(MAX_LINE_BYTES + 1)):
         if len(line) <= MAX_LINE_BYTES or line.endswith(b"\n"):
             yield line
             continue
@@ -328,11 +349,14 @@ def _job(
     """The job a valid line describes (not yet checked against the lines before it), or why
     it cannot run (an image file, an output path)."""
     inputs: dict[str, Path] = {}
-    urls: dict[str, object] = {
-        "image_url": entry.image_url or "",
-        "end_image_url": entry.end_image_url,
-    }
-    if entry.image_file is not None or entry.end_image_file is not None:
+    if entry.image_file is None and entry.end_image_file is None:
+        # The line holds the request's fields under the request's names: read them directly.
+        request = GenerationRequest.model_validate(entry, from_attributes=True)
+    else:
+        urls: dict[str, object] = {
+            "image_url": entry.image_url or "",
+            "end_image_url": entry.end_image_url,
+        }
         pairs = (("image_file", "image_url"), ("end_image_file", "end_image_url"))
         for field, url_field in pairs:
             relative = getattr(entry, field)
@@ -344,14 +368,14 @@ def _job(
                 return ManifestIssue(name, number, field, str(exc))
             urls[url_field] = image.placeholder
             inputs[image.key] = image.path
-    urls.update(
-        prompt=entry.prompt,
-        aspect_ratio=entry.aspect_ratio,
-        loop=entry.loop,
-        resolution=entry.resolution,
-        duration=entry.duration,
-    )
-    request = GenerationRequest.model_validate(urls)
+        urls.update(
+            prompt=entry.prompt,
+            aspect_ratio=entry.aspect_ratio,
+            loop=entry.loop,
+            resolution=entry.resolution,
+            duration=entry.duration,
+        )
+        request = GenerationRequest.model_validate(urls)
     job_id = entry.id or f"job-{request.request_hash()[:16]}"
     # An id (its pattern, or a hash) with ".mp4" is always a safe output: no check needed.
     output = f"{job_id}.mp4"
@@ -361,4 +385,4 @@ def _job(
         except ValueError as exc:
             return ManifestIssue(name, number, "output", str(exc))
     spec = JobSpec(id=job_id, request=request, output=output, line=number, inputs=inputs)
-    return Unchecked(spec, id_given=entry.id is not None)
+    return Unchecked(Claim(number, job_id, output, entry.id is not None), spec)

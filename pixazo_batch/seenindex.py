@@ -11,8 +11,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-
-from pixazo_batch.models import JobSpec
+from typing import NamedTuple
 
 #: lines checked together
 BATCH = 512
@@ -21,11 +20,12 @@ BATCH = 512
 MAX_FOLDERS = 900
 
 
-@dataclass(frozen=True, slots=True)
-class Unchecked:
-    """A valid line's job, not yet checked against the lines before it."""
+class Claim(NamedTuple):
+    """What a valid line takes: its job id and its output path."""
 
-    spec: JobSpec
+    line: int
+    id: str
+    output: str
     #: whether the line named its id (otherwise it was derived from the request)
     id_given: bool
 
@@ -64,19 +64,19 @@ class SeenIndex:
         """Drop the index."""
         self.db.close()
 
-    def check(self, batch: list[Unchecked]) -> list[JobSpec | Conflict]:
-        """Each job of ``batch`` (lines in order, after every earlier batch), or why it
-        conflicts with an earlier line; what is not a conflict is remembered."""
+    def check(self, batch: list[Claim]) -> list[Conflict | None]:
+        """For each claim of ``batch`` (lines in order, after every earlier batch), why it
+        conflicts with an earlier line, or None; what is not a conflict is remembered."""
         if self._all_new(batch):
-            return [item.spec for item in batch]
-        return [self._one(item) for item in batch]
+            return [None] * len(batch)
+        return [self._one(claim) for claim in batch]
 
-    def _all_new(self, batch: list[Unchecked]) -> bool:
+    def _all_new(self, batch: list[Claim]) -> bool:
         """Remember the whole batch if no id or path in it was taken before (nor is taken
         twice in it); otherwise remember nothing and say so."""
-        ids = [item.spec.id for item in batch]
-        outputs = [item.spec.output for item in batch]
-        folders = [(p, item.spec.line) for item in batch for p in _parents(item.spec.output)]
+        ids = [claim.id for claim in batch]
+        outputs = [claim.output for claim in batch]
+        folders = [(p, claim.line) for claim in batch for p in _parents(claim.output)]
         names = {name for name, _ in folders}
         if (
             len(set(ids)) < len(ids)
@@ -88,7 +88,7 @@ class SeenIndex:
             or self._any("SELECT 1 FROM paths WHERE folder = 0 AND value IN", list(names))
         ):
             return False
-        lines = [item.spec.line for item in batch]
+        lines = [claim.line for claim in batch]
         self.db.executemany("INSERT INTO ids VALUES (?, ?)", zip(ids, lines, strict=True))
         self.db.executemany("INSERT INTO paths VALUES (?, 0, ?)", zip(outputs, lines, strict=True))
         self.db.executemany("INSERT INTO paths VALUES (?, 1, ?) ON CONFLICT DO NOTHING", folders)
@@ -101,17 +101,16 @@ class SeenIndex:
         marks = ", ".join("?" * len(values))
         return self.db.execute(f"{query} ({marks}) LIMIT 1", values).fetchone() is not None
 
-    def _one(self, item: Unchecked) -> JobSpec | Conflict:
-        spec = item.spec
-        earlier = self._first_line(spec.id, spec.line)
+    def _one(self, claim: Claim) -> Conflict | None:
+        earlier = self._first_line(claim.id, claim.line)
         if earlier is not None:
-            hint = "" if item.id_given else "; the same request twice: give each line its own id"
-            message = f"duplicate id {spec.id!r} (first on line {earlier}){hint}"
-            return Conflict(spec.line, "id", message)
-        conflict = self._output_conflict(spec.output, spec.line)
+            hint = "" if claim.id_given else "; the same request twice: give each line its own id"
+            message = f"duplicate id {claim.id!r} (first on line {earlier}){hint}"
+            return Conflict(claim.line, "id", message)
+        conflict = self._output_conflict(claim.output, claim.line)
         if conflict is not None:
-            return Conflict(spec.line, "output", conflict)
-        return spec
+            return Conflict(claim.line, "output", conflict)
+        return None
 
     def _first_line(self, job_id: str, line: int) -> int | None:
         """The earlier line that used ``job_id``, or None (and remember this one)."""

@@ -18,6 +18,7 @@ import pytest
 from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
 
+from pixazo_batch.manifestpool import PARALLEL_BYTES, worker_count
 from pixazo_batch.sim import Simulator
 from tests.conftest import TEST_KEY, fast, job_line, simulator, write_manifest
 
@@ -86,6 +87,32 @@ def test_validate_reports_bad_lines_and_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"{manifest}:2: output: must stay inside the output folder" in result.stderr
     assert json.loads(result.stdout)["jobs"] == 1
+
+
+def test_validate_reads_a_large_manifest_on_every_core_and_reports_it_whole(
+    tmp_path: Path,
+) -> None:
+    lines: list[dict[str, Any] | str] = [job_line(n, duration="9s") for n in range(70_000)]
+    lines[1] = job_line(1, output="../up.mp4")
+    lines[40_000] = "{not json"
+    lines[69_998] = job_line(5, prompt="line 6's id again")
+    manifest = write_manifest(tmp_path / "m.jsonl", lines)
+    assert manifest.stat().st_size >= PARALLEL_BYTES
+    result = run_cli("validate", str(manifest), "--log-level", "debug")
+    assert result.returncode == 2
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    # Worker processes read it wherever this process may use two cores or more.
+    parallel = any(event["event"] == "manifest_read_in_parallel" for event in events)
+    assert parallel == (worker_count() > 0)
+    problems = [event for event in events if event["event"] == "manifest_issue"]
+    assert [(problem["line"], problem["field"]) for problem in problems] == [
+        (2, "output"),
+        (40_001, "(line)"),
+        (69_999, "id"),
+    ]
+    assert "first on line 6" in problems[2]["error"]
+    summary = json.loads(result.stdout)
+    assert (summary["jobs"], summary["price_usd"]) == (69_997, f"{69_997 * 0.36:.2f}")
 
 
 def test_run_without_a_key_is_a_usage_error(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pixazo_batch.manifest import ManifestIssue, read_manifest, safe_output
+from pixazo_batch.manifestpool import judge_manifest
 from pixazo_batch.models import JobSpec
 from tests.conftest import job_line
 
@@ -179,3 +180,62 @@ def test_a_byte_order_mark_as_spreadsheets_write_it_is_accepted(tmp_path: Path) 
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(job_line(0)).encode() + b"\n")
     (item,) = read_manifest(path)
     assert isinstance(item, JobSpec) and item.id == "job-000"
+
+
+def one_reader(path: Path) -> list[str | tuple[str, str]]:
+    """What ``read_manifest`` makes of each line: its issue, or the good line's kind."""
+    return [
+        str(item)
+        if isinstance(item, ManifestIssue)
+        else (item.request.resolution.value, item.request.duration.value)
+        for item in read_manifest(path)
+    ]
+
+
+def local_image(index: int, image_file: str) -> dict[str, object]:
+    line: dict[str, object] = job_line(index, image_file=image_file)
+    del line["image_url"]
+    return line
+
+
+def test_workers_judge_a_manifest_line_for_line_as_one_reader_does(tmp_path: Path) -> None:
+    """Spans of 2 KiB cut near every kind of line (and through a line of over 1 MiB): the
+    workers' verdicts, numbered and checked in order here, are the single reader's."""
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    odd_lines = [
+        b"\xef\xbb\xbf" + json.dumps(job_line(0)).encode(),  # a byte order mark, line 1 only
+        b"# a comment",
+        b"",
+        b"\xff\xfe not utf-8",
+        b'{"prompt": "abc", ',
+        b'{"id": "twice", "id": "twice", "prompt": "abc", "image_url": "https://x.example/a"}',
+        b'{"id": "sur", "prompt": "\\ud800 lone", "image_url": "https://x.example/a.jpg"}',
+        json.dumps(job_line(1, resolution="1080p", duration="9s")).encode() + b"\r",
+        json.dumps(local_image(2, "img/a.png")).encode(),
+        json.dumps(local_image(3, "img/missing.png")).encode(),
+        json.dumps({"prompt": "no id given", "image_url": "https://x.example/b.jpg"}).encode(),
+        json.dumps(job_line(4, output="a/b.mp4")).encode(),
+        b"x" * ((1 << 20) + 100),  # longer than any line is read
+        b"\xef\xbb\xbf" + json.dumps(job_line(5)).encode(),  # not line 1: refused
+        json.dumps(job_line(6, colour="red", prompt="hi")).encode(),
+    ]
+    conflicts = [
+        json.dumps(job_line(0, prompt="the same id again")).encode(),
+        json.dumps({"prompt": "no id given", "image_url": "https://x.example/b.jpg"}).encode(),
+        json.dumps(job_line(7, output="a")).encode(),  # a file where line 12 needs a folder
+        json.dumps(job_line(8, output="job-001.mp4")).encode(),
+        json.dumps(job_line(9, output="a/b.mp4/c.mp4")).encode(),
+    ]
+    lines = [*odd_lines]
+    for number in range(10, 340):
+        lines.append(json.dumps(job_line(number, duration="9s" if number % 3 else "5s")).encode())
+        if number % 60 == 0:
+            lines.append(conflicts[number // 60 - 1])
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b"\n".join(lines))  # no newline after the last line
+    expected = one_reader(path)
+    assert sum(isinstance(item, str) for item in expected) == 14  # every odd line was judged
+
+    judged = judge_manifest(path, 2, span_bytes=2048)
+    assert [str(item) if isinstance(item, ManifestIssue) else item for item in judged] == expected

@@ -1,0 +1,147 @@
+"""Checking a large manifest on every core, for ``validate`` (``docs/design.md``, "The manifest").
+
+Judging a line on its own (its JSON, its fields, its image file) is most of the work and needs
+nothing from the other lines, so worker processes judge spans of a few MiB (cut at line ends)
+while this process checks each span's ids and outputs against the earlier lines, in order,
+through the same on-disk index as ``read_manifest``. A worker sends back each good line's
+claim and kind, never its job: a job record costs more to send than to build. At most two spans
+a worker are out at once, so memory stays flat whatever the manifest's length.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import tempfile
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from pixazo_batch.errors import PixazoBatchError
+from pixazo_batch.images import ImageReader
+from pixazo_batch.manifest import ManifestIssue, read_lines
+from pixazo_batch.seenindex import BATCH, Claim, SeenIndex
+
+#: a manifest at least this large is checked by worker processes (smaller ones are over
+#: before the workers would have started)
+PARALLEL_BYTES = 8 << 20
+#: bytes of manifest a worker judges at a time
+SPAN_BYTES = 1 << 20
+
+#: one good line, as a worker reports it: its claim's fields, then its resolution and duration
+#: (a plain tuple: it crosses between processes several times faster than a named one)
+Judged = tuple[int, str, str, bool, str, str]
+
+
+def worker_count() -> int:
+    """How many worker processes a large manifest gets: the cores this process may use (at
+    most 8); 0 (read it here) when there is only one."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return 0 if cores < 2 else min(cores, 8)
+
+
+def judge_manifest(
+    path: Path, workers: int, *, span_bytes: int = SPAN_BYTES
+) -> Iterator[ManifestIssue | tuple[str, str]]:
+    """For each line in order, its issues, or (resolution, duration) for a good line, checked
+    against the earlier lines like ``read_manifest``'s jobs.
+
+    Raises:
+        OSError: the file cannot be opened or read.
+        PixazoBatchError: a worker process died (killed, out of memory).
+    """
+    name = str(path)
+    pending: deque[Future[list[ManifestIssue | Judged]]] = deque()
+    with (
+        tempfile.TemporaryDirectory(prefix="pixazo-manifest-") as scratch,
+        ProcessPoolExecutor(workers, mp_context=_context(), initializer=_quiet) as pool,
+    ):
+        seen = SeenIndex(scratch)
+        try:
+            for start, stop, first in _spans(path, span_bytes):
+                pending.append(pool.submit(_judge_span, name, start, stop, first))
+                if len(pending) >= 2 * workers:
+                    yield from _checked(pending.popleft().result(), seen, name)
+            while pending:
+                yield from _checked(pending.popleft().result(), seen, name)
+        except BrokenProcessPool:
+            message = f"{name}: a process reading it stopped unexpectedly; run validate again"
+            raise PixazoBatchError(message) from None
+        finally:
+            seen.close()
+            for future in pending:
+                future.cancel()
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    # A forked worker starts at once with every module loaded; elsewhere, the platform's way.
+    if "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context()
+
+
+def _quiet() -> None:
+    """A worker leaves Ctrl-C to the command, which stops it (and reports) itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _spans(path: Path, span_bytes: int) -> Iterator[tuple[int, int, int]]:
+    """``(start, stop, first line's number)`` of consecutive spans of about ``span_bytes``,
+    each ending at a line's end (a line longer than a span makes its span longer)."""
+    piece_bytes = max(span_bytes // 4, 1)
+    with open(path, "rb") as source:
+        start = offset = newlines = 0
+        first = 1
+        while piece := source.read(piece_bytes):
+            offset += len(piece)
+            cut = piece.rfind(b"\n") if offset - start >= span_bytes else -1
+            if cut < 0:
+                newlines += piece.count(b"\n")
+                continue
+            stop = offset - len(piece) + cut + 1
+            yield start, stop, first
+            first += newlines + piece.count(b"\n")  # the cut is at the piece's last line end
+            start, newlines = stop, 0
+        if offset > start:
+            yield start, offset, first
+
+
+def _judge_span(name: str, start: int, stop: int, first: int) -> list[ManifestIssue | Judged]:
+    """In a worker: every line of one span judged on its own."""
+    judged: list[ManifestIssue | Judged] = []
+    images = ImageReader(Path(name).parent)
+    with open(name, "rb") as source:
+        source.seek(start)
+        for item in read_lines(source, name, images, first=first, stop=stop):
+            if isinstance(item, ManifestIssue):
+                judged.append(item)
+            else:
+                request = item.spec.request
+                kind = (request.resolution.value, request.duration.value)
+                judged.append((*item.claim, *kind))
+    return judged
+
+
+def _checked(
+    judged: list[ManifestIssue | Judged], seen: SeenIndex, name: str
+) -> Iterator[ManifestIssue | tuple[str, str]]:
+    """One span's lines, in order, each good one checked against every earlier line."""
+    for at in range(0, len(judged), BATCH):
+        batch = judged[at : at + BATCH]
+        claims = [Claim._make(item[:4]) for item in batch if isinstance(item, tuple)]
+        conflicts = iter(seen.check(claims))
+        for item in batch:
+            if isinstance(item, ManifestIssue):
+                yield item
+                continue
+            conflict = next(conflicts)
+            if conflict is None:
+                yield item[4], item[5]
+            else:
+                yield ManifestIssue(name, conflict.line, conflict.field, conflict.message)
