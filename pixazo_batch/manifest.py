@@ -8,6 +8,7 @@ a throwaway on-disk index (``seenindex.py``) rather than in-memory sets.
 from __future__ import annotations
 
 import json
+import math
 import re
 import tempfile
 from collections.abc import Iterator
@@ -233,16 +234,16 @@ class Unchecked:
 
 
 def read_lines(
-    source: BinaryIO, name: str, images: ImageReader, *, first: int = 1, stop: int | None = None
+    source: BinaryIO, name: str, images: ImageReader, *, first: int = 1, size: int | None = None
 ) -> Iterator[Unchecked | ManifestIssue]:
-    """Each line of ``source`` from where it stands (to the byte offset ``stop``, a line's end)
-    judged on its own, numbered from ``first``: its job, or its issues. Never raises for bad
-    content.
+    """Each line of ``source`` from where it stands (of its next ``size`` bytes, which end at a
+    line's end) judged on its own, numbered from ``first``: its job, or its issues. Never
+    raises for bad content.
 
     Raises:
         OSError: the file cannot be read.
     """
-    for number, raw in enumerate(_lines(source, stop), start=first):
+    for number, raw in enumerate(_lines(source, size), start=first):
         if raw is None:
             message = f"longer than {MAX_LINE_BYTES} bytes; skipped"
             yield ManifestIssue(name, number, "(line)", message)
@@ -271,15 +272,18 @@ def _checked(
         )
 
 
-def _lines(source: BinaryIO, stop: int | None = None) -> Iterator[bytes | None]:
-    """Each line of ``source`` (up to the byte offset ``stop``); None for a line over
+def _lines(source: BinaryIO, size: int | None = None) -> Iterator[bytes | None]:
+    """Each line of ``source`` (of its next ``size`` bytes); None for a line over
     ``MAX_LINE_BYTES``, which is skipped without ever being held whole."""
-    while (stop is None or source.tell() < stop) and (line := source.readline(MAX_LINE_BYTES + 1)):
+    left = math.inf if size is None else size  # counted: asking the file costs a system call
+    while left > 0 and (line := source.readline(MAX_LINE_BYTES + 1)):
+        left -= len(line)
         if len(line) <= MAX_LINE_BYTES or line.endswith(b"\n"):
             yield line
             continue
         while (rest := source.readline(CHUNK)) and not rest.endswith(b"\n"):
-            pass
+            left -= len(rest)
+        left -= len(rest)
         yield None
 
 

@@ -118,7 +118,7 @@ def _judge_span(name: str, start: int, stop: int, first: int) -> list[ManifestIs
     images = ImageReader(Path(name).parent)
     with open(name, "rb") as source:
         source.seek(start)
-        for item in read_lines(source, name, images, first=first, stop=stop):
+        for item in read_lines(source, name, images, first=first, size=stop - start):
             if isinstance(item, ManifestIssue):
                 judged.append(item)
             else:

@@ -216,7 +216,7 @@ def test_workers_judge_a_manifest_line_for_line_as_one_reader_does(tmp_path: Pat
         json.dumps(local_image(3, "img/missing.png")).encode(),
         json.dumps({"prompt": "no id given", "image_url": "https://x.example/b.jpg"}).encode(),
         json.dumps(job_line(4, output="a/b.mp4")).encode(),
-        b"x" * ((1 << 20) + 100),  # longer than any line is read
+        b"x" * (3 << 19),  # longer than any line is read (by half as much again)
         b"\xef\xbb\xbf" + json.dumps(job_line(5)).encode(),  # not line 1: refused
         json.dumps(job_line(6, colour="red", prompt="hi")).encode(),
     ]
