@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pixazo_batch.errors import PixazoBatchError
 from pixazo_batch.images import ImageReader
-from pixazo_batch.manifest import ManifestIssue, read_lines
+from pixazo_batch.manifest import Brief, ManifestIssue, brief, read_lines
 from pixazo_batch.seenindex import BATCH, Claim, SeenIndex
 
 #: a manifest at least this large is checked by worker processes (smaller ones are over
@@ -30,10 +30,6 @@ from pixazo_batch.seenindex import BATCH, Claim, SeenIndex
 PARALLEL_BYTES = 8 << 20
 #: bytes of manifest a worker judges at a time
 SPAN_BYTES = 1 << 20
-
-#: one good line, as a worker reports it: its claim's fields, then its resolution and duration
-#: (a plain tuple: it crosses between processes several times faster than a named one)
-Judged = tuple[int, str, str, bool, str, str]
 
 
 def worker_count() -> int:
@@ -57,7 +53,7 @@ def judge_manifest(
         PixazoBatchError: a worker process died (killed, out of memory).
     """
     name = str(path)
-    pending: deque[Future[list[ManifestIssue | Judged]]] = deque()
+    pending: deque[Future[list[ManifestIssue | Brief]]] = deque()
     with (
         tempfile.TemporaryDirectory(prefix="pixazo-manifest-") as scratch,
         ProcessPoolExecutor(workers, mp_context=_context(), initializer=_quiet) as pool,
@@ -112,24 +108,23 @@ def _spans(path: Path, span_bytes: int) -> Iterator[tuple[int, int, int]]:
             yield start, offset, first
 
 
-def _judge_span(name: str, start: int, stop: int, first: int) -> list[ManifestIssue | Judged]:
+def _judge_span(name: str, start: int, stop: int, first: int) -> list[ManifestIssue | Brief]:
     """In a worker: every line of one span judged on its own."""
-    judged: list[ManifestIssue | Judged] = []
     images = ImageReader(Path(name).parent)
     with open(name, "rb") as source:
         source.seek(start)
-        for item in read_lines(source, name, images, first=first, size=stop - start):
-            if isinstance(item, ManifestIssue):
-                judged.append(item)
-            else:
-                request = item.spec.request
-                kind = (request.resolution.value, request.duration.value)
-                judged.append((*item.claim, *kind))
-    return judged
+        judged = read_lines(
+            source,
+            name,
+            lambda entry, number: brief(entry, name, number, images),
+            first=first,
+            size=stop - start,
+        )
+        return list(judged)
 
 
 def _checked(
-    judged: list[ManifestIssue | Judged], seen: SeenIndex, name: str
+    judged: list[ManifestIssue | Brief], seen: SeenIndex, name: str
 ) -> Iterator[ManifestIssue | tuple[str, str]]:
     """One span's lines, in order, each good one checked against every earlier line."""
     for at in range(0, len(judged), BATCH):
