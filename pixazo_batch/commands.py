@@ -214,17 +214,17 @@ def _judged_lines(
     """Each bad line's issues and each good line's (resolution, duration), in order; with
     ``keep``, every good line's job is appended to it. A large manifest whose jobs are not
     kept is read by every core (``manifestpool.py``)."""
-    workers = worker_count()
-    if keep is None and workers and manifest.stat().st_size >= PARALLEL_BYTES:
-        log.debug("manifest_read_in_parallel", workers=workers)
+    if keep is None:  # nothing is kept: any manifest fits in memory
+        workers = worker_count() if manifest.stat().st_size >= PARALLEL_BYTES else 0
+        if workers:
+            log.debug("manifest_read_in_parallel", workers=workers)
         yield from judge_manifest(manifest, workers)
         return
     for item in read_manifest(manifest):
         if isinstance(item, ManifestIssue):
             yield item
             continue
-        if keep is not None:  # otherwise nothing is kept: any manifest fits in memory
-            keep.append(item)
+        keep.append(item)
         yield item.request.resolution.value, item.request.duration.value
 
 

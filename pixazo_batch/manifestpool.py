@@ -1,4 +1,4 @@
-"""Checking a large manifest on every core, for ``validate`` (``docs/design.md``, "The manifest").
+"""Checking a manifest on every core, for ``validate`` (``docs/design.md``, "The manifest").
 
 Judging a line on its own (its JSON, its fields, its image file) is most of the work and needs
 nothing from the other lines, so worker processes judge spans of a few MiB (cut at line ends)
@@ -46,31 +46,44 @@ def judge_manifest(
     path: Path, workers: int, *, span_bytes: int = SPAN_BYTES
 ) -> Iterator[ManifestIssue | tuple[str, str]]:
     """For each line in order, its issues, or (resolution, duration) for a good line, checked
-    against the earlier lines like ``read_manifest``'s jobs.
+    against the earlier lines like ``read_manifest``'s jobs; the lines are judged by
+    ``workers`` processes, or here when it is 0.
 
     Raises:
         OSError: the file cannot be opened or read.
         PixazoBatchError: a worker process died (killed, out of memory).
     """
     name = str(path)
-    pending: deque[Future[list[ManifestIssue | Brief]]] = deque()
-    with (
-        tempfile.TemporaryDirectory(prefix="pixazo-manifest-") as scratch,
-        ProcessPoolExecutor(workers, mp_context=_context(), initializer=_quiet) as pool,
-    ):
+    with tempfile.TemporaryDirectory(prefix="pixazo-manifest-") as scratch:
         seen = SeenIndex(scratch)
         try:
-            for start, stop, first in _spans(path, span_bytes):
-                pending.append(pool.submit(_judge_span, name, start, stop, first))
+            for judged in _judged_spans(name, _spans(path, span_bytes), workers):
+                yield from _checked(judged, seen, name)
+        finally:
+            seen.close()
+
+
+def _judged_spans(
+    name: str, spans: Iterator[tuple[int, int, int]], workers: int
+) -> Iterator[list[ManifestIssue | Brief]]:
+    """Each span's lines judged, in order."""
+    if not workers:
+        for span in spans:
+            yield _judge_span(name, *span)
+        return
+    pending: deque[Future[list[ManifestIssue | Brief]]] = deque()
+    with ProcessPoolExecutor(workers, mp_context=_context(), initializer=_quiet) as pool:
+        try:
+            for span in spans:
+                pending.append(pool.submit(_judge_span, name, *span))
                 if len(pending) >= 2 * workers:
-                    yield from _checked(pending.popleft().result(), seen, name)
+                    yield pending.popleft().result()
             while pending:
-                yield from _checked(pending.popleft().result(), seen, name)
+                yield pending.popleft().result()
         except BrokenProcessPool:
             message = f"{name}: a process reading it stopped unexpectedly; run validate again"
             raise PixazoBatchError(message) from None
         finally:
-            seen.close()
             for future in pending:
                 future.cancel()
 

@@ -237,5 +237,6 @@ def test_workers_judge_a_manifest_line_for_line_as_one_reader_does(tmp_path: Pat
     expected = one_reader(path)
     assert sum(isinstance(item, str) for item in expected) == 14  # every odd line was judged
 
-    judged = judge_manifest(path, 2, span_bytes=2048)
-    assert [str(item) if isinstance(item, ManifestIssue) else item for item in judged] == expected
+    for workers in (2, 0):  # 0: the spans are judged in this process
+        judged = judge_manifest(path, workers, span_bytes=2048)
+        assert [str(i) if isinstance(i, ManifestIssue) else i for i in judged] == expected
