@@ -29,7 +29,8 @@ from pixazo_batch.engine import one_off_client, run_batch
 from pixazo_batch.errors import EXIT_OK, EXIT_USAGE, UsageError
 from pixazo_batch.lifecycle import OperatorAbandoned, OperatorFoundRequest, OperatorNotSent
 from pixazo_batch.logs import configure_logging
-from pixazo_batch.manifest import ManifestIssue, read_manifest
+from pixazo_batch.manifest import read_manifest
+from pixazo_batch.manifestline import ManifestIssue
 from pixazo_batch.manifestpool import PARALLEL_BYTES, judge_manifest, worker_count
 from pixazo_batch.models import Duration, JobSpec
 from pixazo_batch.pgconn import is_database_url

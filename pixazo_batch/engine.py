@@ -45,7 +45,7 @@ from pixazo_batch.governor import Clock, MonotonicClock, RateGovernor
 from pixazo_batch.health import GatewayHealth
 from pixazo_batch.images import InputUploader
 from pixazo_batch.lifecycle import Hinted
-from pixazo_batch.manifest import ManifestIssue
+from pixazo_batch.manifestline import ManifestIssue
 from pixazo_batch.models import JobState
 from pixazo_batch.pgstate import PgStateStore
 from pixazo_batch.pgworkers import FleetIdentity

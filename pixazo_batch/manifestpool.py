@@ -22,7 +22,8 @@ from pathlib import Path
 
 from pixazo_batch.errors import PixazoBatchError
 from pixazo_batch.images import ImageReader
-from pixazo_batch.manifest import Brief, ManifestIssue, brief, read_lines
+from pixazo_batch.manifest import Brief, brief, read_lines
+from pixazo_batch.manifestline import ManifestIssue
 from pixazo_batch.seenindex import BATCH, Claim, SeenIndex
 
 #: a manifest at least this large is checked by worker processes (smaller ones are over

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from pixazo_batch.config import Settings
 from pixazo_batch.lifecycle import Action, Listed, next_step
-from pixazo_batch.manifest import ManifestIssue, read_manifest
+from pixazo_batch.manifest import read_manifest
+from pixazo_batch.manifestline import ManifestIssue
 from pixazo_batch.stores import open_store
 
 

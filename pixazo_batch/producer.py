@@ -23,7 +23,8 @@ from pixazo_batch.errors import ManifestError
 from pixazo_batch.fleet import adopt_orphans, fleet_store, wait_for_silent_workers
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.lifecycle import Hinted, Interrupted, Listed, Resumed
-from pixazo_batch.manifest import ManifestIssue, read_manifest
+from pixazo_batch.manifest import read_manifest
+from pixazo_batch.manifestline import ManifestIssue
 from pixazo_batch.models import JobSpec, JobState
 
 log = structlog.get_logger(__name__)

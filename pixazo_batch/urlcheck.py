@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import aiohttp
 import anyio
 
-from pixazo_batch.manifest import ManifestIssue
+from pixazo_batch.manifestline import ManifestIssue
 from pixazo_batch.models import JobSpec
 
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})

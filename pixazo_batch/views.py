@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pixazo_batch.manifest import ManifestIssue
+from pixazo_batch.manifestline import ManifestIssue
 from pixazo_batch.results import resolve_commands
 from pixazo_batch.summary import RunSummary
 

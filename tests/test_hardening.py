@@ -25,7 +25,8 @@ from pixazo_batch.config import Settings
 from pixazo_batch.engine import run_batch
 from pixazo_batch.errors import StateError
 from pixazo_batch.listener import BoundedListener
-from pixazo_batch.manifest import ManifestIssue, read_manifest
+from pixazo_batch.manifest import read_manifest
+from pixazo_batch.manifestline import ManifestIssue
 from pixazo_batch.models import SUBMIT_PATH, JobSpec, StatusResponse
 from pixazo_batch.state import StateStore
 from pixazo_batch.webhooks import CallbackBox, Delivery, signature

@@ -15,7 +15,8 @@ import pytest
 
 from pixazo_batch.config import Settings
 from pixazo_batch.engine import run_batch
-from pixazo_batch.manifest import ManifestIssue, read_manifest
+from pixazo_batch.manifest import read_manifest
+from pixazo_batch.manifestline import ManifestIssue
 from pixazo_batch.models import JobSpec
 from tests.conftest import TEST_KEY, LogTap, fast, simulator, write_manifest
 from tests.test_cli import cli_env, run_args, run_cli

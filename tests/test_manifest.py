@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pixazo_batch.manifest import ManifestIssue, read_manifest, safe_output
+from pixazo_batch.manifest import read_manifest
+from pixazo_batch.manifestline import ManifestIssue, safe_output
 from pixazo_batch.manifestpool import judge_manifest
 from pixazo_batch.models import JobSpec
 from tests.conftest import job_line
