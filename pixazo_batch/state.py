@@ -9,7 +9,6 @@ they also survive a power cut. ``statefile.py`` finds, checks, creates and locks
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -174,7 +173,7 @@ class StateStore(RunMemory):
                 " VALUES (?, ?, 'submitting', ?, ?)",
                 (job_id, attempt, row.price_cents, time.time()),
             )
-        return dataclasses.replace(row, state=JobState.SUBMITTING, attempts=attempt, error=None)
+        return row._replace(state=JobState.SUBMITTING, attempts=attempt, error=None)
 
     def submit_accepted(self, job_id: str, request_id: str, polling_url: str | None) -> None:
         """``submitting|uncertain -> submitted``: the gateway gave the job a request_id."""

@@ -100,7 +100,7 @@ class StateReader:
         """Every job with all its request_ids and what it may have cost, in insertion order,
         in constant memory and one query per ``batch`` jobs."""
         marks = ", ".join("?" * len(CHARGEABLE))
-        columns = ", ".join(f"j.{name}" for name in JobRow.__slots__)
+        columns = ", ".join(f"j.{name}" for name in JobRow._fields)
         query = (
             f"SELECT j.rowid, {columns},"  # noqa: S608
             " (SELECT group_concat(request_id, ' ') FROM (SELECT request_id FROM attempts a"
