@@ -27,7 +27,7 @@ from pixazo_batch.errors import StateError
 from pixazo_batch.listener import BoundedListener
 from pixazo_batch.manifest import read_manifest
 from pixazo_batch.manifestline import ManifestIssue
-from pixazo_batch.models import SUBMIT_PATH, JobSpec, StatusResponse
+from pixazo_batch.models import SUBMIT_PATH, GenerationRequest, JobSpec, StatusResponse
 from pixazo_batch.state import StateStore
 from pixazo_batch.webhooks import CallbackBox, Delivery, signature
 from tests.conftest import TEST_KEY, LogTap, fast, job_line, simulator, write_manifest
@@ -226,6 +226,44 @@ async def test_an_output_conflicting_with_a_recorded_one_is_refused_on_a_later_r
         summary = await run_batch(make_settings(sim, later))
     assert summary.exit_code == 2
     assert "output 'clips' of job 'job-000' cannot also be a folder" in summary.manifest_issues[0]
+
+
+async def test_a_later_run_records_its_new_jobs_and_names_the_one_that_conflicts(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    """New jobs are recorded together; one conflicting with a recorded output sends the batch
+    back to being recorded job by job, which names it and records the others."""
+    async with simulator() as sim:
+        first = write_manifest(tmp_path / "a.jsonl", [job_line(0, output="clips")])
+        await run_batch(make_settings(sim, first))
+        lines = [job_line(1), job_line(2), job_line(3, output="clips/one.mp4"), job_line(4)]
+        later = write_manifest(tmp_path / "b.jsonl", lines)
+        summary = await run_batch(make_settings(sim, later))
+    assert summary.exit_code == 2
+    assert len(summary.manifest_issues) == 1
+    assert "output 'clips' of job 'job-000' cannot also be a folder" in summary.manifest_issues[0]
+    with StateStore.open(tmp_path / "out" / ".pixazo-batch.db", lock=False) as store:
+        states = {row.id: row.state.value for row in store.iter_jobs()}
+    assert states == dict.fromkeys(["job-000", "job-001", "job-002", "job-004"], "downloaded")
+
+
+def test_jobs_recorded_together_are_checked_against_each_other(tmp_path: Path) -> None:
+    """In one batch, a job whose folder is an earlier job's file is refused by name."""
+    outputs = ["x", "a.mp4", "x/y.mp4", "b.mp4"]
+    specs = [
+        JobSpec(f"job-{n}", GenerationRequest(prompt=f"take {n}", image_url="https://x.example/a"),
+                output, line=n + 1)
+        for n, output in enumerate(outputs)
+    ]  # fmt: skip
+    with StateStore.open(tmp_path / "state.db") as store:
+        recorded = [row if isinstance(row, str) else row.id for row in store.register_many(specs)]
+        assert store.get("job-2") is None
+    assert recorded == [
+        "job-0",
+        "job-1",
+        "output 'x' of job 'job-0' cannot also be a folder",
+        "job-3",
+    ]
 
 
 _JSON = st.recursive(
