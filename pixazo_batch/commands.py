@@ -215,7 +215,8 @@ def _judged_lines(
     """Each bad line's issues and each good line's (resolution, duration), in order; with
     ``keep``, every good line's job is appended to it. A large manifest whose jobs are not
     kept is read by every core (``manifestpool.py``)."""
-    if keep is None:  # nothing is kept: any manifest fits in memory
+    # Spans are read where they lie: a pipe (``validate <(...)``) is read once, as a run does.
+    if keep is None and manifest.is_file():  # nothing is kept: any manifest fits in memory
         workers = worker_count() if manifest.stat().st_size >= PARALLEL_BYTES else 0
         if workers:
             log.debug("manifest_read_in_parallel", workers=workers)
@@ -225,7 +226,8 @@ def _judged_lines(
         if isinstance(item, ManifestIssue):
             yield item
             continue
-        keep.append(item)
+        if keep is not None:
+            keep.append(item)
         yield item.request.resolution.value, item.request.duration.value
 
 

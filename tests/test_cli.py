@@ -89,6 +89,20 @@ def test_validate_reports_bad_lines_and_exits_2(tmp_path: Path) -> None:
     assert json.loads(result.stdout)["jobs"] == 1
 
 
+def test_validate_reads_a_manifest_from_a_pipe() -> None:
+    result = subprocess.run(
+        [PYTHON, "-m", "pixazo_batch", "validate", "/dev/stdin"],
+        input=Path("jobs.example.jsonl").read_text(encoding="utf-8"),
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["jobs"] == 6
+
+
 def test_validate_reads_a_large_manifest_on_every_core_and_reports_it_whole(
     tmp_path: Path,
 ) -> None:
