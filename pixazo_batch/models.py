@@ -119,7 +119,12 @@ class GenerationRequest(BaseModel):
 
     def request_hash(self) -> str:
         """SHA-256 of the canonical JSON; equal requests hash equal whatever their spelling."""
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+        return canonical_hash(self.canonical_json())
+
+
+def canonical_hash(canonical_json: str) -> str:
+    """``GenerationRequest.request_hash`` of the request whose canonical JSON this is."""
+    return hashlib.sha256(canonical_json.encode()).hexdigest()
 
 
 def _assume_utc(value: datetime | None) -> datetime | None:

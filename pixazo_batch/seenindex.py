@@ -76,7 +76,7 @@ class SeenIndex:
         twice in it); otherwise remember nothing and say so."""
         ids = [claim.id for claim in batch]
         outputs = [claim.output for claim in batch]
-        folders = [(p, claim.line) for claim in batch for p in _parents(claim.output)]
+        folders = [(p, claim.line) for claim in batch for p in parent_folders(claim.output)]
         names = {name for name, _ in folders}
         if (
             len(set(ids)) < len(ids)
@@ -125,7 +125,7 @@ class SeenIndex:
     def _output_conflict(self, output: str, line: int) -> str | None:
         """Why ``output`` cannot coexist with the outputs seen so far (the same file, a file
         where another needs a folder, or the reverse), or None (and remember it)."""
-        parents = _parents(output)
+        parents = parent_folders(output)
         for parent in parents:
             found = self._find(parent)
             if found is not None and not found[0]:
@@ -152,8 +152,9 @@ class SeenIndex:
         return None if found is None else (bool(found[0]), int(found[1]))
 
 
-def _parents(output: str) -> list[str]:
-    """The folders ``output`` lies in, deepest first."""
+def parent_folders(output: str) -> list[str]:
+    """The folders the output path ``output`` (normalised, as ``safe_output`` makes it) lies
+    in, deepest first."""
     parents = []
     cut = output.rfind("/")
     while cut > 0:

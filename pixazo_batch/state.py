@@ -13,7 +13,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from pixazo_batch.errors import (
@@ -23,9 +23,10 @@ from pixazo_batch.errors import (
     StateWriteError,
 )
 from pixazo_batch.jobrow import JobRow
-from pixazo_batch.models import ALLOWED_TRANSITIONS, JobSpec, JobState
+from pixazo_batch.models import ALLOWED_TRANSITIONS, JobSpec, JobState, canonical_hash
 from pixazo_batch.mp4 import Mp4Info
 from pixazo_batch.runmemory import RunMemory
+from pixazo_batch.seenindex import parent_folders
 from pixazo_batch.statefile import locked_connection, read_only_connection
 from pixazo_batch.statereader import Connection
 
@@ -81,16 +82,16 @@ class StateStore(RunMemory):
         """Record a manifest job (new ones as ``pending``). Returns its row, or why it conflicts
         with what earlier runs recorded (an id whose request changed, an output path in use or
         needed as a folder), in a sentence starting with the field it concerns."""
-        request_hash = spec.request.request_hash()
+        canonical = spec.request.canonical_json()
         row = self.get(spec.id)
         if row is not None:
-            return _recorded(spec, row, request_hash)
+            return _recorded(spec, row, canonical_hash(canonical))
         conflict = self._folder_conflict(spec.output)
         if conflict is not None:
             return conflict
         try:
             with self._transaction():
-                self._insert(spec, request_hash, time.time())
+                self._insert(spec, canonical, time.time())
         except self.integrity_errors:
             if self.get(spec.id) is not None:  # another worker recorded it just now
                 return self.register(spec)
@@ -143,16 +144,17 @@ class StateStore(RunMemory):
         for spec in specs:
             if self._folder_conflict(spec.output) is not None:
                 raise _ConflictError
-            self._insert(spec, spec.request.request_hash(), now)
+            self._insert(spec, spec.request.canonical_json(), now)
 
-    def _insert(self, spec: JobSpec, request_hash: str, now: float) -> None:
+    def _insert(self, spec: JobSpec, canonical: str, now: float) -> None:
+        """Insert a new job whose request's canonical JSON is ``canonical``."""
         self.db.execute(
             "INSERT INTO jobs (id, request_hash, request_json, price_cents, output, state,"
             " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 spec.id,
-                request_hash,
-                spec.request.canonical_json(),
+                canonical_hash(canonical),
+                canonical,
                 spec.request.price_cents,
                 spec.output,
                 JobState.PENDING.value,
@@ -164,7 +166,7 @@ class StateStore(RunMemory):
     def _folder_conflict(self, output: str) -> str | None:
         """Why ``output`` cannot coexist with a recorded output: one of them would have to be
         both a file and a folder."""
-        parents = [str(p) for p in PurePosixPath(output).parents if str(p) != "."]
+        parents = parent_folders(output)
         if parents:
             marks = ", ".join("?" * len(parents))
             found = self.db.execute(
