@@ -10,7 +10,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -25,7 +25,6 @@ from pixazo_batch.config import (
     local_folder,
 )
 from pixazo_batch.config import load_settings as load
-from pixazo_batch.engine import one_off_client, run_batch
 from pixazo_batch.errors import EXIT_OK, EXIT_USAGE, UsageError
 from pixazo_batch.lifecycle import OperatorAbandoned, OperatorFoundRequest, OperatorNotSent
 from pixazo_batch.logs import configure_logging
@@ -35,14 +34,15 @@ from pixazo_batch.manifestpool import PARALLEL_BYTES, judge_manifest, worker_cou
 from pixazo_batch.models import Duration, JobSpec
 from pixazo_batch.pgconn import is_database_url
 from pixazo_batch.planning import plan_run
-from pixazo_batch.progress import TerminalProgress
-from pixazo_batch.resolve import Choice, resolve_job
 from pixazo_batch.results import iter_results, status_summary, write_csv
 from pixazo_batch.reviewpage import render_page
 from pixazo_batch.storage import BucketPath
 from pixazo_batch.stores import open_store
 from pixazo_batch.summary import RunSummary
 from pixazo_batch.views import Output
+
+if TYPE_CHECKING:
+    from pixazo_batch.resolve import Choice
 
 log = structlog.get_logger(__name__)
 
@@ -129,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run_settings(args: argparse.Namespace, settings: Settings) -> RunSummary:
+    # The engine (and aiohttp) is imported by the commands that talk to the gateway only.
+    from pixazo_batch.engine import run_batch  # noqa: PLC0415
+    from pixazo_batch.progress import TerminalProgress  # noqa: PLC0415
+
     progress = None
     if args.log_format == "auto" and not args.quiet and sys.stderr.isatty():
         console = Console(stderr=True)
@@ -290,6 +294,9 @@ def resolve(args: argparse.Namespace) -> int:
         choice = OperatorNotSent() if args.not_sent else OperatorAbandoned()
 
     async def settle() -> str:
+        from pixazo_batch.engine import one_off_client  # noqa: PLC0415  (see _run_settings)
+        from pixazo_batch.resolve import resolve_job  # noqa: PLC0415
+
         if not isinstance(choice, OperatorFoundRequest):
             return await resolve_job(state_file, args.job, choice)
         settings = _settings(args, manifest=Path(os.devnull))

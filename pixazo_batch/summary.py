@@ -10,9 +10,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pixazo_batch.context import StopFlags
 from pixazo_batch.errors import (
     EXIT_DECIDE,
     EXIT_FAILED_JOBS,
@@ -24,6 +23,9 @@ from pixazo_batch.errors import (
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.models import JobState
 from pixazo_batch.statereader import StateReader
+
+if TYPE_CHECKING:
+    from pixazo_batch.context import StopFlags
 
 #: each list in a summary names at most this many jobs (``status`` lists them all)
 LIST_LIMIT = 100
