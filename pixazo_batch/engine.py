@@ -88,6 +88,8 @@ async def run_batch(
         UsageError: the webhook listener cannot bind its address.
     """
     if not settings.manifest.is_file():
+        if settings.manifest.exists():  # a pipe, a folder: a run reads its manifest twice
+            raise ManifestError(f"{settings.manifest}: not a regular file; save it as one first")
         raise ManifestError(f"{settings.manifest}: no such manifest file")
     try:
         settings.out_dir.mkdir(parents=True, exist_ok=True)

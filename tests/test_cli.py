@@ -103,6 +103,12 @@ def test_validate_reads_a_manifest_from_a_pipe() -> None:
     assert json.loads(result.stdout)["jobs"] == 6
 
 
+def test_run_refuses_a_manifest_that_is_not_a_regular_file_by_saying_so(tmp_path: Path) -> None:
+    result = run_cli("run", str(tmp_path), "--out", str(tmp_path / "out"), "--sandbox")
+    assert result.returncode == 2
+    assert f"{tmp_path}: not a regular file; save it as one first" in result.stderr
+
+
 def test_validate_reads_a_large_manifest_on_every_core_and_reports_it_whole(
     tmp_path: Path,
 ) -> None:
