@@ -15,7 +15,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
-from pixazo_batch.errors import InvalidTransitionError, JobTakenError
+from pixazo_batch.errors import InvalidTransitionError, JobTakenError, StateWriteError
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.lifecycle import (
     SENDABLE,
@@ -196,7 +196,14 @@ class Router:
     def apply(self, row: JobRow, outcome: Outcome) -> Step:
         """Decide and record, without moving the job (``resolve`` and dry runs use this)."""
         step = next_step(row.state, outcome)
-        record(self.store, row, step, outcome)
+        try:
+            record(self.store, row, step, outcome)
+        except StateWriteError:
+            if isinstance(outcome, (Accepted, CallbackNamed)):
+                # The gateway holds (and charges) the job; only this line keeps its request_id
+                # for ``resolve`` once the next run finds the job uncertain.
+                log.error("accepted_not_recorded", job_id=row.id, request_id=outcome.request_id)
+            raise
         return step
 
     def on_wire(self, job_id: str, budget_cents: int | None) -> JobRow:

@@ -27,7 +27,7 @@ from pixazo_batch.engine import run_batch
 from pixazo_batch.models import JobState
 from pixazo_batch.sim import Simulator, scenario_named
 from tests.conftest import TEST_KEY, LogTap, fast, job_line, simulator, write_manifest
-from tests.test_cli import cli_env, log_events, run_args
+from tests.test_cli import PYTHON, cli_env, log_events, run_args
 from tests.test_webhooks import free_port
 
 pytestmark = pytest.mark.anyio
@@ -236,22 +236,31 @@ async def test_a_full_disk_under_the_state_file_stops_the_run_cleanly_and_it_res
         # 200 KiB holds a new state file but not the write-ahead log of 20 jobs' transitions.
         limited = await run_on_a_full_disk(run_args(sim, manifest, out), env, kib=200)
         check_invariants(sim, out)
+        errors = limited.stderr.decode()
+        unrecorded = {
+            event["job_id"]: event["request_id"]
+            for event in map(json.loads, errors.splitlines())
+            if event["event"] == "accepted_not_recorded"
+        }
+        resumed = await anyio.run_process(run_args(sim, manifest, out), env=env, check=False)
+        held = check_invariants(sim, out)["states"]
+        # What a person does with exit 5: the request ids the first run logged settle the jobs.
+        for job_id, request_id in unrecorded.items():
+            resolve = [PYTHON, "-m", "pixazo_batch", "resolve", job_id, "--out", str(out)]
+            resolve += ["--base-url", sim.base_url]
+            await anyio.run_process([*resolve, "--request-id", request_id], env=env)
         finished = await anyio.run_process(run_args(sim, manifest, out), env=env, check=False)
-        result = check_invariants(sim, out)
+        final = check_invariants(sim, out)["states"]
         stats = sim.stats()
-    errors = limited.stderr.decode()
     assert limited.returncode == 3, errors[-2000:]
     assert "state_write_failed" in errors and "Traceback" not in errors
-    unrecorded = [
-        json.loads(line)["request_id"]
-        for line in errors.splitlines()
-        if '"accepted_not_recorded"' in line
-    ]
-    assert all(request_id in sim.state.book.jobs for request_id in unrecorded)
-    assert finished.returncode in (0, 3)
-    # Jobs whose acceptance could not be recorded are held uncertain, never paid twice.
-    assert result["states"].count("uncertain") == len(unrecorded)
-    assert set(result["states"]) <= {"downloaded", "uncertain"}
+    assert all(request_id in sim.state.book.jobs for request_id in unrecorded.values())
+    # A job whose acceptance could not be recorded is held uncertain (exit 5), never sent again.
+    assert resumed.returncode in ((5,) if unrecorded else (0, 3)), resumed.stderr[-2000:]
+    assert held.count("uncertain") == len(unrecorded)
+    assert set(held) <= {"downloaded", "uncertain"}
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert final == ["downloaded"] * 20
     assert stats["accepted"] == 20 and stats["duplicate_charges"] == 0
 
 
