@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import SimpleNamespace, TracebackType
 from typing import Self
@@ -136,7 +136,7 @@ class GatewayClient:
         self,
         request: GenerationRequest,
         *,
-        on_wire: Callable[[], None],
+        on_wire: Callable[[], Awaitable[None]],
         webhook_url: str | None = None,
         webhook_mode: str = "terminal",
     ) -> SubmitAccepted:
@@ -160,9 +160,9 @@ class GatewayClient:
         url = self._url(SUBMIT_PATH)
         await self.governor.acquire()
 
-        def leaving() -> None:
+        async def leaving() -> None:
             writing_since = self.governor.clock.now()
-            on_wire()
+            await on_wire()
             self.governor.departed(writing_since)
 
         answer = await self._send("POST", url, headers, body, self._submit_timeout, leaving)
@@ -244,7 +244,7 @@ class GatewayClient:
         headers: dict[str, str],
         body: bytes | None,
         client_timeout: aiohttp.ClientTimeout,
-        on_wire: Callable[[], None] | None = None,
+        on_wire: Callable[[], Awaitable[None]] | None = None,
     ) -> Answer:
         session = self._session
         if session is None:
@@ -309,13 +309,13 @@ class _Wire:
     """Whether a request reached the wire (its headers about to be written), and what to do
     just before it does."""
 
-    def __init__(self, on_wire: Callable[[], None] | None) -> None:
+    def __init__(self, on_wire: Callable[[], Awaitable[None]] | None) -> None:
         self.reached = False
         self._on_wire = on_wire
 
-    def __call__(self) -> None:
+    async def __call__(self) -> None:
         if self._on_wire is not None:
-            self._on_wire()
+            await self._on_wire()
         self.reached = True
 
 
@@ -327,7 +327,7 @@ async def _call_on_wire(
     """aiohttp trace hook: the request holds a connection and is about to write its headers."""
     wire = context.trace_request_ctx
     if isinstance(wire, _Wire):
-        wire()
+        await wire()
 
 
 async def _exchange(  # noqa: PLR0917  (private, called once)
@@ -337,7 +337,7 @@ async def _exchange(  # noqa: PLR0917  (private, called once)
     headers: dict[str, str],
     body: bytes | None,
     client_timeout: aiohttp.ClientTimeout,
-    on_wire: Callable[[], None] | None,
+    on_wire: Callable[[], Awaitable[None]] | None,
 ) -> Answer:
     wire = _Wire(on_wire)
     try:

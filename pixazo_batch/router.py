@@ -16,6 +16,7 @@ import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
 from pixazo_batch.errors import InvalidTransitionError, JobTakenError, StateWriteError
+from pixazo_batch.groupcommit import GroupCommits
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.lifecycle import (
     SENDABLE,
@@ -120,6 +121,7 @@ class Router:
         self._slots = anyio.CapacityLimiter(max_in_flight)
         self._holding: set[str] = set()
         self._slot_freed = anyio.Event()
+        self._commits = GroupCommits(store)
 
     @property
     def moving(self) -> int:
@@ -135,7 +137,7 @@ class Router:
         callback brought back; a job already moving is left where it is."""
         if row.id in self._stage:
             return Step(row.state, Action.REST)
-        step = self.apply(row, outcome)
+        step = await self._apply_durably(row, outcome)
         if step.action is not Action.REST:
             await self._dispatch(row.id, step.action)
         return step
@@ -181,14 +183,15 @@ class Router:
             log.debug("stale_report_dropped", job_id=job_id, stage=from_stage.value)
             return Step(row.state, Action.REST, "no longer this stage's")
         try:
-            step = self.apply(row, outcome)
+            step = await self._apply_durably(row, outcome)
         except InvalidTransitionError:
             if self.store.worker is None:
                 raise
             # A fleet: another worker moved the job on meanwhile (sent it, downloaded it); what
             # this stage learned is news to nobody.
             log.info("moved_on_elsewhere", job_id=job_id, state=row.state.value)
-            step = self.apply(row, TakenElsewhere(f"job {job_id!r} is {row.state.value}"))
+            taken = TakenElsewhere(f"job {job_id!r} is {row.state.value}")
+            step = await self._apply_durably(row, taken)
         if step.action not in _STAYS:
             await self._dispatch(job_id, step.action)
         return step
@@ -196,17 +199,21 @@ class Router:
     def apply(self, row: JobRow, outcome: Outcome) -> Step:
         """Decide and record, without moving the job (``resolve`` and dry runs use this)."""
         step = next_step(row.state, outcome)
+        record(self.store, row, step, outcome)
+        return step
+
+    async def _apply_durably(self, row: JobRow, outcome: Outcome) -> Step:
+        """``apply``, returning once the transition is committed (with those of other jobs)."""
         try:
-            record(self.store, row, step, outcome)
+            return await self._commits.write(lambda: self.apply(row, outcome))
         except StateWriteError:
             if isinstance(outcome, (Accepted, CallbackNamed)):
                 # The gateway holds (and charges) the job; only this line keeps its request_id
                 # for ``resolve`` once the next run finds the job uncertain.
                 log.error("accepted_not_recorded", job_id=row.id, request_id=outcome.request_id)
             raise
-        return step
 
-    def on_wire(self, job_id: str, budget_cents: int | None) -> JobRow:
+    async def on_wire(self, job_id: str, budget_cents: int | None) -> JobRow:
         """The write-ahead of a POST about to leave: ``submitting``, durably, within budget.
 
         Raises:
@@ -220,7 +227,7 @@ class Router:
         if self.store.worker is not None and row.state not in SENDABLE:
             raise JobTakenError(f"job {job_id!r} is {row.state.value} by another worker")
         next_step(row.state, OnWire())
-        return self.store.begin_submit(job_id, budget_cents)
+        return await self._commits.write(lambda: self.store.begin_submit(job_id, budget_cents))
 
     def close_intake(self) -> None:
         """No more jobs will be admitted."""

@@ -4,7 +4,9 @@ Each transition is one transaction, checked against ``ALLOWED_TRANSITIONS`` and 
 the caller acts on it. The file runs in WAL mode with ``synchronous=NORMAL`` (a commit survives the
 process being killed at any instant); the transitions that decide whether money may be spent
 twice (``submitting``, ``submitted``, ``uncertain``) are committed with ``synchronous=FULL`` so
-they also survive a power cut. ``statefile.py`` finds, checks, creates and locks the file.
+they also survive a power cut. A run's transitions share commits with those of other jobs ready
+at the same moment (``groupcommit.py``), each still committed before its caller acts.
+``statefile.py`` finds, checks, creates and locks the file.
 """
 
 from __future__ import annotations
@@ -16,12 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pixazo_batch.errors import (
-    BudgetReachedError,
-    InvalidTransitionError,
-    StateDamagedError,
-    StateWriteError,
-)
+from pixazo_batch.errors import BudgetReachedError, InvalidTransitionError
+from pixazo_batch.groupcommit import SqliteTransactions
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.models import ALLOWED_TRANSITIONS, JobSpec, JobState, canonical_hash
 from pixazo_batch.mp4 import Mp4Info
@@ -31,7 +29,7 @@ from pixazo_batch.statefile import locked_connection, read_only_connection
 from pixazo_batch.statereader import Connection
 
 
-class StateStore(RunMemory):
+class StateStore(SqliteTransactions, RunMemory):
     """Durable job states for one output folder.
 
     Usage: ``with StateStore.open(path) as store: store.register(spec, run_id)``.
@@ -324,30 +322,6 @@ class StateStore(RunMemory):
             self._end_attempt(row, "not_sent")
 
     # --- internals ----------------------------------------------------------------------------
-
-    @contextmanager
-    def _transaction(self, *, full: bool = False) -> Iterator[None]:
-        try:
-            if full:
-                self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                if self.db.in_transaction:  # SQLite rolls back by itself after an I/O error
-                    self.db.execute("ROLLBACK")
-                raise
-            else:
-                self.db.execute("COMMIT")
-            finally:
-                if full:
-                    self.db.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.OperationalError as exc:
-            # A full disk or a failing one: nothing of this transaction was recorded, so the
-            # caller must not act on it; the run stops, and resumes once the disk is sound.
-            raise StateWriteError(f"cannot write the state file {self.path}: {exc}") from exc
-        except sqlite3.DatabaseError as exc:
-            raise StateDamagedError(f"the state file {self.path} is damaged: {exc}") from exc
 
     def _claim(self, job_id: str) -> JobRow:
         """The job about to be sent, inside ``begin_submit``'s transaction."""

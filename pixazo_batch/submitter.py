@@ -94,6 +94,15 @@ class Submitter:
         while True:
             outcome = await self.attempt(job_id)
             step = await self.ctx.router.settle(job_id, outcome, from_stage=Action.SUBMIT)
+            if isinstance(outcome, Accepted):  # logged once recorded: the line states a fact
+                row = self.ctx.store.get(job_id)
+                log.info(
+                    "submitted",
+                    job_id=job_id,
+                    request_id=outcome.request_id,
+                    attempt=None if row is None else row.attempts,
+                    state=step.state.value,
+                )
             if step.action is not Action.RETRY:
                 return
             # A connection refused waits in ``health.ready``; a 429 in the governor.
@@ -148,13 +157,6 @@ class Submitter:
             return AnswerLost(str(exc), callbacks=ctx.webhooks is not None)
         except HttpStatusError as exc:
             return self._refusal(job_id, post, exc)
-        log.info(
-            "submitted",
-            job_id=job_id,
-            request_id=accepted.request_id,
-            attempt=_attempt(post),
-            state="submitted",
-        )
         return Accepted(accepted.request_id, accepted.polling_url)
 
     async def _before_sending(self, job_id: str) -> Outcome | None:
@@ -238,15 +240,18 @@ class Submitter:
         hooks = ctx.webhooks
         webhook_url = None if hooks is None else hooks.url_for(job_id)
 
-        def on_wire() -> None:
+        async def on_wire() -> None:
             if ctx.flags.stop_submitting:
                 raise _StoppingError
-            post.row = ctx.router.on_wire(job_id, ctx.settings.budget_cents)
+            # Once durable, the row says the POST left: nothing may cancel it before it does.
+            with anyio.CancelScope(shield=True):
+                row = await ctx.router.on_wire(job_id, ctx.settings.budget_cents)
+            post.row = row
             post.scope.shield = True
             ctx.posts_on_wire.add(post.scope)
             if ctx.flags.interrupted:
                 post.scope.deadline = anyio.current_time() + ctx.settings.stop_deadline
-            log.debug("submitting", job_id=job_id, attempt=post.row.attempts)
+            log.debug("submitting", job_id=job_id, attempt=row.attempts)
 
         with post.scope:
             try:

@@ -63,7 +63,7 @@ def client(base_url: str, key: str = TEST_KEY, **options: Any) -> GatewayClient:
     return GatewayClient(base_url, key, RateGovernor(1000), health, **options)
 
 
-def nothing() -> None:
+async def nothing() -> None:
     pass
 
 
@@ -98,9 +98,13 @@ async def test_connection_refused_is_not_sent_and_never_reaches_the_wire() -> No
     async with simulator() as sim:
         dead = sim.base_url
     reached: list[bool] = []
+
+    async def reach() -> None:
+        reached.append(True)
+
     async with client(dead) as gw:
         with pytest.raises(NotSentError):
-            await gw.submit(REQUEST, on_wire=lambda: reached.append(True))
+            await gw.submit(REQUEST, on_wire=reach)
     assert reached == []
     assert not gw.health.sound and gw.health.down_since is not None
 
@@ -109,14 +113,18 @@ async def test_a_post_stopped_by_its_on_wire_hook_never_reaches_the_gateway() ->
     class RefusedError(Exception):
         pass
 
-    def refuse() -> None:
+    async def refuse() -> None:
         raise RefusedError
+
+    calls: list[int] = []
+
+    async def count() -> None:
+        calls.append(1)
 
     async with simulator() as sim, client(sim.base_url) as gw:
         with pytest.raises(RefusedError):
             await gw.submit(REQUEST, on_wire=refuse)
-        calls: list[int] = []
-        accepted = await gw.submit(REQUEST, on_wire=lambda: calls.append(1))
+        accepted = await gw.submit(REQUEST, on_wire=count)
         stats = sim.stats()
     assert stats["submit_requests"] == 1, "only the second POST arrived"
     assert calls == [1] and accepted.request_id
