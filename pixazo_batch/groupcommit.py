@@ -119,6 +119,8 @@ class SqliteTransactions:
             finally:
                 if full:
                     self.db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.IntegrityError:
+            raise  # a constraint the caller checks (``StateStore.register``), not a sick file
         except sqlite3.OperationalError as exc:
             # A full disk or a failing one: nothing of this transaction was recorded, so the
             # caller must not act on it; the run stops, and resumes once the disk is sound.
@@ -150,11 +152,14 @@ class SqliteTransactions:
         self._translated(lambda: self.db.execute("SAVEPOINT transition"))
         try:
             yield
-        except sqlite3.DatabaseError as exc:  # SQLite may have rolled the whole group back
-            error = _translate(exc, self.path)
-            self._fail(group, error)
-            raise error from exc
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+                exc, sqlite3.IntegrityError
+            ):  # SQLite may have rolled the whole group back
+                error = _translate(exc, self.path)
+                self._fail(group, error)
+                raise error from exc
+            # refused here (a constraint the caller checks, too): undone alone
             self._translated(lambda: self.db.execute("ROLLBACK TO transition"))
             self._translated(lambda: self.db.execute("RELEASE transition"))
             raise

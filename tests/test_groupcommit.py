@@ -121,3 +121,17 @@ async def test_a_write_outside_the_group_commits_the_open_group_at_once(
         store.remember_pause("https://gateway.example", 1e12)
         assert committed_state(store, "job-0") == "submitting"
     assert store.pause_until("https://gateway.example") == 1e12
+
+
+async def test_a_job_refused_by_a_constraint_while_a_group_is_open_spoils_nothing(
+    store: StateStore,
+) -> None:
+    group = GroupCommits(store)
+    request = GenerationRequest(prompt="another take", image_url="https://x.example/a.jpg")
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(group.write, lambda: store.begin_submit("job-0", None))
+        await anyio.lowlevel.checkpoint()  # job-0's transition is in the open group
+        conflict = store.register(JobSpec("job-new", request, "3.mp4", line=9))
+    assert conflict == "output '3.mp4' is already the output of job 'job-3'"
+    assert committed_state(store, "job-0") == "submitting"
+    assert store.get("job-new") is None

@@ -247,6 +247,25 @@ async def test_a_later_run_records_its_new_jobs_and_names_the_one_that_conflicts
     assert states == dict.fromkeys(["job-000", "job-001", "job-002", "job-004"], "downloaded")
 
 
+async def test_a_later_run_names_a_new_job_whose_output_a_recorded_job_has(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    """The same output under a new id is a manifest issue, not a damaged state file."""
+    async with simulator() as sim:
+        first = write_manifest(tmp_path / "a.jsonl", [job_line(0, output="clip.mp4")])
+        await run_batch(make_settings(sim, first))
+        lines = [job_line(1), job_line(2, output="clip.mp4"), job_line(3)]
+        later = write_manifest(tmp_path / "b.jsonl", lines)
+        summary = await run_batch(make_settings(sim, later))
+    assert summary.exit_code == 2
+    assert summary.manifest_issues == [
+        f"{later}:2: output: output 'clip.mp4' is already the output of job 'job-000'"
+    ]
+    with StateStore.open(tmp_path / "out" / ".pixazo-batch.db", lock=False) as store:
+        states = {row.id: row.state.value for row in store.iter_jobs()}
+    assert states == dict.fromkeys(["job-000", "job-001", "job-003"], "downloaded")
+
+
 def test_jobs_recorded_together_are_checked_against_each_other(tmp_path: Path) -> None:
     """In one batch, a job whose folder is an earlier job's file is refused by name."""
     outputs = ["x", "a.mp4", "x/y.mp4", "b.mp4"]
