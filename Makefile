@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 lint: install
 	$(BIN)/ruff check pixazo_batch tests bench
 	$(BIN)/ruff format --check pixazo_batch tests bench
-	$(BIN)/mypy pixazo_batch tests
+	$(BIN)/mypy pixazo_batch tests bench
 
 test: lint
 	$(BIN)/pytest

@@ -52,7 +52,9 @@ def working_span(url: str) -> float:
     import psycopg
 
     with psycopg.connect(url) as db:
-        first, last = db.execute("SELECT min(submitted_at), max(updated_at) FROM jobs").fetchone()
+        found = db.execute("SELECT min(submitted_at), max(updated_at) FROM jobs").fetchone()
+    assert found is not None  # an aggregate always has its one row
+    first, last = found
     return float(last - first)
 
 

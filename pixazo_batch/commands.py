@@ -30,7 +30,6 @@ from pixazo_batch.lifecycle import OperatorAbandoned, OperatorFoundRequest, Oper
 from pixazo_batch.logs import configure_logging
 from pixazo_batch.manifest import read_manifest
 from pixazo_batch.manifestline import ManifestIssue
-from pixazo_batch.manifestpool import PARALLEL_BYTES, judge_manifest, worker_count
 from pixazo_batch.models import Duration, JobSpec
 from pixazo_batch.pgconn import is_database_url
 from pixazo_batch.planning import plan_run
@@ -221,6 +220,12 @@ def _judged_lines(
     kept is read by every core (``manifestpool.py``)."""
     # Spans are read where they lie: a pipe (``validate <(...)``) is read once, as a run does.
     if keep is None and manifest.is_file():  # nothing is kept: any manifest fits in memory
+        from pixazo_batch.manifestpool import (  # noqa: PLC0415  (process pools: 10 ms of start-up)
+            PARALLEL_BYTES,
+            judge_manifest,
+            worker_count,
+        )
+
         workers = worker_count() if manifest.stat().st_size >= PARALLEL_BYTES else 0
         if workers:
             log.debug("manifest_read_in_parallel", workers=workers)

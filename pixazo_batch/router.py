@@ -197,7 +197,7 @@ class Router:
         return step
 
     def apply(self, row: JobRow, outcome: Outcome) -> Step:
-        """Decide and record, without moving the job (``resolve`` and dry runs use this)."""
+        """Decide and record, durable when it returns, without moving the job."""
         step = next_step(row.state, outcome)
         record(self.store, row, step, outcome)
         return step

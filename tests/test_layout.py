@@ -20,9 +20,10 @@ def test_engine_modules_do_not_import_the_simulator() -> None:
 
 
 def test_the_command_line_loads_no_engine_until_a_command_talks_to_the_gateway() -> None:
+    heavy = ("aiohttp", "pixazo_batch.engine", "concurrent.futures.process")  # pools: validate
     code = (
         "import sys, pixazo_batch.cli;"
-        "loaded = [m for m in ('aiohttp', 'pixazo_batch.engine') if m in sys.modules];"
+        f"loaded = [m for m in {heavy!r} if m in sys.modules];"
         "print(loaded); sys.exit(1 if loaded else 0)"
     )
     result = subprocess.run(
