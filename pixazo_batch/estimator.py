@@ -11,9 +11,10 @@ file per gateway (``speed_samples``), so the next night starts where the last on
 Until anything is known, the first jobs of a run scout: they poll at the floor, then at twice
 it, four times, ... after submission (a geometric series), which finds a one-second job at the
 first poll and a two-minute one within a few; the other jobs wait on a prior (14 poll floors),
-and every waiting job is re-planned the moment a scout finishes. The first jobs of every run
-scout even when a model was kept, until a job of that run finishes, so a model kept from a night
-when the gateway was slow cannot hold a faster gateway's jobs back.
+and every waiting job is re-planned the moment a scout finishes (later, only when the learned
+scale moves by more than ``REPLAN_CHANGE``: each re-plan visits every waiting job). The first
+jobs of every run scout even when a model was kept, until a job of that run finishes, so a model
+kept from a night when the gateway was slow cannot hold a faster gateway's jobs back.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ SCOUT_CEILING = 32
 #: before anything is known, a job that is not scouting first waits this many poll floors
 #: (times its shape): the documentation's 5 s interval against its example's 111 s job
 PRIOR_FLOORS = 14.0
+#: the scale plans use moves only when what was learned moves it by more than this fraction:
+#: every move re-plans every waiting job, and a plan a few percent off costs less than the jitter
+REPLAN_CHANGE = 0.05
 
 
 def shape(kind: Kind) -> float:
@@ -60,9 +64,11 @@ class CompletionEstimator:
         #: gateway may be faster or slower tonight
         self._kept: list[float] = [s for s in scales if s > 0][-WINDOW:]
         self._scales: deque[float] = deque(maxlen=WINDOW)
-        #: bumped whenever what the estimator knows changes, so waiting polls can be re-planned
+        #: the scale plans use (seconds a 540p, 5-second job takes; None before anything is known)
+        self._scale = _quantile(self._kept)
+        #: bumped whenever the scale plans use moves, so waiting polls can be re-planned; the
+        #: first job this run sees finish always bumps it
         self.version = 0
-        self._quantile: tuple[int, float | None] = (-1, None)
 
     @property
     def scales(self) -> list[float]:
@@ -71,20 +77,19 @@ class CompletionEstimator:
 
     def observe(self, kind: Kind, seconds: float) -> None:
         """Record one job's submit-to-terminal time."""
-        if seconds > 0:
-            self._scales.append(seconds / shape(kind))
+        if seconds <= 0:
+            return
+        self._scales.append(seconds / shape(kind))
+        learned = _quantile(self._scales)
+        assert learned is not None
+        moved = self._scale is None or abs(learned - self._scale) > REPLAN_CHANGE * self._scale
+        if moved or self.version == 0:
+            self._scale = learned
             self.version += 1
 
     def expected(self, kind: Kind) -> float | None:
         """Seconds by which most jobs of this kind are done; None before anything is known."""
-        version, scale = self._quantile
-        if version != self.version:  # sorted once per observation, not once per plan
-            known = sorted(self._scales or self._kept)
-            scale = (
-                known[min(len(known) - 1, int(FIRST_POLL_QUANTILE * len(known)))] if known else None
-            )
-            self._quantile = (self.version, scale)
-        return None if scale is None else scale * shape(kind)
+        return None if self._scale is None else self._scale * shape(kind)
 
     def first_poll(self, kind: Kind) -> float:
         """Seconds after submission of a job's first status request (before anything is known,
@@ -112,3 +117,9 @@ class CompletionEstimator:
         if since_submit is None:
             return floor
         return since_submit + min(max(floor, since_submit), SCOUT_CEILING * floor)
+
+
+def _quantile(scales: Iterable[float]) -> float | None:
+    """The scale most jobs finish within (``FIRST_POLL_QUANTILE``); None for no scales."""
+    known = sorted(scales)
+    return known[min(len(known) - 1, int(FIRST_POLL_QUANTILE * len(known)))] if known else None

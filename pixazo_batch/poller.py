@@ -2,9 +2,10 @@
 
 One scheduler holds every waiting job in a timer queue keyed by when its next status request is
 due: the first at the speed model's expected completion time (``estimator.py``), later ones a
-fraction of it apart, with jitter. Whenever the model learns something (a job finished anywhere),
-every job still waiting is re-planned. Status reads cost nothing, so network and 5xx trouble is
-retried with back-off until the job's deadline.
+fraction of it apart, with jitter. Whenever what the model learned moves its scale (the run's
+first finished job, then any move beyond a few percent), every job still waiting is re-planned.
+Status reads cost nothing, so network and 5xx trouble is retried with back-off until the job's
+deadline.
 
 Callbacks are hints, never the source of truth (``docs/design.md``, "Webhooks"): a terminal
 callback only brings the job's next poll forward, and the job is settled from that status
@@ -146,7 +147,7 @@ class Poller:
             self._wake.set()
 
     def _replan(self) -> None:
-        """The model learned something: every waiting job gets a new plan."""
+        """The model's scale moved: every waiting job gets a new plan."""
         self._planned_version = self.estimator.version
         self._queue = []
         for watch in self._watches.values():

@@ -71,6 +71,27 @@ def test_once_learned_the_first_poll_aims_at_a_high_quantile_and_later_ones_are_
     assert estimator.version == 0, "what earlier runs learned is not news to this one"
 
 
+@pytest.mark.parametrize(
+    ("observed", "expected_after", "versions"),
+    [
+        ([10.0], 10.0, 1),  # the run's first finished job always re-plans
+        ([10.0, 10.0, 10.0], 10.0, 1),  # nothing moved
+        ([10.0, 10.4, 10.4], 10.0, 1),  # 4%: plans stay as they are
+        ([10.0, 10.6], 10.6, 2),  # 6%: every waiting job is re-planned
+        ([10.0, 10.3, 10.3, 10.6, 10.6], 10.6, 2),  # small steps add up against the plans' scale
+        ([10.0, 9.0, 9.0, 9.0, 9.0, 9.0], 9.0, 2),  # faster
+    ],
+)
+def test_waiting_jobs_are_replanned_only_when_the_scale_moves_by_more_than_five_percent(
+    observed: list[float], expected_after: float, versions: int
+) -> None:
+    estimator = CompletionEstimator(poll_interval=1.0, scales=[40.0] * 8)
+    for seconds in observed:
+        estimator.observe(("540p", "5s"), seconds)
+    assert estimator.expected(("540p", "5s")) == pytest.approx(expected_after)
+    assert estimator.version == versions
+
+
 async def run_counting_polls(
     tmp_path: Path,
     make_settings: Any,
