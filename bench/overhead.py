@@ -1,7 +1,9 @@
 """Benchmark 1: the engine's own cost per job on the near-zero-latency simulator.
 
 Prints jobs per second, CPU seconds per job and peak RSS for pixazo-batch and the naive baseline,
-and peak RSS of ``validate`` on a large manifest. Usage: ``python bench/overhead.py [--jobs N]``.
+the same CPU figure for jobs of about 5 s with a thousand waiting at once (what the poller's
+planning costs), and peak RSS of ``validate`` on a large manifest. Usage:
+``python bench/overhead.py [--jobs N] [--waiting-jobs N] [--validate-lines N]``.
 """
 
 from __future__ import annotations
@@ -10,13 +12,24 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from common import PYTHON, run_child, run_engine, run_naive, sim_process, table, write_manifest
+from common import (
+    PYTHON,
+    ChildCost,
+    quick_jobs,
+    run_child,
+    run_engine,
+    run_naive,
+    sim_process,
+    table,
+    write_manifest,
+)
 
 
 def main() -> None:
     """Measure and print."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--waiting-jobs", type=int, default=3000)
     parser.add_argument("--validate-lines", type=int, default=1_000_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pixazo-bench-") as scratch:
@@ -47,6 +60,7 @@ def main() -> None:
                 "--concurrency",
                 "32",
             )
+        waiting = run_waiting(folder, args.waiting_jobs)
         big = write_manifest(folder / "big.jsonl", args.validate_lines)
         validate = run_child([PYTHON, "-m", "pixazo_batch", "validate", str(big)])
     jobs = args.jobs
@@ -63,6 +77,12 @@ def main() -> None:
             ),
             ("peak RSS MB", f"{engine.peak_rss_mb:.0f}", f"{naive.peak_rss_mb:.0f}", "<= 150"),
             (
+                f"CPU ms per job, {args.waiting_jobs} jobs of ~5 s, 1,000 in flight",
+                f"{1000 * waiting[0].cpu_s / args.waiting_jobs:.2f}",
+                f"{1000 * waiting[1].cpu_s / args.waiting_jobs:.2f}",
+                "<= 2x naive",
+            ),
+            (
                 f"validate {args.validate_lines:,} lines: peak RSS MB",
                 f"{validate.peak_rss_mb:.0f}",
                 "-",
@@ -76,6 +96,20 @@ def main() -> None:
             ),
         ],
     )
+
+
+def run_waiting(folder: Path, jobs: int) -> tuple[ChildCost, ChildCost]:
+    """The engine, then the baseline (polling every second), on jobs of about 5 s with up to
+    1,000 in flight: each finished job teaches the poller something while many others wait."""
+    manifest = write_manifest(folder / "waiting.jsonl", jobs)
+    scenario = quick_jobs(5.0, 0.3, media_bytes=4096)
+    with sim_process("fast", **scenario) as sim:
+        engine = run_engine(manifest, folder / "engine-waiting", sim.base_url, "--rps", "100000",
+                            "--concurrency", "32", "--max-in-flight", "1000")  # fmt: skip
+    with sim_process("fast", **scenario) as sim:
+        naive = run_naive(manifest, folder / "naive-waiting", sim.base_url, "--poll", "1",
+                          "--concurrency", "1000")  # fmt: skip
+    return engine, naive
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ def main() -> None:
             "overhead.py",
             "--jobs",
             "20000" if full else "2000",
+            "--waiting-jobs",
+            "20000" if full else "3000",
             "--validate-lines",
             "1000000" if full else "200000",
         ],
