@@ -228,42 +228,34 @@ async def test_an_output_conflicting_with_a_recorded_one_is_refused_on_a_later_r
     assert "output 'clips' of job 'job-000' cannot also be a folder" in summary.manifest_issues[0]
 
 
+@pytest.mark.parametrize(
+    ("recorded_output", "conflicting_output", "issue"),
+    [
+        ("clips", "clips/one.mp4", "output 'clips' of job 'job-000' cannot also be a folder"),
+        # the same output under a new id: a manifest issue, not a damaged state file
+        ("clip.mp4", "clip.mp4", "output 'clip.mp4' is already the output of job 'job-000'"),
+    ],
+)
 async def test_a_later_run_records_its_new_jobs_and_names_the_one_that_conflicts(
-    tmp_path: Path, make_settings: MakeSettings
+    tmp_path: Path,
+    make_settings: MakeSettings,
+    recorded_output: str,
+    conflicting_output: str,
+    issue: str,
 ) -> None:
     """New jobs are recorded together; one conflicting with a recorded output sends the batch
     back to being recorded job by job, which names it and records the others."""
     async with simulator() as sim:
-        first = write_manifest(tmp_path / "a.jsonl", [job_line(0, output="clips")])
+        first = write_manifest(tmp_path / "a.jsonl", [job_line(0, output=recorded_output)])
         await run_batch(make_settings(sim, first))
-        lines = [job_line(1), job_line(2), job_line(3, output="clips/one.mp4"), job_line(4)]
+        lines = [job_line(1), job_line(2), job_line(3, output=conflicting_output), job_line(4)]
         later = write_manifest(tmp_path / "b.jsonl", lines)
         summary = await run_batch(make_settings(sim, later))
     assert summary.exit_code == 2
-    assert len(summary.manifest_issues) == 1
-    assert "output 'clips' of job 'job-000' cannot also be a folder" in summary.manifest_issues[0]
+    assert summary.manifest_issues == [f"{later}:3: output: {issue}"]
     with StateStore.open(tmp_path / "out" / ".pixazo-batch.db", lock=False) as store:
         states = {row.id: row.state.value for row in store.iter_jobs()}
     assert states == dict.fromkeys(["job-000", "job-001", "job-002", "job-004"], "downloaded")
-
-
-async def test_a_later_run_names_a_new_job_whose_output_a_recorded_job_has(
-    tmp_path: Path, make_settings: MakeSettings
-) -> None:
-    """The same output under a new id is a manifest issue, not a damaged state file."""
-    async with simulator() as sim:
-        first = write_manifest(tmp_path / "a.jsonl", [job_line(0, output="clip.mp4")])
-        await run_batch(make_settings(sim, first))
-        lines = [job_line(1), job_line(2, output="clip.mp4"), job_line(3)]
-        later = write_manifest(tmp_path / "b.jsonl", lines)
-        summary = await run_batch(make_settings(sim, later))
-    assert summary.exit_code == 2
-    assert summary.manifest_issues == [
-        f"{later}:2: output: output 'clip.mp4' is already the output of job 'job-000'"
-    ]
-    with StateStore.open(tmp_path / "out" / ".pixazo-batch.db", lock=False) as store:
-        states = {row.id: row.state.value for row in store.iter_jobs()}
-    assert states == dict.fromkeys(["job-000", "job-001", "job-003"], "downloaded")
 
 
 def test_jobs_recorded_together_are_checked_against_each_other(tmp_path: Path) -> None:
