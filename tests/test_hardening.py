@@ -29,6 +29,7 @@ from pixazo_batch.manifest import read_manifest
 from pixazo_batch.manifestline import ManifestIssue
 from pixazo_batch.models import SUBMIT_PATH, GenerationRequest, JobSpec, StatusResponse
 from pixazo_batch.state import StateStore
+from pixazo_batch.stores import open_store
 from pixazo_batch.webhooks import CallbackBox, Delivery, signature
 from tests.conftest import TEST_KEY, LogTap, fast, job_line, simulator, write_manifest
 from tests.test_cli import cli_env, run_cli
@@ -249,11 +250,12 @@ async def test_a_later_run_records_its_new_jobs_and_names_the_one_that_conflicts
         first = write_manifest(tmp_path / "a.jsonl", [job_line(0, output=recorded_output)])
         await run_batch(make_settings(sim, first))
         lines = [job_line(1), job_line(2), job_line(3, output=conflicting_output), job_line(4)]
-        later = write_manifest(tmp_path / "b.jsonl", lines)
-        summary = await run_batch(make_settings(sim, later))
+        later = write_manifest(first, lines)  # the manifest edited: job-000 went, four came
+        settings = make_settings(sim, later)
+        summary = await run_batch(settings)
     assert summary.exit_code == 2
     assert summary.manifest_issues == [f"{later}:3: output: {issue}"]
-    with StateStore.open(tmp_path / "out" / ".pixazo-batch.db", lock=False) as store:
+    with open_store(settings.state_location, lock=False) as store:
         states = {row.id: row.state.value for row in store.iter_jobs()}
     assert states == dict.fromkeys(["job-000", "job-001", "job-002", "job-004"], "downloaded")
 

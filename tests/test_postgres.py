@@ -29,6 +29,9 @@ from tests.test_engine import (  # noqa: F401  (collected here again, on Postgre
     test_rerunning_a_finished_manifest_sends_nothing,
     test_retry_after_is_honoured_in_every_form,
 )
+from tests.test_hardening import (  # noqa: F401  (collected here again, on PostgreSQL)
+    test_a_later_run_records_its_new_jobs_and_names_the_one_that_conflicts,
+)
 from tests.test_unattended import cli
 
 pytestmark = pytest.mark.anyio
