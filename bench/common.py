@@ -110,13 +110,15 @@ class ChildCost:
     returncode: int
 
 
-def run_child(command: list[str], env: dict[str, str] | None = None) -> ChildCost:
-    """Run a command to completion and measure it (CPU from rusage, peak RSS via wait4)."""
+def run_child(
+    command: list[str], env: dict[str, str] | None = None, *, stderr: Path | None = None
+) -> ChildCost:
+    """Run a command to completion and measure it (CPU from rusage, peak RSS via wait4);
+    its standard error goes to the file ``stderr`` when given."""
     start = time.perf_counter()
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    _, status, usage = os.wait4(process.pid, 0)
+    with open(stderr or os.devnull, "wb") as errors:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
     return ChildCost(

@@ -3,17 +3,20 @@
 Lines are read one at a time (each judged by ``manifestline.py``, then checked against the
 earlier ones a batch at a time), so a manifest of any length runs in constant memory; duplicate
 ids and output paths are found through a throwaway on-disk index (``seenindex.py``) rather than
-in-memory sets.
+in-memory sets. A run may pass what earlier runs read: a line found there byte for byte is not
+judged again (``docs/design.md``, "The manifest").
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import math
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, TypeVar, overload
 
 from pixazo_batch.images import ImageReader
 from pixazo_batch.manifestline import (
@@ -23,17 +26,49 @@ from pixazo_batch.manifestline import (
     plain_entry,
     safe_output,
 )
-from pixazo_batch.models import GenerationRequest, JobSpec
+from pixazo_batch.models import GenerationRequest, JobSpec, JobState
 from pixazo_batch.seenindex import BATCH, Claim, SeenIndex
 
 #: the longest manifest line read; a longer one is skipped (and reported) in constant memory
 MAX_LINE_BYTES = 1 << 20
 CHUNK = 1 << 16
+#: mixed into every line's digest: a version that reads a line into a different job must change
+#: it, or a line recorded by an older one would stand for a job it no longer makes
+LINE_DIGEST_KEY = b"pixazo-line-v1"
 T = TypeVar("T")
 
 
-def read_manifest(path: Path) -> Iterator[JobSpec | ManifestIssue]:
-    """Every job of the manifest, in order, or an issue for each bad line.
+@dataclass(frozen=True, slots=True)
+class KnownJob:
+    """A line an earlier run read into the job ``id`` (now in ``state``), found again byte for
+    byte: valid, and recorded, as it was."""
+
+    id: str
+    state: JobState
+    line: int
+
+
+#: the recorded ``(job id, output, state)`` of each line digest an earlier run read into a job
+KnownLines = Callable[[list[bytes]], dict[bytes, tuple[str, str, JobState]]]
+
+
+def line_digest(raw: bytes) -> bytes:
+    """What a later run knows a line by (the same line, trailing blanks aside, has the same)."""
+    return hashlib.blake2b(raw.rstrip(b" \t\r\n"), digest_size=16, person=LINE_DIGEST_KEY).digest()
+
+
+@overload
+def read_manifest(path: Path) -> Iterator[JobSpec | ManifestIssue]: ...
+@overload
+def read_manifest(
+    path: Path, known: KnownLines
+) -> Iterator[JobSpec | KnownJob | ManifestIssue]: ...
+def read_manifest(
+    path: Path, known: KnownLines | None = None
+) -> Iterator[JobSpec | KnownJob | ManifestIssue]:
+    """Every job of the manifest, in order, or an issue for each bad line; with ``known``, a
+    line it finds is a ``KnownJob`` (still checked against the other lines), and the jobs of the
+    other lines carry their digest when the line alone makes the job.
 
     Blank lines and lines starting with ``#`` are skipped. Never raises for bad content.
 
@@ -47,16 +82,41 @@ def read_manifest(path: Path) -> Iterator[JobSpec | ManifestIssue]:
     ):
         seen = SeenIndex(scratch)
         images = ImageReader(path.parent)
-        read: list[Unchecked | ManifestIssue] = []
+        first = 1
         try:
-            for item in read_lines(source, name, lambda entry, n: _job(entry, name, n, images)):
-                read.append(item)
-                if len(read) >= BATCH:
-                    yield from _checked(read, seen, name)
-                    read = []
-            yield from _checked(read, seen, name)
+            while lines := list(itertools.islice(_lines(source), BATCH)):
+                read = _read_batch(lines, first, name, images, known)
+                first += len(lines)
+                yield from _checked(read, seen, name)
         finally:
             seen.close()
+
+
+def _read_batch(
+    lines: list[bytes | None],
+    first: int,
+    name: str,
+    images: ImageReader,
+    known: KnownLines | None,
+) -> list[Unchecked | ManifestIssue]:
+    """Consecutive lines numbered from ``first``, each judged on its own or found in ``known``."""
+    if known is None:
+        digests: list[bytes | None] = [None] * len(lines)
+        recorded = {}
+    else:
+        digests = [None if raw is None else line_digest(raw) for raw in lines]
+        recorded = known([digest for digest in digests if digest is not None])
+    read: list[Unchecked | ManifestIssue] = []
+    for number, (raw, digest) in enumerate(zip(lines, digests, strict=True), start=first):
+        found = recorded.get(digest) if digest is not None else None
+        if found is not None:
+            job_id, output, state = found
+            claim = Claim(number, job_id, output, True)  # only lines naming their id are known
+            read.append(Unchecked(claim, KnownJob(job_id, state, number)))
+            continue
+        judge = lambda entry, n, digest=digest: _job(entry, name, n, images, digest)  # noqa: E731
+        read.extend(judge_line(raw, name, number, judge))
+    return read
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +124,7 @@ class Unchecked:
     """A valid line's job, not yet checked against the other lines."""
 
     claim: Claim
-    spec: JobSpec
+    spec: JobSpec | KnownJob
 
 
 def read_lines(
@@ -83,22 +143,29 @@ def read_lines(
         OSError: the file cannot be read.
     """
     for number, raw in enumerate(_lines(source, size), start=first):
-        if raw is None:
-            message = f"longer than {MAX_LINE_BYTES} bytes; skipped"
-            yield ManifestIssue(name, number, "(line)", message)
-            continue
-        entry: ManifestLine | list[ManifestIssue] | None = plain_entry(raw)
-        if entry is None:
-            entry = careful_entry(name, number, raw)
-        if isinstance(entry, list):
-            yield from entry
-        elif entry is not None:
-            yield judge(entry, number)
+        yield from judge_line(raw, name, number, judge)
+
+
+def judge_line(
+    raw: bytes | None, name: str, number: int, judge: Callable[[ManifestLine, int], T]
+) -> list[T | ManifestIssue]:
+    """One line judged on its own (None: a line over ``MAX_LINE_BYTES``): what ``judge``
+    makes of its valid entry and number, its issues, or nothing for a blank or comment line."""
+    if raw is None:
+        return [
+            ManifestIssue(name, number, "(line)", f"longer than {MAX_LINE_BYTES} bytes; skipped")
+        ]
+    entry: ManifestLine | list[ManifestIssue] | None = plain_entry(raw)
+    if entry is None:
+        entry = careful_entry(name, number, raw)
+    if isinstance(entry, list):
+        return list(entry)
+    return [] if entry is None else [judge(entry, number)]
 
 
 def _checked(
     read: list[Unchecked | ManifestIssue], seen: SeenIndex, name: str
-) -> Iterator[JobSpec | ManifestIssue]:
+) -> Iterator[JobSpec | KnownJob | ManifestIssue]:
     """The lines read, in order, each job checked against every earlier line's."""
     conflicts = iter(seen.check([item.claim for item in read if isinstance(item, Unchecked)]))
     for item in read:
@@ -129,11 +196,18 @@ def _lines(source: BinaryIO, size: int | None = None) -> Iterator[bytes | None]:
 
 
 def _job(
-    entry: ManifestLine, name: str, number: int, images: ImageReader
+    entry: ManifestLine,
+    name: str,
+    number: int,
+    images: ImageReader,
+    digest: bytes | None = None,
 ) -> Unchecked | ManifestIssue:
     """The job a valid line describes (not yet checked against the lines before it), or why
-    it cannot run (an image file, an output path)."""
+    it cannot run (an image file, an output path); it keeps the line's ``digest`` when the line
+    alone makes it: an image file's bytes may change under the same line."""
     inputs: dict[str, Path] = {}
+    if entry.image_file is not None or entry.end_image_file is not None or entry.id is None:
+        digest = None
     if entry.image_file is None and entry.end_image_file is None:
         # The line holds the request's fields under the request's names: read them directly.
         request = GenerationRequest.model_validate(entry, from_attributes=True)
@@ -166,7 +240,7 @@ def _job(
         output = _output(entry, job_id)
     except ValueError as exc:
         return ManifestIssue(name, number, "output", str(exc))
-    spec = JobSpec(id=job_id, request=request, output=output, line=number, inputs=inputs)
+    spec = JobSpec(job_id, request, output, number, inputs, digest)
     return Unchecked(Claim(number, job_id, output, entry.id is not None), spec)
 
 
@@ -185,6 +259,7 @@ def brief(
         job = _job(entry, name, number, images)
         if isinstance(job, ManifestIssue):
             return job
+        assert isinstance(job.spec, JobSpec)  # read without ``known``
         request = job.spec.request
         return (*job.claim, request.resolution.value, request.duration.value)
     try:

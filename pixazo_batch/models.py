@@ -276,3 +276,6 @@ class JobSpec:
     line: int
     #: local images the request's placeholders name, by their key in the inputs bucket
     inputs: dict[str, Path] = field(default_factory=dict)
+    #: the line's ``manifest.line_digest`` when the line alone makes this job (it names its id
+    #: and no image file), so a later run may know the line by it without reading it again
+    digest: bytes | None = None

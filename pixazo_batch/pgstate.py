@@ -37,7 +37,7 @@ from pixazo_batch.pgworkers import SUBMIT_LOCK, FleetIdentity, WorkerRoster
 
 SCHEMA = resources.files("pixazo_batch").joinpath("schema_pg.sql").read_text(encoding="utf-8")
 #: the version ``schema_pg.sql`` brings a database to (raise it with each change there)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: advisory lock key of schema changes
 _SCHEMA_LOCK = 7_310_001
 #: states in which a job is held by the worker that moved it there

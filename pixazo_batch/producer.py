@@ -4,14 +4,16 @@ Work already paid for comes first (whether or not the manifest still lists it): 
 left ``submitting`` are held uncertain, completed jobs go to the downloader, submitted ones to
 the poller, and uncertain jobs a callback named a request for to the poller's confirmation.
 Then each manifest line is validated, recorded and, when its state and the flags allow, admitted
-for submission. An unchanged manifest registered in full earlier is not read again: the jobs
-table already holds every line.
+for submission; a line an earlier run read, found again byte for byte, is only admitted. An
+unchanged manifest registered in full earlier is not read again: the jobs table already holds
+every line.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from pixazo_batch.errors import ManifestError
 from pixazo_batch.fleet import adopt_orphans, fleet_store, wait_for_silent_workers
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.lifecycle import Hinted, Interrupted, Listed, Resumed
-from pixazo_batch.manifest import read_manifest
+from pixazo_batch.manifest import KnownJob, read_manifest
 from pixazo_batch.manifestline import ManifestIssue
 from pixazo_batch.models import JobSpec, JobState
 
@@ -85,17 +87,19 @@ async def _register_manifest(
     """Validate and record every manifest line, offering each job as it goes. Returns the
     number of good lines."""
     settings = ctx.settings
-    jobs = 0
-    waiting: list[JobSpec] = []  # recorded together: one lookup for those known already
-    for number, item in enumerate(read_manifest(settings.manifest)):
+    jobs = known = 0
+    started = time.monotonic()
+    waiting: list[JobSpec | KnownJob] = []  # recorded together: one lookup for those known
+    for number, item in enumerate(read_manifest(settings.manifest, ctx.store.known_lines)):
         if number % 256 == 0:
             await anyio.lowlevel.checkpoint()
         if isinstance(item, ManifestIssue):
             issue = item
-        elif item.inputs and ctx.uploader is None:
+        elif isinstance(item, JobSpec) and item.inputs and ctx.uploader is None:
             message = "a local image needs --inputs s3://bucket/prefix (or --out s3://...)"
             issue = ManifestIssue(str(settings.manifest), item.line, "image_file", message)
         else:
+            known += isinstance(item, KnownJob)
             waiting.append(item)
             if len(waiting) >= REGISTER_BATCH:
                 jobs += await _record(ctx, waiting, issues, on_issue)
@@ -105,18 +109,34 @@ async def _register_manifest(
         jobs += await _record(ctx, waiting, issues, on_issue)
         waiting = []
         _report(issue, issues, on_issue, strict=settings.strict)
-    return jobs + await _record(ctx, waiting, issues, on_issue)
+    jobs += await _record(ctx, waiting, issues, on_issue)
+    seconds = round(time.monotonic() - started, 2)
+    log.info("manifest_read", jobs=jobs, known=known, issues=len(issues), seconds=seconds)
+    return jobs
 
 
 async def _record(
     ctx: RunContext,
-    specs: list[JobSpec],
+    items: list[JobSpec | KnownJob],
     issues: list[str],
     on_issue: Callable[[ManifestIssue], None] | None,
 ) -> int:
-    """Record the jobs of good lines and offer them; returns how many were recorded."""
+    """Record the jobs of good lines and offer them, a known line's job only when its state
+    may be offered; returns how many good lines there were."""
+    specs = [item for item in items if isinstance(item, JobSpec)]
+    registered = ctx.store.register_many(specs)
+    offerable = [
+        item.id for item in items if isinstance(item, KnownJob) and item.state in _OFFERABLE
+    ]
+    known = ctx.store.get_many(offerable)
     recorded = 0
-    for spec, row in zip(specs, ctx.store.register_many(specs), strict=True):
+    for item in items:
+        if isinstance(item, KnownJob):
+            recorded += 1
+            if (found := known.get(item.id)) is not None:
+                await _offer(ctx, found)
+            continue
+        spec, row = item, next(registered)
         if isinstance(row, str):
             field = "id" if row.startswith("id ") else "output"
             issue = ManifestIssue(str(ctx.settings.manifest), spec.line, field, row)

@@ -47,6 +47,12 @@ CREATE TABLE IF NOT EXISTS manifests (
     jobs INTEGER NOT NULL,
     registered_at REAL NOT NULL
 );
+-- Manifest lines (by manifest.line_digest) earlier runs read into jobs: found again byte for
+-- byte, a line is neither judged nor recorded again.
+CREATE TABLE IF NOT EXISTS known_lines (
+    digest BLOB PRIMARY KEY,
+    job_id TEXT NOT NULL
+) WITHOUT ROWID;
 -- Per-run secrets that sign webhook callback URLs (never the API key).
 CREATE TABLE IF NOT EXISTS webhook_secrets (
     run_id INTEGER PRIMARY KEY,

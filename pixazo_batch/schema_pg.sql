@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS manifests (
     jobs BIGINT NOT NULL,
     registered_at DOUBLE PRECISION NOT NULL
 );
+CREATE TABLE IF NOT EXISTS known_lines (
+    digest BYTEA PRIMARY KEY,
+    job_id TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS webhook_secrets (
     run_id BIGINT PRIMARY KEY,
     secret TEXT NOT NULL

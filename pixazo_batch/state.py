@@ -90,6 +90,7 @@ class StateStore(SqliteTransactions, RunMemory):
         try:
             with self._transaction():
                 self._insert(spec, canonical, time.time())
+                self._remember_lines([spec])
         except self.integrity_errors:
             if self.get(spec.id) is not None:  # another worker recorded it just now
                 return self.register(spec)
@@ -108,10 +109,18 @@ class StateStore(SqliteTransactions, RunMemory):
         is yielded only once it is recorded."""
         known = self.get_many([spec.id for spec in specs])
         added = self._register_together([spec for spec in specs if spec.id not in known])
+        recorded = {
+            spec.id: _recorded(spec, row, spec.request.request_hash())
+            for spec in specs
+            if (row := known.get(spec.id)) is not None
+        }
+        unchanged = [spec for spec in specs if isinstance(recorded.get(spec.id), JobRow)]
+        if any(spec.digest is not None for spec in unchanged):
+            with self._transaction():
+                self._remember_lines(unchanged)
         for spec in specs:
-            row = known.get(spec.id)
-            if row is not None:
-                yield _recorded(spec, row, spec.request.request_hash())
+            if (found := recorded.get(spec.id)) is not None:
+                yield found
             elif (new := added.get(spec.id)) is not None:
                 yield new
             else:
@@ -143,6 +152,16 @@ class StateStore(SqliteTransactions, RunMemory):
             if self._folder_conflict(spec.output) is not None:
                 raise _ConflictError
             self._insert(spec, spec.request.canonical_json(), now)
+        self._remember_lines(specs)
+
+    def _remember_lines(self, specs: list[JobSpec]) -> None:
+        """Note the digest of each line that alone makes its (recorded) job, for later runs."""
+        lines = [(spec.digest, spec.id) for spec in specs if spec.digest is not None]
+        if lines:
+            self.db.executemany(
+                "INSERT INTO known_lines (digest, job_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                lines,
+            )
 
     def _insert(self, spec: JobSpec, canonical: str, now: float) -> None:
         """Insert a new job whose request's canonical JSON is ``canonical``."""

@@ -14,6 +14,7 @@ from pixazo_batch.jobrow import COLUMNS as _COLUMNS
 from pixazo_batch.jobrow import JobRow, row_from
 from pixazo_batch.models import JobState
 
+_STATES = {state.value: state for state in JobState}
 #: attempt outcomes that may have cost money (in flight, unknown, or known charged)
 CHARGEABLE = ("submitting", "accepted", "uncertain", "failed", "completed")
 
@@ -163,6 +164,19 @@ class StateReader:
             return False
         (total,) = self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()
         return bool(found[0] == total)
+
+    def known_lines(self, digests: list[bytes]) -> dict[bytes, tuple[str, str, JobState]]:
+        """The job each of these manifest line digests (``manifest.line_digest``) was read into
+        by an earlier run, as ``(id, output, state)``: one query, a few hundred digests at most."""
+        if not digests:
+            return {}
+        marks = ", ".join("?" * len(digests))
+        found = self.db.execute(
+            "SELECT k.digest, j.id, j.output, j.state FROM known_lines k"  # noqa: S608
+            f" JOIN jobs j ON j.id = k.job_id WHERE k.digest IN ({marks})",
+            digests,
+        )
+        return {digest: (job_id, output, _STATES[state]) for digest, job_id, output, state in found}
 
     def webhook_secrets(self, *, newer_than: float = 0.0) -> dict[int, str]:
         """The webhook signing secrets of runs started after ``newer_than``, by run id."""

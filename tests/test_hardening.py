@@ -27,7 +27,7 @@ from pixazo_batch.errors import StateError
 from pixazo_batch.listener import BoundedListener
 from pixazo_batch.manifest import read_manifest
 from pixazo_batch.manifestline import ManifestIssue
-from pixazo_batch.models import SUBMIT_PATH, GenerationRequest, JobSpec, StatusResponse
+from pixazo_batch.models import SUBMIT_PATH, GenerationRequest, JobSpec, JobState, StatusResponse
 from pixazo_batch.state import StateStore
 from pixazo_batch.stores import open_store
 from pixazo_batch.webhooks import CallbackBox, Delivery, signature
@@ -258,6 +258,34 @@ async def test_a_later_run_records_its_new_jobs_and_names_the_one_that_conflicts
     with open_store(settings.state_location, lock=False) as store:
         states = {row.id: row.state.value for row in store.iter_jobs()}
     assert states == dict.fromkeys(["job-000", "job-001", "job-002", "job-004"], "downloaded")
+
+
+async def test_a_later_run_sends_the_known_lines_still_pending_and_names_their_duplicates(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    """Lines an earlier run recorded are known again without being read: those whose jobs are
+    still to be sent are sent, and a copy of one (byte for byte, or spelled otherwise) is a
+    duplicate as on any run."""
+    from decimal import Decimal
+
+    lines = [json.dumps(job_line(n)) for n in range(5)]
+    manifest = write_manifest(tmp_path / "a.jsonl", lines)
+    async with simulator() as sim:
+        # the budget stops the first run after two jobs: three stay pending
+        first = await run_batch(make_settings(sim, manifest, max_spend=Decimal("0.50")))
+        respelled = json.dumps(job_line(2), separators=(",", ":"))
+        write_manifest(manifest, [*lines, lines[0], json.dumps(job_line(5)), respelled])
+        settings = make_settings(sim, manifest)
+        second = await run_batch(settings)
+        stats = sim.stats()
+    assert (first.exit_code, second.exit_code) == (3, 2)
+    assert second.manifest_issues == [
+        f"{manifest}:6: id: duplicate id 'job-000' (first on line 1)",
+        f"{manifest}:8: id: duplicate id 'job-002' (first on line 3)",
+    ]
+    assert stats["accepted"] == 6
+    with open_store(settings.state_location, lock=False) as store:
+        assert store.counts() == {JobState.DOWNLOADED: 6}
 
 
 def test_jobs_recorded_together_are_checked_against_each_other(tmp_path: Path) -> None:

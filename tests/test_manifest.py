@@ -10,10 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pixazo_batch.manifest import read_manifest
+from pixazo_batch.manifest import KnownJob, read_manifest
 from pixazo_batch.manifestline import ManifestIssue, safe_output
 from pixazo_batch.manifestpool import judge_manifest
-from pixazo_batch.models import JobSpec
+from pixazo_batch.models import JobSpec, JobState
+from pixazo_batch.state import StateStore
 from tests.conftest import job_line
 
 ISSUE = re.compile(r"^.+:\d+: [^:]+: .+$")
@@ -241,3 +242,54 @@ def test_workers_judge_a_manifest_line_for_line_as_one_reader_does(tmp_path: Pat
     for workers in (2, 0):  # 0: the spans are judged in this process
         judged = judge_manifest(path, workers, span_bytes=2048)
         assert [str(i) if isinstance(i, ManifestIssue) else i for i in judged] == expected
+
+
+def test_a_later_read_knows_the_lines_an_earlier_run_recorded_byte_for_byte(
+    tmp_path: Path,
+) -> None:
+    """Lines naming their id and no image file are known again (trailing blanks aside); a line
+    without an id, with an image file, or changed by one byte is read again."""
+    (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    named, unnamed = (
+        json.dumps(job_line(0)),
+        json.dumps({"prompt": "no id", "image_url": "https://x.example/a"}),
+    )
+    imaged = json.dumps({"id": "pic", "prompt": "from a file", "image_file": "a.png"})
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join([named, unnamed, imaged, json.dumps(job_line(1))]) + "\n")
+    with StateStore.open(tmp_path / "state.db") as store:
+        first = list(read_manifest(path, store.known_lines))
+        assert all(isinstance(item, JobSpec) for item in first)
+        for _ in store.register_many([item for item in first if isinstance(item, JobSpec)]):
+            pass
+        edited = [named + " \r", unnamed, imaged, json.dumps(job_line(1, prompt="take one"))]
+        path.write_text("\n".join(edited) + "\n")
+        again = list(read_manifest(path, store.known_lines))
+    assert [type(item).__name__ for item in again] == ["KnownJob", "JobSpec", "JobSpec", "JobSpec"]
+    known = again[0]
+    assert isinstance(known, KnownJob)
+    assert (known.id, known.state, known.line) == ("job-000", JobState.PENDING, 1)
+    assert [item.digest is None for item in first if isinstance(item, JobSpec)] == [
+        False, True, True, False,
+    ]  # fmt: skip
+
+
+def test_a_known_line_still_counts_against_the_other_lines(tmp_path: Path) -> None:
+    """A known line repeated, or its job's id on a line spelled otherwise, is a duplicate."""
+    path = tmp_path / "m.jsonl"
+    line = json.dumps(job_line(0))
+    path.write_text(line + "\n")
+    with StateStore.open(tmp_path / "state.db") as store:
+        specs = [
+            item for item in read_manifest(path, store.known_lines) if isinstance(item, JobSpec)
+        ]
+        for _ in store.register_many(specs):
+            pass
+        respelled = json.dumps(job_line(0), indent=None, separators=(",", ":"))
+        path.write_text("\n".join([line, line, respelled]) + "\n")
+        items = list(read_manifest(path, store.known_lines))
+    assert isinstance(items[0], KnownJob)
+    assert [str(item).split(": ", 1)[1] for item in items[1:]] == [
+        "id: duplicate id 'job-000' (first on line 1)",
+        "id: duplicate id 'job-000' (first on line 1)",
+    ]

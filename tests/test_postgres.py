@@ -31,6 +31,7 @@ from tests.test_engine import (  # noqa: F401  (collected here again, on Postgre
 )
 from tests.test_hardening import (  # noqa: F401  (collected here again, on PostgreSQL)
     test_a_later_run_records_its_new_jobs_and_names_the_one_that_conflicts,
+    test_a_later_run_sends_the_known_lines_still_pending_and_names_their_duplicates,
 )
 from tests.test_unattended import cli
 
