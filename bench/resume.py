@@ -87,6 +87,7 @@ def main() -> None:
             ("a line added: run, s", f"{edited.wall_s:.2f}", "-", "-"),
             ("a line added: reading the manifest, s", f"{reading:.2f}", "-",
              f"<= {15 * args.jobs / 1_000_000:.1f} (15 s a million)"),
+            ("a line added: peak RSS MB", f"{edited.peak_rss_mb:.0f}", "-", "<= 150"),
         ],
     )  # fmt: skip
 
