@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,8 +49,17 @@ class KnownJob:
     line: int
 
 
-#: the recorded ``(job id, output, state)`` of each line digest an earlier run read into a job
-KnownLines = Callable[[list[bytes]], dict[bytes, tuple[str, str, JobState]]]
+#: for those of the job ids given that earlier runs recorded from a line alone: that line's
+#: digest, the job's output and its state
+KnownLines = Callable[[list[str]], dict[str, tuple[bytes, str, JobState]]]
+#: where a line most likely names its id: only a guess, which the line's digest confirms
+_NAMED_ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,128})"')
+
+
+def _named_id(raw: bytes) -> str | None:
+    """The id a raw line most likely names, if any (a guess: see ``_NAMED_ID``)."""
+    match = _NAMED_ID.search(raw)
+    return None if match is None else match[1].decode(errors="replace")
 
 
 def line_digest(raw: bytes) -> bytes:
@@ -67,8 +77,9 @@ def read_manifest(
     path: Path, known: KnownLines | None = None
 ) -> Iterator[JobSpec | KnownJob | ManifestIssue]:
     """Every job of the manifest, in order, or an issue for each bad line; with ``known``, a
-    line it finds is a ``KnownJob`` (still checked against the other lines), and the jobs of the
-    other lines carry their digest when the line alone makes the job.
+    line whose job it holds with that line's digest is a ``KnownJob`` (still checked against
+    the other lines), and the jobs of the other lines carry their digest when the line alone
+    makes the job.
 
     Blank lines and lines starting with ``#`` are skipped. Never raises for bad content.
 
@@ -100,19 +111,21 @@ def _read_batch(
     known: KnownLines | None,
 ) -> list[Unchecked | ManifestIssue]:
     """Consecutive lines numbered from ``first``, each judged on its own or found in ``known``."""
-    if known is None:
-        digests: list[bytes | None] = [None] * len(lines)
-        recorded = {}
-    else:
+    named: list[str | None] = [None] * len(lines)
+    digests: list[bytes | None] = [None] * len(lines)
+    recorded = {}
+    if known is not None:
         digests = [None if raw is None else line_digest(raw) for raw in lines]
-        recorded = known([digest for digest in digests if digest is not None])
+        named = [None if raw is None else _named_id(raw) for raw in lines]
+        recorded = known([job_id for job_id in named if job_id is not None])
     read: list[Unchecked | ManifestIssue] = []
-    for number, (raw, digest) in enumerate(zip(lines, digests, strict=True), start=first):
-        found = recorded.get(digest) if digest is not None else None
-        if found is not None:
-            job_id, output, state = found
-            claim = Claim(number, job_id, output, True)  # only lines naming their id are known
-            read.append(Unchecked(claim, KnownJob(job_id, state, number)))
+    for number, (raw, job_id, digest) in enumerate(
+        zip(lines, named, digests, strict=True), start=first
+    ):
+        found = recorded.get(job_id) if job_id is not None else None
+        if job_id is not None and found is not None and found[0] == digest:
+            claim = Claim(number, job_id, found[1], True)
+            read.append(Unchecked(claim, KnownJob(job_id, found[2], number)))
             continue
         judge = lambda entry, n, digest=digest: _job(entry, name, n, images, digest)  # noqa: E731
         read.extend(judge_line(raw, name, number, judge))

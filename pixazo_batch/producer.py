@@ -92,7 +92,7 @@ async def _register_manifest(
     jobs = known = 0
     started = time.monotonic()
     waiting: list[JobSpec | KnownJob] = []  # recorded together: one lookup for those known
-    for number, item in enumerate(read_manifest(settings.manifest, ctx.store.known_lines)):
+    for number, item in enumerate(read_manifest(settings.manifest, ctx.store.recorded_lines)):
         if number % 256 == 0:
             await anyio.lowlevel.checkpoint()
         if isinstance(item, ManifestIssue):

@@ -1,4 +1,6 @@
 -- The state file of pixazo-batch (SQLite). Every statement is idempotent.
+-- Every job; line_digest is manifest.line_digest of the line last read into the job when the
+-- line alone makes it (a later run knows that line without reading it again).
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     request_hash TEXT NOT NULL,
@@ -21,7 +23,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     video_seconds REAL,
     video_width INTEGER,
     video_height INTEGER,
-    mismatch TEXT
+    mismatch TEXT,
+    line_digest BLOB
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS attempts (
@@ -47,12 +50,6 @@ CREATE TABLE IF NOT EXISTS manifests (
     jobs INTEGER NOT NULL,
     registered_at REAL NOT NULL
 );
--- Manifest lines (by manifest.line_digest) earlier runs read into jobs: found again byte for
--- byte, a line is neither judged nor recorded again.
-CREATE TABLE IF NOT EXISTS known_lines (
-    digest BLOB PRIMARY KEY,
-    job_id TEXT NOT NULL
-) WITHOUT ROWID;
 -- Per-run secrets that sign webhook callback URLs (never the API key).
 CREATE TABLE IF NOT EXISTS webhook_secrets (
     run_id INTEGER PRIMARY KEY,

@@ -1,5 +1,7 @@
 -- The state database of a pixazo-batch fleet (PostgreSQL). Every statement is idempotent; the
 -- tables are those of schema.sql with PostgreSQL's types, plus the fleet's own.
+-- Every job; line_digest is manifest.line_digest of the line last read into the job when the
+-- line alone makes it (a later run knows that line without reading it again).
 CREATE TABLE IF NOT EXISTS jobs (
     seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
     id TEXT PRIMARY KEY,
@@ -25,8 +27,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     video_height BIGINT,
     mismatch TEXT,
     -- the worker that sends, polls or downloads the job (NULL: any may take it)
-    held_by TEXT
+    held_by TEXT,
+    line_digest BYTEA
 );
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS line_digest BYTEA;
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_by_holder ON jobs(held_by) WHERE held_by IS NOT NULL;
 CREATE TABLE IF NOT EXISTS attempts (
@@ -51,10 +55,6 @@ CREATE TABLE IF NOT EXISTS manifests (
     digest TEXT PRIMARY KEY,
     jobs BIGINT NOT NULL,
     registered_at DOUBLE PRECISION NOT NULL
-);
-CREATE TABLE IF NOT EXISTS known_lines (
-    digest BYTEA PRIMARY KEY,
-    job_id TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS webhook_secrets (
     run_id BIGINT PRIMARY KEY,

@@ -90,7 +90,6 @@ class StateStore(SqliteTransactions, RunMemory):
         try:
             with self._transaction():
                 self._insert(spec, canonical, time.time())
-                self._remember_lines([spec])
         except self.integrity_errors:
             if self.get(spec.id) is not None:  # another worker recorded it just now
                 return self.register(spec)
@@ -152,22 +151,18 @@ class StateStore(SqliteTransactions, RunMemory):
             if self._folder_conflict(spec.output) is not None:
                 raise _ConflictError
             self._insert(spec, spec.request.canonical_json(), now)
-        self._remember_lines(specs)
 
     def _remember_lines(self, specs: list[JobSpec]) -> None:
-        """Note the digest of each line that alone makes its (recorded) job, for later runs."""
+        """Keep the digest of each line that alone makes its (recorded) job, for later runs."""
         lines = [(spec.digest, spec.id) for spec in specs if spec.digest is not None]
         if lines:
-            self.db.executemany(
-                "INSERT INTO known_lines (digest, job_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                lines,
-            )
+            self.db.executemany("UPDATE jobs SET line_digest = ? WHERE id = ?", lines)
 
     def _insert(self, spec: JobSpec, canonical: str, now: float) -> None:
         """Insert a new job whose request's canonical JSON is ``canonical``."""
         self.db.execute(
             "INSERT INTO jobs (id, request_hash, request_json, price_cents, output, state,"
-            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " created_at, updated_at, line_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 spec.id,
                 canonical_hash(canonical),
@@ -177,6 +172,7 @@ class StateStore(SqliteTransactions, RunMemory):
                 JobState.PENDING.value,
                 now,
                 now,
+                spec.digest,
             ),
         )
 

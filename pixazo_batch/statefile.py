@@ -119,6 +119,7 @@ NEW_COLUMNS = {
     "video_width": "INTEGER",
     "video_height": "INTEGER",
     "mismatch": "TEXT",
+    "line_digest": "BLOB",
 }
 
 

@@ -165,18 +165,19 @@ class StateReader:
         (total,) = self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()
         return bool(found[0] == total)
 
-    def known_lines(self, digests: list[bytes]) -> dict[bytes, tuple[str, str, JobState]]:
-        """The job each of these manifest line digests (``manifest.line_digest``) was read into
-        by an earlier run, as ``(id, output, state)``: one query, a few hundred digests at most."""
-        if not digests:
+    def recorded_lines(self, job_ids: list[str]) -> dict[str, tuple[bytes, str, JobState]]:
+        """For those of ``job_ids`` whose line an earlier run kept, the line's digest
+        (``manifest.line_digest``), the job's output and its state: one query, a few hundred
+        ids at most."""
+        if not job_ids:
             return {}
-        marks = ", ".join("?" * len(digests))
+        marks = ", ".join("?" * len(job_ids))
         found = self.db.execute(
-            "SELECT k.digest, j.id, j.output, j.state FROM known_lines k"  # noqa: S608
-            f" JOIN jobs j ON j.id = k.job_id WHERE k.digest IN ({marks})",
-            digests,
+            "SELECT id, line_digest, output, state FROM jobs"  # noqa: S608
+            f" WHERE id IN ({marks}) AND line_digest IS NOT NULL",
+            job_ids,
         )
-        return {digest: (job_id, output, _STATES[state]) for digest, job_id, output, state in found}
+        return {job_id: (digest, output, _STATES[state]) for job_id, digest, output, state in found}
 
     def webhook_secrets(self, *, newer_than: float = 0.0) -> dict[int, str]:
         """The webhook signing secrets of runs started after ``newer_than``, by run id."""

@@ -288,6 +288,38 @@ async def test_a_later_run_sends_the_known_lines_still_pending_and_names_their_d
         assert store.counts() == {JobState.DOWNLOADED: 6}
 
 
+async def test_a_state_of_an_earlier_version_learns_its_lines_on_the_next_run(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    """A state file (or database) from before lines were kept gains the column on opening, and
+    the next run keeps the lines of the jobs it already held as well as the new one's."""
+    manifest = write_manifest(tmp_path / "a.jsonl", [job_line(0), job_line(1)])
+    async with simulator() as sim:
+        settings = make_settings(sim, manifest)
+        await run_batch(settings)
+        _as_before_lines_were_kept(settings.state_location)
+        write_manifest(manifest, [job_line(0), job_line(1), job_line(2)])
+        summary = await run_batch(settings)
+    assert summary.exit_code == 0
+    with open_store(settings.state_location, lock=False) as store:
+        kept = store.recorded_lines(["job-000", "job-001", "job-002"])
+    assert sorted(kept) == ["job-000", "job-001", "job-002"]
+
+
+def _as_before_lines_were_kept(location: Path | str) -> None:
+    """Take the state back to the schema of the version before ``line_digest``."""
+    if isinstance(location, Path):
+        with closing(sqlite3.connect(location)) as db:
+            db.execute("ALTER TABLE jobs DROP COLUMN line_digest")
+            db.commit()
+        return
+    import psycopg
+
+    with psycopg.connect(location, autocommit=True) as db:
+        db.execute("ALTER TABLE jobs DROP COLUMN line_digest")
+        db.execute("UPDATE fleet SET value = '1' WHERE name = 'schema'")
+
+
 def test_jobs_recorded_together_are_checked_against_each_other(tmp_path: Path) -> None:
     """In one batch, a job whose folder is an earlier job's file is refused by name."""
     outputs = ["x", "a.mp4", "x/y.mp4", "b.mp4"]

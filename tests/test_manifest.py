@@ -258,13 +258,13 @@ def test_a_later_read_knows_the_lines_an_earlier_run_recorded_byte_for_byte(
     path = tmp_path / "m.jsonl"
     path.write_text("\n".join([named, unnamed, imaged, json.dumps(job_line(1))]) + "\n")
     with StateStore.open(tmp_path / "state.db") as store:
-        first = list(read_manifest(path, store.known_lines))
+        first = list(read_manifest(path, store.recorded_lines))
         assert all(isinstance(item, JobSpec) for item in first)
         for _ in store.register_many([item for item in first if isinstance(item, JobSpec)]):
             pass
         edited = [named + " \r", unnamed, imaged, json.dumps(job_line(1, prompt="take one"))]
         path.write_text("\n".join(edited) + "\n")
-        again = list(read_manifest(path, store.known_lines))
+        again = list(read_manifest(path, store.recorded_lines))
     assert [type(item).__name__ for item in again] == ["KnownJob", "JobSpec", "JobSpec", "JobSpec"]
     known = again[0]
     assert isinstance(known, KnownJob)
@@ -281,13 +281,13 @@ def test_a_known_line_still_counts_against_the_other_lines(tmp_path: Path) -> No
     path.write_text(line + "\n")
     with StateStore.open(tmp_path / "state.db") as store:
         specs = [
-            item for item in read_manifest(path, store.known_lines) if isinstance(item, JobSpec)
+            item for item in read_manifest(path, store.recorded_lines) if isinstance(item, JobSpec)
         ]
         for _ in store.register_many(specs):
             pass
         respelled = json.dumps(job_line(0), indent=None, separators=(",", ":"))
         path.write_text("\n".join([line, line, respelled]) + "\n")
-        items = list(read_manifest(path, store.known_lines))
+        items = list(read_manifest(path, store.recorded_lines))
     assert isinstance(items[0], KnownJob)
     assert [str(item).split(": ", 1)[1] for item in items[1:]] == [
         "id: duplicate id 'job-000' (first on line 1)",

@@ -32,6 +32,7 @@ from tests.test_engine import (  # noqa: F401  (collected here again, on Postgre
 from tests.test_hardening import (  # noqa: F401  (collected here again, on PostgreSQL)
     test_a_later_run_records_its_new_jobs_and_names_the_one_that_conflicts,
     test_a_later_run_sends_the_known_lines_still_pending_and_names_their_duplicates,
+    test_a_state_of_an_earlier_version_learns_its_lines_on_the_next_run,
 )
 from tests.test_unattended import cli
 
