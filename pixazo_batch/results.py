@@ -18,6 +18,9 @@ from pixazo_batch.safefs import temporary_for, write_fresh
 from pixazo_batch.state import StateStore
 from pixazo_batch.storage import BucketPath
 
+#: one encoder for every line (``json.dumps`` with separators builds one a call)
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
 
 def result_record(
     row: JobRow, request_ids: list[str], cents: int, where: BucketPath | None = None
@@ -59,7 +62,7 @@ def write_results(store: StateStore, path: Path, where: BucketPath | None = None
     count = 0
     with os.fdopen(write_fresh(temporary), "w", encoding="utf-8") as sink:
         for record in iter_results(store, where):
-            sink.write(json.dumps(record, separators=(",", ":")) + "\n")
+            sink.write(_COMPACT.encode(record) + "\n")
             count += 1
         sink.flush()
         os.fsync(sink.fileno())
