@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import os
 import shlex
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,7 +13,6 @@ from typing import IO, Any
 
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.models import JobState
-from pixazo_batch.safefs import temporary_for, write_fresh
 from pixazo_batch.state import StateStore
 from pixazo_batch.storage import BucketPath
 
@@ -52,22 +50,16 @@ def iter_results(store: StateStore, where: BucketPath | None = None) -> Iterator
         yield result_record(row, request_ids, cents, where)
 
 
-def write_results(store: StateStore, path: Path, where: BucketPath | None = None) -> int | None:
-    """Write ``results.jsonl`` atomically; returns the number of lines, or None when the file
-    already reflects every job as it stands: this run changed none, and the one before it
-    ended (a run writes the file just before it records its end)."""
-    if not store.job_changes and store.previous_run_ended(store.run_id) and path.is_file():
-        return None
-    temporary = temporary_for(path, store.worker)
-    count = 0
-    with os.fdopen(write_fresh(temporary), "w", encoding="utf-8") as sink:
-        for record in iter_results(store, where):
-            sink.write(_COMPACT.encode(record) + "\n")
-            count += 1
-        sink.flush()
-        os.fsync(sink.fileno())
-    os.replace(temporary, path)
-    return count
+def result_line(record: dict[str, Any]) -> str:
+    """A record as its line of ``results.jsonl``."""
+    return _COMPACT.encode(record) + "\n"
+
+
+def results_current(store: StateStore, path: Path) -> bool:
+    """Whether ``results.jsonl`` at ``path`` already reflects every job as it stands: this run
+    changed none, and the one before it ended (a run writes the file just before it records
+    its end)."""
+    return not store.job_changes and store.previous_run_ended(store.run_id) and path.is_file()
 
 
 CSV_FIELDS = (

@@ -9,14 +9,13 @@ manifest or the gateway is escaped.
 from __future__ import annotations
 
 import html
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.models import JobState
-from pixazo_batch.safefs import temporary_for, write_fresh
+from pixazo_batch.safefs import replaced_text
 from pixazo_batch.statereader import StateReader
 
 PAGE_NAME = "report.html"
@@ -58,6 +57,22 @@ document.querySelectorAll('.filters input').forEach(function (box) {
 def render_page(store: StateReader) -> Iterator[str]:
     """The whole review page for the jobs the state file holds, in pieces (a card a job:
     a page of 100,000 jobs is never held whole)."""
+    yield page_head(store)
+    separator = ""
+    for row, _, cents in store.iter_ledger():
+        yield separator + card(row, cents)
+        separator = "\n"
+    yield PAGE_TAIL
+
+
+def write_page(store: StateReader, folder: Path) -> None:
+    """Write ``report.html`` into ``folder`` atomically (never through a link)."""
+    with replaced_text(folder / PAGE_NAME, store.worker) as sink:
+        sink.writelines(render_page(store))
+
+
+def page_head(store: StateReader) -> str:
+    """The review page up to its first card: the totals, the money and the state filters."""
     counts = store.counts()
     total = sum(counts.values())
     totals = ", ".join(f"{n} {state.value}" for state, n in sorted(counts.items()) if n)
@@ -67,7 +82,7 @@ def render_page(store: StateReader) -> Iterator[str]:
         for state in JobState
         if counts.get(state)
     )
-    yield (
+    return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         "<title>pixazo-batch review</title>"
@@ -79,25 +94,14 @@ def render_page(store: StateReader) -> Iterator[str]:
         f'<p class="filters">{filters}</p>'
         '<main class="cards">'
     )
-    separator = ""
-    for row, _, cents in store.iter_ledger():
-        yield separator + _card(row, cents)
-        separator = "\n"
-    yield f"</main><script>{_SCRIPT}</script></body></html>\n"
 
 
-def write_page(store: StateReader, folder: Path) -> None:
-    """Write ``report.html`` into ``folder`` atomically (never through a link)."""
-    page = folder / PAGE_NAME
-    temporary = temporary_for(page, store.worker)
-    with os.fdopen(write_fresh(temporary), "w", encoding="utf-8") as sink:
-        sink.writelines(render_page(store))
-        sink.flush()
-        os.fsync(sink.fileno())
-    os.replace(temporary, page)
+#: the review page after its last card
+PAGE_TAIL = f"</main><script>{_SCRIPT}</script></body></html>\n"
 
 
-def _card(row: JobRow, cents: int) -> str:
+def card(row: JobRow, cents: int) -> str:
+    """One job's card: its video (or its state), its prompt and facts, every text escaped."""
     request = row.request
     if row.state is JobState.DOWNLOADED:
         media = (

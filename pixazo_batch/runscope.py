@@ -6,15 +6,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import structlog
 
 from pixazo_batch.config import RESULTS_FILE_NAME, Settings
 from pixazo_batch.errors import StateError
-from pixazo_batch.results import write_results
-from pixazo_batch.reviewpage import PAGE_NAME, write_page
+from pixazo_batch.results import result_line, result_record, results_current
+from pixazo_batch.reviewpage import PAGE_NAME, PAGE_TAIL, card, page_head, write_page
+from pixazo_batch.safefs import replaced_text
 from pixazo_batch.state import StateStore
-from pixazo_batch.storage import Storage, storage_errors
+from pixazo_batch.storage import BucketPath, Storage, storage_errors
 from pixazo_batch.webhooks import WebhookReceiver
 
 log = structlog.get_logger(__name__)
@@ -64,10 +66,12 @@ async def write_outputs(settings: Settings, store: StateStore, storage: Storage 
     changed or they are missing. A failure is logged: the state file holds the truth."""
     folder, where = settings.out_dir, settings.bucket
     try:
-        written = write_results(store, folder / RESULTS_FILE_NAME, where)
-        if written is None and (folder / PAGE_NAME).is_file():
+        if not results_current(store, folder / RESULTS_FILE_NAME):
+            _write_results_and_page(store, folder, where)
+        elif not (folder / PAGE_NAME).is_file():
+            write_page(store, folder)
+        else:
             return
-        write_page(store, folder)
     except (OSError, StateError) as exc:  # the disk that stopped the run, most likely
         log.error("results_not_written", error=str(exc))
         return
@@ -82,3 +86,20 @@ async def write_outputs(settings: Settings, store: StateStore, storage: Storage 
         log.error("results_not_uploaded", error=str(exc))
     except refused as exc:
         log.error("results_not_uploaded", error=str(exc))
+
+
+def _write_results_and_page(store: StateStore, folder: Path, where: BucketPath | None) -> None:
+    """``results.jsonl`` and ``report.html``, each replaced atomically, from one pass over the
+    jobs (each pass reads every job's row and attempts: a million jobs take seconds)."""
+    worker = store.worker
+    with (
+        replaced_text(folder / RESULTS_FILE_NAME, worker) as results,
+        replaced_text(folder / PAGE_NAME, worker) as page,
+    ):
+        page.write(page_head(store))
+        separator = ""
+        for row, request_ids, cents in store.iter_ledger():
+            results.write(result_line(result_record(row, request_ids, cents, where)))
+            page.write(separator + card(row, cents))
+            separator = "\n"
+        page.write(PAGE_TAIL)

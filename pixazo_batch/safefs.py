@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 #: permissions of files only the job's user should read (state, lock, sandbox memory)
 PRIVATE = 0o600
@@ -72,6 +75,18 @@ def write_fresh(path: Path, mode: int = SHARED) -> int:
     or a link someone planted, is removed, never followed)."""
     path.unlink(missing_ok=True)
     return open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+
+
+@contextmanager
+def replaced_text(path: Path, writer: str | None = None) -> Iterator[TextIO]:
+    """A text file that takes ``path``'s place, durably and at once, when the block ends
+    without an error (written beside it, at ``temporary_for(path, writer)``)."""
+    temporary = temporary_for(path, writer)
+    with os.fdopen(write_fresh(temporary), "w", encoding="utf-8") as sink:
+        yield sink
+        sink.flush()
+        os.fsync(sink.fileno())
+    os.replace(temporary, path)
 
 
 def temporary_for(path: Path, writer: str | None = None) -> Path:

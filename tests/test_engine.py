@@ -80,7 +80,7 @@ async def test_rerunning_a_finished_manifest_sends_nothing(
     assert after["media_requests"] == before["media_requests"]
 
 
-async def test_results_are_written_again_only_when_a_job_changed_or_the_file_is_gone(
+async def test_results_and_page_are_written_again_only_when_a_job_changed_or_a_file_is_gone(
     tmp_path: Path, make_settings: MakeSettings
 ) -> None:
     async with simulator() as sim:
@@ -90,13 +90,18 @@ async def test_results_are_written_again_only_when_a_job_changed_or_the_file_is_
         written = path.stat().st_ino  # every write replaces the file: a new inode
         await run_batch(settings)
         untouched = path.stat().st_ino
+        page = settings.out_dir / "report.html"
+        page.unlink()  # the page alone is written again
+        await run_batch(settings)
+        page_back, kept = page.is_file(), path.stat().st_ino
         path.unlink()
         await run_batch(settings)
         recreated = path.read_text(encoding="utf-8")
         path.write_text("edited by hand\n", encoding="utf-8")
         (settings.out_dir / "job-000.mp4").unlink()  # the next run downloads it again
         await run_batch(settings)
-    assert untouched == written
+    assert untouched == written == kept
+    assert page_back
     assert len(recreated.splitlines()) == 2
     assert [r["state"] for r in results(settings)] == ["downloaded", "downloaded"]
 
