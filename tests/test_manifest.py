@@ -248,12 +248,10 @@ def test_a_later_read_knows_the_lines_an_earlier_run_recorded_byte_for_byte(
     tmp_path: Path,
 ) -> None:
     """Lines naming their id and no image file are known again (trailing blanks aside); a line
-    without an id, with an image file, or changed by one byte is read again."""
+    without an id, with an image file, or changed is read again."""
     (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
-    named, unnamed = (
-        json.dumps(job_line(0)),
-        json.dumps({"prompt": "no id", "image_url": "https://x.example/a"}),
-    )
+    named = json.dumps(job_line(0))
+    unnamed = json.dumps({"prompt": "no id", "image_url": "https://x.example/a"})
     imaged = json.dumps({"id": "pic", "prompt": "from a file", "image_file": "a.png"})
     path = tmp_path / "m.jsonl"
     path.write_text("\n".join([named, unnamed, imaged, json.dumps(job_line(1))]) + "\n")
