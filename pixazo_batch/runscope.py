@@ -63,7 +63,8 @@ async def open_callbacks(
 
 async def write_outputs(settings: Settings, store: StateStore, storage: Storage | None) -> None:
     """``results.jsonl`` and ``report.html`` in the output folder (and the bucket), when a job
-    changed or they are missing. A failure is logged: the state file holds the truth."""
+    changed or they are missing. A failure is logged (the state file holds the truth), and the
+    results left behind are removed: the next run writes them, even if it changes nothing."""
     folder, where = settings.out_dir, settings.bucket
     try:
         if not results_current(store, folder / RESULTS_FILE_NAME):
@@ -74,6 +75,8 @@ async def write_outputs(settings: Settings, store: StateStore, storage: Storage 
             return
     except (OSError, StateError) as exc:  # the disk that stopped the run, most likely
         log.error("results_not_written", error=str(exc))
+        with contextlib.suppress(OSError):
+            (folder / RESULTS_FILE_NAME).unlink(missing_ok=True)
         return
     if storage is None or where is None:
         return

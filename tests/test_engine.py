@@ -106,6 +106,25 @@ async def test_results_and_page_are_written_again_only_when_a_job_changed_or_a_f
     assert [r["state"] for r in results(settings)] == ["downloaded", "downloaded"]
 
 
+async def test_results_not_written_are_written_by_the_next_run_even_if_it_changes_nothing(
+    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
+) -> None:
+    """When the review page cannot be written, the results left behind would be taken for
+    current by the next run: they are removed instead."""
+    async with simulator() as sim:
+        await run_batch(make_settings(sim, manifest_of(tmp_path, 1)))
+        settings = make_settings(sim, manifest_of(tmp_path, 2))
+        blocker = settings.out_dir / "report.html.tmp"
+        blocker.mkdir()  # where the page is written first: no file can be made there
+        await run_batch(settings)
+        gone = not (settings.out_dir / "results.jsonl").exists()
+        blocker.rmdir()
+        await run_batch(settings)
+    assert len(log_tap.named("results_not_written")) == 1
+    assert gone
+    assert [r["state"] for r in results(settings)] == ["downloaded", "downloaded"]
+
+
 async def test_results_are_written_again_after_a_run_that_did_not_end(
     tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
 ) -> None:
