@@ -133,24 +133,27 @@ class StateStore(SqliteTransactions, RunMemory):
             return {}
         try:
             with self._transaction():
-                self._insert_all(specs, time.time())
+                rows = self._insert_all(specs, time.time())
         except _ConflictError:
             return {}
         except self.integrity_errors:
             return {}
         self.job_changes += len(specs)
-        return self.get_many([spec.id for spec in specs])
+        return {row.id: row for row in rows}
 
-    def _insert_all(self, specs: list[JobSpec], now: float) -> None:
-        """Insert new jobs one at a time: a later job's folder may be an earlier one's file.
+    def _insert_all(self, specs: list[JobSpec], now: float) -> list[JobRow]:
+        """Insert new jobs one at a time (a later job's folder may be an earlier one's file);
+        returns their rows.
 
         Raises:
             _ConflictError: a job's output cannot coexist with a recorded one.
         """
+        rows = []
         for spec in specs:
             if self._folder_conflict(spec.output) is not None:
                 raise _ConflictError
-            self._insert(spec, spec.request.canonical_json(), now)
+            rows.append(self._insert(spec, spec.request.canonical_json(), now))
+        return rows
 
     def _remember_lines(self, specs: list[JobSpec]) -> None:
         """Keep the digest of each line that alone makes its (recorded) job, for later runs."""
@@ -158,23 +161,30 @@ class StateStore(SqliteTransactions, RunMemory):
         if lines:
             self.db.executemany("UPDATE jobs SET line_digest = ? WHERE id = ?", lines)
 
-    def _insert(self, spec: JobSpec, canonical: str, now: float) -> None:
-        """Insert a new job whose request's canonical JSON is ``canonical``."""
+    def _insert(self, spec: JobSpec, canonical: str, now: float) -> JobRow:
+        """Insert a new job whose request's canonical JSON is ``canonical``; returns its row
+        (as a read would find it: reading back every job a manifest adds cost a fifth of
+        recording it)."""
+        request_hash, cents = canonical_hash(canonical), spec.request.price_cents
         self.db.execute(
             "INSERT INTO jobs (id, request_hash, request_json, price_cents, output, state,"
             " created_at, updated_at, line_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 spec.id,
-                canonical_hash(canonical),
+                request_hash,
                 canonical,
-                spec.request.price_cents,
+                cents,
                 spec.output,
-                JobState.PENDING.value,
+                "pending",
                 now,
                 now,
                 spec.digest,
             ),
         )
+        return JobRow(
+            spec.id, request_hash, canonical, cents, spec.output, JobState.PENDING, 0,
+            None, None, None, None, None, None, None, now, now, None, None,
+        )  # fmt: skip
 
     def _folder_conflict(self, output: str) -> str | None:
         """Why ``output`` cannot coexist with a recorded output: one of them would have to be

@@ -339,6 +339,25 @@ def test_jobs_recorded_together_are_checked_against_each_other(tmp_path: Path) -
     ]
 
 
+def test_jobs_recorded_together_are_yielded_as_a_read_finds_them(tmp_path: Path) -> None:
+    """The rows ``register_many`` yields for new jobs (built, not read back) are the stored
+    ones."""
+    with StateStore.open(tmp_path / "state.db") as store:
+        assert_new_rows_are_the_stored_ones(store)
+
+
+def assert_new_rows_are_the_stored_ones(store: StateStore) -> None:
+    """Register three new jobs together; each yielded row must equal a fresh read of it."""
+    specs = [
+        JobSpec(f"job-{n}", GenerationRequest(prompt=f"take {n}", image_url="https://x.example/a"),
+                f"{n}.mp4", line=n + 1, digest=bytes([n]) * 16)
+        for n in range(3)
+    ]  # fmt: skip
+    rows = list(store.register_many(specs))
+    assert rows == [store.get(spec.id) for spec in specs]
+    assert {row.state for row in rows if not isinstance(row, str)} == {JobState.PENDING}
+
+
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),

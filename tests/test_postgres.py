@@ -160,6 +160,14 @@ async def test_workers_keeping_what_they_learned_at_once_do_not_fail(pg_url: str
         assert store.speed_scales("g") == [3.0, 4.0, 5.0]
 
 
+def test_jobs_recorded_together_are_yielded_as_the_database_holds_them(pg_url: str) -> None:
+    from pixazo_batch.pgstate import PgStateStore
+    from tests.test_hardening import assert_new_rows_are_the_stored_ones
+
+    with PgStateStore.open_database(pg_url) as store:
+        assert_new_rows_are_the_stored_ones(store)
+
+
 def test_the_parts_of_the_keys_rate_read_in_one_tick_add_up_to_one(pg_url: str) -> None:
     """Workers read their parts at different moments of a tick while the jobs they hold
     change: the parts still come from one picture of the fleet (several pictures would give
