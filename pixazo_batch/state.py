@@ -105,7 +105,8 @@ class StateStore(SqliteTransactions, RunMemory):
     def register_many(self, specs: list[JobSpec]) -> Iterator[JobRow | str]:
         """``register`` each job, in order, with one lookup for those already recorded (a
         manifest run again is mostly those) and one transaction for those that are not; each
-        is yielded only once it is recorded."""
+        is yielded only once it is recorded, and a line's digest is kept with its job
+        (``JobSpec.digest``) whether the job is new or recorded with the same request."""
         known = self.get_many([spec.id for spec in specs])
         added = self._register_together([spec for spec in specs if spec.id not in known])
         recorded = {
