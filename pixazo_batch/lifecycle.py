@@ -248,6 +248,8 @@ _S = JobState
 _A = Action
 #: states from which a job may be sent (a remote ERROR is resubmitted without passing pending)
 SENDABLE = (_S.PENDING, _S.ERRORED)
+#: states in which a job the manifest lists may be sent, flags permitting (``_listed``)
+OFFERABLE = (_S.PENDING, _S.UNCERTAIN, _S.FAILED, _S.ERRORED)
 
 
 def next_step(state: JobState, outcome: Outcome) -> Step:  # noqa: PLR0912

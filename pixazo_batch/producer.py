@@ -26,7 +26,7 @@ from pixazo_batch.context import RunContext
 from pixazo_batch.errors import ManifestError
 from pixazo_batch.fleet import adopt_orphans, fleet_store, wait_for_silent_workers
 from pixazo_batch.jobrow import JobRow
-from pixazo_batch.lifecycle import Hinted, Interrupted, Listed, Resumed
+from pixazo_batch.lifecycle import OFFERABLE, Hinted, Interrupted, Listed, Resumed
 from pixazo_batch.manifest import KnownJob, read_manifest
 from pixazo_batch.manifestline import ManifestIssue
 from pixazo_batch.models import JobSpec, JobState
@@ -35,8 +35,6 @@ log = structlog.get_logger(__name__)
 
 #: manifest jobs recorded together (one state lookup for those recorded already)
 REGISTER_BATCH = 256
-#: states in which a manifest job may be (re)submitted, flags permitting
-_OFFERABLE = (JobState.PENDING, JobState.UNCERTAIN, JobState.FAILED, JobState.ERRORED)
 
 
 async def feed(
@@ -59,7 +57,7 @@ async def feed(
         if ctx.store.knows_manifest(digest):
             # Unchanged since it was registered in full: the state file already holds every
             # line, validated, so resuming costs one pass over the jobs table.
-            for row in ctx.store.iter_jobs(*_OFFERABLE):
+            for row in ctx.store.iter_jobs(*OFFERABLE):
                 await _offer(ctx, row)
             if fleet is not None:
                 await wait_for_silent_workers(ctx, fleet)
@@ -128,7 +126,7 @@ async def _record(
     specs = [item for item in items if isinstance(item, JobSpec)]
     registered = ctx.store.register_many(specs)
     offerable = [
-        item.id for item in items if isinstance(item, KnownJob) and item.state in _OFFERABLE
+        item.id for item in items if isinstance(item, KnownJob) and item.state in OFFERABLE
     ]
     known = ctx.store.get_many(offerable)
     recorded = 0

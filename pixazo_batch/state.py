@@ -126,6 +126,15 @@ class StateStore(SqliteTransactions, RunMemory):
             else:
                 yield self.register(spec)
 
+    def keeps_lines(self) -> bool:
+        """Whether the state keeps manifest lines' digests (``recorded_lines``): a state file
+        of an earlier version opened read-only does not."""
+        try:
+            self.db.execute("SELECT line_digest FROM jobs LIMIT 0").fetchall()
+        except self.database_errors:
+            return False
+        return True
+
     def _register_together(self, specs: list[JobSpec]) -> dict[str, JobRow]:
         """Record new jobs in one transaction (a commit a job cost 200 us) and return their
         rows; when any of them conflicts, nothing is recorded and ``register`` takes each

@@ -149,9 +149,13 @@ def _check_tables(db: sqlite3.Connection, real: Path) -> None:
         )
 
 
+#: the added columns a reader does without (a run's shortcut: ``StateStore.keeps_lines``)
+_OPTIONAL_COLUMNS = {"line_digest"}
+
+
 def _check_columns(db: sqlite3.Connection, real: Path) -> None:
     present = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-    if not set(NEW_COLUMNS) <= present:
+    if not set(NEW_COLUMNS) - _OPTIONAL_COLUMNS <= present:
         raise StateDamagedError(
             f"{real} was written by an older pixazo-batch: one 'run' brings it up to date"
         )

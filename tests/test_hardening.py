@@ -306,6 +306,33 @@ async def test_a_state_of_an_earlier_version_learns_its_lines_on_the_next_run(
     assert sorted(kept) == ["job-000", "job-001", "job-002"]
 
 
+@pytest.mark.parametrize("earlier_version", [False, True])
+async def test_a_dry_run_prices_the_known_lines_still_to_send(
+    tmp_path: Path, make_settings: MakeSettings, earlier_version: bool
+) -> None:
+    """A dry run over an edited manifest lists the known jobs a run would send (pending ones),
+    not those done, whether or not the state keeps lines (a read-only state file of an earlier
+    version does not)."""
+    from decimal import Decimal
+
+    from pixazo_batch.planning import plan_run
+
+    lines = [json.dumps(job_line(n)) for n in range(5)]
+    manifest = write_manifest(tmp_path / "a.jsonl", lines)
+    async with simulator() as sim:
+        await run_batch(make_settings(sim, manifest, max_spend=Decimal("0.50")))
+        settings = make_settings(sim, manifest)
+    if earlier_version:
+        _as_before_lines_were_kept(settings.state_location)
+    write_manifest(manifest, [*lines, json.dumps(job_line(5, duration="9s"))])
+    jobs: list[dict[str, object]] = []
+    totals = plan_run(settings, on_issue=lambda issue: None, on_job=jobs.append)
+    assert [(job["id"], job["state"]) for job in jobs] == [
+        ("job-002", "pending"), ("job-003", "pending"), ("job-004", "pending"), ("job-005", "new"),
+    ]  # fmt: skip
+    assert totals.as_json() == {"jobs": 4, "price_usd": "0.96", "problems": 0}
+
+
 def _as_before_lines_were_kept(location: Path | str) -> None:
     """Take the state back to the schema of the version before ``line_digest``."""
     if isinstance(location, Path):
