@@ -1,0 +1,183 @@
+"""ManifestRegistry: how the state store records the manifest's jobs (``docs/design.md``, "The
+manifest"): new jobs 256 at a time in one transaction, known ones looked up together, and the
+digest of each line that alone makes its job kept for later runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from pixazo_batch.jobrow import JobRow
+from pixazo_batch.models import JobSpec, JobState, canonical_hash
+from pixazo_batch.runmemory import RunMemory
+from pixazo_batch.seenindex import parent_folders
+
+
+class ManifestRegistry(RunMemory):
+    """The registration of manifest jobs, for a store that provides the transactions
+    (``StateStore`` on SQLite, ``pgstate.PgStateStore`` on PostgreSQL)."""
+
+    #: what the database raises when a row would break a unique constraint
+    integrity_errors: tuple[type[Exception], ...]
+    #: what the database raises when it fails (outside the transitions, which translate it)
+    database_errors: tuple[type[Exception], ...]
+    #: job rows this connection inserted or changed
+    job_changes: int
+
+    def register(self, spec: JobSpec) -> JobRow | str:
+        """Record a manifest job (new ones as ``pending``). Returns its row, or why it conflicts
+        with what earlier runs recorded (an id whose request changed, an output path in use or
+        needed as a folder), in a sentence starting with the field it concerns."""
+        canonical = spec.request.canonical_json()
+        row = self.get(spec.id)
+        if row is not None:
+            return _recorded(spec, row, canonical_hash(canonical))
+        conflict = self._folder_conflict(spec.output)
+        if conflict is not None:
+            return conflict
+        try:
+            with self._transaction():
+                self._insert(spec, canonical, time.time())
+        except self.integrity_errors:
+            if self.get(spec.id) is not None:  # another worker recorded it just now
+                return self.register(spec)
+            other = self.db.execute(
+                "SELECT id FROM jobs WHERE output = ?", (spec.output,)
+            ).fetchone()
+            return f"output {spec.output!r} is already the output of job {other[0]!r}"
+        self.job_changes += 1
+        row = self.get(spec.id)
+        assert row is not None
+        return row
+
+    def register_many(self, specs: list[JobSpec]) -> Iterator[JobRow | str]:
+        """``register`` each job, in order, with one lookup for those already recorded (a
+        manifest run again is mostly those) and one transaction for those that are not; each
+        is yielded only once it is recorded, and a line's digest is kept with its job
+        (``JobSpec.digest``) whether the job is new or recorded with the same request."""
+        known = self.get_many([spec.id for spec in specs])
+        added = self._register_together([spec for spec in specs if spec.id not in known])
+        recorded = {
+            spec.id: _recorded(spec, row, spec.request.request_hash())
+            for spec in specs
+            if (row := known.get(spec.id)) is not None
+        }
+        unchanged = [spec for spec in specs if isinstance(recorded.get(spec.id), JobRow)]
+        if any(spec.digest is not None for spec in unchanged):
+            with self._transaction():
+                self._remember_lines(unchanged)
+        for spec in specs:
+            if (found := recorded.get(spec.id)) is not None:
+                yield found
+            elif (new := added.get(spec.id)) is not None:
+                yield new
+            else:
+                yield self.register(spec)
+
+    def keeps_lines(self) -> bool:
+        """Whether the state keeps manifest lines' digests (``recorded_lines``): a state file
+        of an earlier version opened read-only does not."""
+        try:
+            self.db.execute("SELECT line_digest FROM jobs LIMIT 0").fetchall()
+        except self.database_errors:
+            return False
+        return True
+
+    def _register_together(self, specs: list[JobSpec]) -> dict[str, JobRow]:
+        """Record new jobs in one transaction (a commit a job cost 200 us) and return their
+        rows; when any of them conflicts, nothing is recorded and ``register`` takes each
+        alone, naming the conflict."""
+        if len(specs) < 2:
+            return {}
+        try:
+            with self._transaction():
+                rows = self._insert_all(specs, time.time())
+        except _ConflictError:
+            return {}
+        except self.integrity_errors:
+            return {}
+        self.job_changes += len(specs)
+        return {row.id: row for row in rows}
+
+    def _insert_all(self, specs: list[JobSpec], now: float) -> list[JobRow]:
+        """Insert new jobs one at a time (a later job's folder may be an earlier one's file);
+        returns their rows.
+
+        Raises:
+            _ConflictError: a job's output cannot coexist with a recorded one.
+        """
+        rows = []
+        for spec in specs:
+            if self._folder_conflict(spec.output) is not None:
+                raise _ConflictError
+            rows.append(self._insert(spec, spec.request.canonical_json(), now))
+        return rows
+
+    def _remember_lines(self, specs: list[JobSpec]) -> None:
+        """Keep the digest of each line that alone makes its (recorded) job, for later runs."""
+        lines = [(spec.digest, spec.id) for spec in specs if spec.digest is not None]
+        if lines:
+            self.db.executemany("UPDATE jobs SET line_digest = ? WHERE id = ?", lines)
+
+    def _insert(self, spec: JobSpec, canonical: str, now: float) -> JobRow:
+        """Insert a new job whose request's canonical JSON is ``canonical``; returns its row
+        (as a read would find it: reading back every job a manifest adds cost a fifth of
+        recording it)."""
+        request_hash, cents = canonical_hash(canonical), spec.request.price_cents
+        self.db.execute(
+            "INSERT INTO jobs (id, request_hash, request_json, price_cents, output, state,"
+            " created_at, updated_at, line_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                spec.id,
+                request_hash,
+                canonical,
+                cents,
+                spec.output,
+                "pending",
+                now,
+                now,
+                spec.digest,
+            ),
+        )
+        return JobRow(
+            spec.id, request_hash, canonical, cents, spec.output, JobState.PENDING, 0,
+            None, None, None, None, None, None, None, now, now, None, None,
+        )  # fmt: skip
+
+    def _folder_conflict(self, output: str) -> str | None:
+        """Why ``output`` cannot coexist with a recorded output: one of them would have to be
+        both a file and a folder."""
+        parents = parent_folders(output)
+        if parents:
+            marks = ", ".join("?" * len(parents))
+            found = self.db.execute(
+                f"SELECT id, output FROM jobs WHERE output IN ({marks}) LIMIT 1",  # noqa: S608
+                parents,
+            ).fetchone()
+            if found is not None:
+                return f"output {found[1]!r} of job {found[0]!r} cannot also be a folder"
+        # "/" sorts just before "0": the range holds exactly the paths below ``output``.
+        found = self.db.execute(
+            "SELECT id FROM jobs WHERE output >= ? AND output < ? LIMIT 1",
+            (output + "/", output + "0"),
+        ).fetchone()
+        if found is not None:
+            return f"output {output!r} is a folder of job {found[0]!r}'s output"
+        return None
+
+
+class _ConflictError(Exception):
+    """A job of a batch conflicts with a recorded one: the batch is recorded job by job."""
+
+
+def _recorded(spec: JobSpec, row: JobRow, request_hash: str) -> JobRow | str:
+    """The recorded row of a manifest job, or why the manifest's line no longer matches it."""
+    if row.request_hash != request_hash:
+        return (
+            f"id {spec.id!r} was first recorded with a different request; give the "
+            "changed job a new id (the old one may already be paid for)"
+        )
+    if row.output != spec.output:
+        return f"output {row.output!r} was recorded for id {spec.id!r}, not {spec.output!r}"
+    return row
