@@ -36,9 +36,14 @@ class SimProcess:
 
 @contextmanager
 def sim_process(
-    scenario: str, *, time_scale: float | None = None, **overrides: Any
+    scenario: str,
+    *,
+    time_scale: float | None = None,
+    journal: Path | None = None,
+    **overrides: Any,
 ) -> Iterator[SimProcess]:
-    """Start ``bench/sim_server.py`` and yield its URLs; stop it afterwards."""
+    """Start ``bench/sim_server.py`` and yield its URLs; stop it afterwards. With ``journal``,
+    the simulator appends each job it accepts to that file (``pixazo_batch.sim.journal``)."""
     command = [
         PYTHON,
         str(ROOT / "bench" / "sim_server.py"),
@@ -51,6 +56,8 @@ def sim_process(
     ]
     if time_scale is not None:
         command += ["--time-scale", str(time_scale)]
+    if journal is not None:
+        command += ["--journal", str(journal)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=engine_env())
     try:
         assert process.stdout is not None
