@@ -29,16 +29,15 @@ class ManifestRegistry(RunMemory):
         """Record a manifest job (new ones as ``pending``). Returns its row, or why it conflicts
         with what earlier runs recorded (an id whose request changed, an output path in use or
         needed as a folder), in a sentence starting with the field it concerns."""
-        canonical = spec.request.canonical_json()
         row = self.get(spec.id)
         if row is not None:
-            return _recorded(spec, row, canonical_hash(canonical))
+            return _recorded(spec, row, spec.request.request_hash())
         conflict = self._folder_conflict(spec.output)
         if conflict is not None:
             return conflict
         try:
             with self._transaction():
-                self._insert(spec, canonical, time.time())
+                self._insert(spec, time.time())
         except self.integrity_errors:
             if self.get(spec.id) is not None:  # another worker recorded it just now
                 return self.register(spec)
@@ -101,18 +100,51 @@ class ManifestRegistry(RunMemory):
         return {row.id: row for row in rows}
 
     def _insert_all(self, specs: list[JobSpec], now: float) -> list[JobRow]:
-        """Insert new jobs one at a time (a later job's folder may be an earlier one's file);
-        returns their rows.
+        """Insert new jobs in one statement; returns their rows.
 
         Raises:
-            _ConflictError: a job's output cannot coexist with a recorded one.
+            _ConflictError: an output of the batch is a file another output (of the batch or
+                recorded) needs as a folder.
         """
-        rows = []
-        for spec in specs:
-            if self._folder_conflict(spec.output) is not None:
-                raise _ConflictError
-            rows.append(self._insert(spec, spec.request.canonical_json(), now))
+        if self._outputs_conflict([spec.output for spec in specs]):
+            raise _ConflictError
+        rows = [_new_row(spec, now) for spec in specs]
+        self.db.executemany(
+            _INSERT_JOB,
+            [
+                (*row[:5], "pending", now, now, spec.digest)
+                for row, spec in zip(rows, specs, strict=True)
+            ],
+        )
         return rows
+
+    def _outputs_conflict(self, outputs: list[str]) -> bool:
+        """Whether one of ``outputs`` would have to be both a file and a folder, beside the
+        others or beside a recorded output (``_folder_conflict``, a few queries for a batch)."""
+        parents = {parent for output in outputs for parent in parent_folders(output)}
+        if parents & set(outputs):
+            return True
+        for chunk in _chunks(sorted(parents)):
+            marks = ", ".join("?" * len(chunk))
+            found = self.db.execute(
+                f"SELECT 1 FROM jobs WHERE output IN ({marks}) LIMIT 1",  # noqa: S608
+                chunk,
+            ).fetchone()
+            if found is not None:
+                return True
+        for chunk in _chunks(outputs):
+            values = ", ".join(["(?)"] * len(chunk))
+            # "/" sorts just before "0": the range holds exactly the paths below an output. A
+            # correlated EXISTS, since PostgreSQL plans the plain join as a scan of every job.
+            found = self.db.execute(
+                f"WITH batch(output) AS (VALUES {values}) SELECT 1 FROM batch WHERE EXISTS"  # noqa: S608
+                " (SELECT 1 FROM jobs WHERE jobs.output >= batch.output || '/'"
+                " AND jobs.output < batch.output || '0') LIMIT 1",
+                chunk,
+            ).fetchone()
+            if found is not None:
+                return True
+        return False
 
     def _remember_lines(self, specs: list[JobSpec]) -> None:
         """Keep the digest of each line that alone makes its (recorded) job, for later runs."""
@@ -120,30 +152,12 @@ class ManifestRegistry(RunMemory):
         if lines:
             self.db.executemany("UPDATE jobs SET line_digest = ? WHERE id = ?", lines)
 
-    def _insert(self, spec: JobSpec, canonical: str, now: float) -> JobRow:
-        """Insert a new job whose request's canonical JSON is ``canonical``; returns its row
-        (as a read would find it: reading back every job a manifest adds cost a fifth of
-        recording it)."""
-        request_hash, cents = canonical_hash(canonical), spec.request.price_cents
-        self.db.execute(
-            "INSERT INTO jobs (id, request_hash, request_json, price_cents, output, state,"
-            " created_at, updated_at, line_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                spec.id,
-                request_hash,
-                canonical,
-                cents,
-                spec.output,
-                "pending",
-                now,
-                now,
-                spec.digest,
-            ),
-        )
-        return JobRow(
-            spec.id, request_hash, canonical, cents, spec.output, JobState.PENDING, 0,
-            None, None, None, None, None, None, None, now, now, None, None,
-        )  # fmt: skip
+    def _insert(self, spec: JobSpec, now: float) -> JobRow:
+        """Insert a new job; returns its row (as a read would find it: reading back every job a
+        manifest adds cost a fifth of recording it)."""
+        row = _new_row(spec, now)
+        self.db.execute(_INSERT_JOB, (*row[:5], "pending", now, now, spec.digest))
+        return row
 
     def _folder_conflict(self, output: str) -> str | None:
         """Why ``output`` cannot coexist with a recorded output: one of them would have to be
@@ -165,6 +179,28 @@ class ManifestRegistry(RunMemory):
         if found is not None:
             return f"output {output!r} is a folder of job {found[0]!r}'s output"
         return None
+
+
+#: the most values one statement binds (SQLite's oldest limit is 999)
+_CHUNK = 500
+_INSERT_JOB = (
+    "INSERT INTO jobs (id, request_hash, request_json, price_cents, output, state,"
+    " created_at, updated_at, line_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _new_row(spec: JobSpec, now: float) -> JobRow:
+    """The row of a manifest job recorded now as ``pending``."""
+    canonical = spec.request.canonical_json()
+    return JobRow(
+        spec.id, canonical_hash(canonical), canonical, spec.request.price_cents, spec.output,
+        JobState.PENDING, 0, None, None, None, None, None, None, None, now, now, None, None,
+    )  # fmt: skip
+
+
+def _chunks(values: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
 
 
 class _ConflictError(Exception):

@@ -347,23 +347,44 @@ def _as_before_lines_were_kept(location: Path | str) -> None:
         db.execute("UPDATE fleet SET value = '1' WHERE name = 'schema'")
 
 
-def test_jobs_recorded_together_are_checked_against_each_other(tmp_path: Path) -> None:
-    """In one batch, a job whose folder is an earlier job's file is refused by name."""
-    outputs = ["x", "a.mp4", "x/y.mp4", "b.mp4"]
-    specs = [
-        JobSpec(f"job-{n}", GenerationRequest(prompt=f"take {n}", image_url="https://x.example/a"),
-                output, line=n + 1)
-        for n, output in enumerate(outputs)
-    ]  # fmt: skip
+#: a batch of new jobs whose third output conflicts, after the jobs ``old-*`` were recorded
+BATCH_CONFLICTS = [
+    ([], ["x", "a", "x/y", "b"], "output 'x' of job 'job-0' cannot also be a folder"),
+    ([], ["x/y", "a", "x", "b"], "output 'x' is a folder of job 'job-0''s output"),
+    (["r/s"], ["a", "b", "r", "c"], "output 'r' is a folder of job 'old-0''s output"),
+    (["q"], ["a", "b", "q/z", "c"], "output 'q' of job 'old-0' cannot also be a folder"),
+]
+
+
+@pytest.mark.parametrize(("earlier", "outputs", "refused"), BATCH_CONFLICTS)
+def test_jobs_recorded_together_are_checked_against_each_other_and_the_recorded_ones(
+    tmp_path: Path, earlier: list[str], outputs: list[str], refused: str
+) -> None:
+    """In one batch, a job whose output would have to be a file and a folder, beside an
+    earlier job of the batch or a recorded one, is refused by name; the others are recorded."""
     with StateStore.open(tmp_path / "state.db") as store:
-        recorded = [row if isinstance(row, str) else row.id for row in store.register_many(specs)]
-        assert store.get("job-2") is None
-    assert recorded == [
-        "job-0",
-        "job-1",
-        "output 'x' of job 'job-0' cannot also be a folder",
-        "job-3",
-    ]
+        assert_conflicts_in_a_batch_are_named(store, earlier, outputs, refused)
+
+
+def assert_conflicts_in_a_batch_are_named(
+    store: StateStore, earlier: list[str], outputs: list[str], refused: str
+) -> None:
+    """Record ``earlier``, then ``outputs`` together: only the third is refused, as ``refused``."""
+
+    def specs(prefix: str, paths: list[str]) -> list[JobSpec]:
+        return [
+            JobSpec(f"{prefix}-{n}",
+                    GenerationRequest(prompt=f"{prefix} {n}", image_url="https://x.example/a"),
+                    output, line=n + 1)
+            for n, output in enumerate(paths)
+        ]  # fmt: skip
+
+    for row in store.register_many(specs("old", earlier)):
+        assert not isinstance(row, str)
+    rows = store.register_many(specs("job", outputs))
+    recorded = [row if isinstance(row, str) else row.id for row in rows]
+    assert store.get("job-2") is None
+    assert recorded == ["job-0", "job-1", refused, "job-3"]
 
 
 def test_jobs_recorded_together_are_yielded_as_a_read_finds_them(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from tests.test_engine import (  # noqa: F401  (collected here again, on Postgre
     test_retry_after_is_honoured_in_every_form,
 )
 from tests.test_hardening import (  # noqa: F401  (collected here again, on PostgreSQL)
+    BATCH_CONFLICTS,
     test_a_later_run_records_its_new_jobs_and_names_the_one_that_conflicts,
     test_a_later_run_sends_the_known_lines_still_pending_and_names_their_duplicates,
     test_a_state_of_an_earlier_version_learns_its_lines_on_the_next_run,
@@ -166,6 +167,17 @@ def test_jobs_recorded_together_are_yielded_as_the_database_holds_them(pg_url: s
 
     with PgStateStore.open_database(pg_url) as store:
         assert_new_rows_are_the_stored_ones(store)
+
+
+@pytest.mark.parametrize(("earlier", "outputs", "refused"), BATCH_CONFLICTS)
+def test_jobs_recorded_together_are_checked_in_the_database(
+    pg_url: str, earlier: list[str], outputs: list[str], refused: str
+) -> None:
+    from pixazo_batch.pgstate import PgStateStore
+    from tests.test_hardening import assert_conflicts_in_a_batch_are_named
+
+    with PgStateStore.open_database(pg_url) as store:
+        assert_conflicts_in_a_batch_are_named(store, earlier, outputs, refused)
 
 
 def test_the_parts_of_the_keys_rate_read_in_one_tick_add_up_to_one(pg_url: str) -> None:
