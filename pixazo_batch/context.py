@@ -53,7 +53,8 @@ class RunContext:
     health: GatewayHealth
     clock: Clock
     flags: StopFlags = field(default_factory=StopFlags)
-    #: cancel scopes of POSTs on the wire; a signal gives them the stop deadline
+    #: cancel scopes of POSTs on the wire: from their write-ahead until their outcome is
+    #: recorded (the price they commit may yet be freed); a signal gives them the stop deadline
     posts_on_wire: set[anyio.CancelScope] = field(default_factory=set)
     #: the callback listener, when ``--webhook-url`` is set
     webhooks: WebhookReceiver | None = None
@@ -65,13 +66,13 @@ class RunContext:
     _post_ended: anyio.Event = field(default_factory=anyio.Event)
 
     def post_ended(self, scope: anyio.CancelScope) -> None:
-        """A POST left the wire (answered, lost or refused)."""
+        """A POST's outcome (answered, lost or refused) is recorded."""
         self.posts_on_wire.discard(scope)
         self._post_ended.set()
         self._post_ended = anyio.Event()
 
     async def next_post_end(self) -> None:
-        """Wait until some POST now on the wire leaves it."""
+        """Wait until the outcome of some POST now on the wire is recorded."""
         await self._post_ended.wait()
 
 

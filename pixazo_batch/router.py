@@ -213,17 +213,17 @@ class Router:
                 log.error("accepted_not_recorded", job_id=row.id, request_id=outcome.request_id)
             raise
 
-    async def on_wire(self, job_id: str, budget_cents: int | None) -> JobRow:
+    async def on_wire(self, row: JobRow, budget_cents: int | None) -> JobRow:
         """The write-ahead of a POST about to leave: ``submitting``, durably, within budget.
+        ``row`` is the job as the submitter read it; the transition checks the job afresh.
+        Returns the job as it now stands.
 
         Raises:
             BudgetReachedError: the budget refuses the job; nothing changed.
             JobTakenError: another worker of the fleet holds the job.
             FleetFullError: the fleet has ``--max-in-flight`` jobs in flight.
         """
-        row = self.store.get(job_id)
-        if row is None:
-            raise InvalidTransitionError(f"unknown job {job_id!r}")
+        job_id = row.id
         if self.store.worker is not None and row.state not in SENDABLE:
             raise JobTakenError(f"job {job_id!r} is {row.state.value} by another worker")
         next_step(row.state, OnWire())

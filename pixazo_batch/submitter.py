@@ -82,6 +82,10 @@ class Submitter:
         self._rng = random.Random()
         #: the last retry is paced by the rate governor already (a 429 paused every sender)
         self._paced = False
+        #: the attempt number of the last POST that went on the wire (for the log)
+        self._sent_attempt: int | None = None
+        #: the POST on the wire, or answered with its outcome not yet recorded
+        self._unsettled: anyio.CancelScope | None = None
 
     async def run(self, jobs: MemoryObjectReceiveStream[str]) -> None:
         """Submit every job id received until the run ends (the engine owns the stream)."""
@@ -92,15 +96,19 @@ class Submitter:
         """Try the job until the router takes it elsewhere (or to rest)."""
         failures = 0
         while True:
-            outcome = await self.attempt(job_id)
-            step = await self.ctx.router.settle(job_id, outcome, from_stage=Action.SUBMIT)
+            try:
+                outcome = await self.attempt(job_id)
+                step = await self.ctx.router.settle(job_id, outcome, from_stage=Action.SUBMIT)
+            finally:
+                # Only now may a price the POST committed be freed (a 429 withdraws it): a
+                # sender waiting for the budget waits until then (``RunContext.posts_on_wire``).
+                self._end_post()
             if isinstance(outcome, Accepted):  # logged once recorded: the line states a fact
-                row = self.ctx.store.get(job_id)
                 log.info(
                     "submitted",
                     job_id=job_id,
                     request_id=outcome.request_id,
-                    attempt=None if row is None else row.attempts,
+                    attempt=self._sent_attempt,
                     state=step.state.value,
                 )
             if step.action is not Action.RETRY:
@@ -117,19 +125,19 @@ class Submitter:
             RunStopError: the key was refused, or the gateway stayed unreachable too long.
         """
         ctx = self.ctx
-        early = await self._before_sending(job_id)
-        if early is not None:
-            return early
+        row = await self._before_sending(job_id)
+        if not isinstance(row, JobRow):
+            return row
         await ctx.health.ready(self._probe)
         self._paced = False
         post = _Post()
         try:
-            request = await self._sendable(job_id)
+            request = await self._sendable(row)
         except ValueError as exc:  # a local image gone or changed: fix it, then run again
             log.error("input_unavailable", job_id=job_id, error=str(exc))
             return NotSent(str(exc), retry=False)
         try:
-            accepted = await self._post(job_id, post, request)
+            accepted = await self._post(row, post, request)
         except _StoppingError:
             return NotSent(ctx.flags.stop_submitting or "the run is stopping", retry=False)
         except NotSentError as exc:
@@ -159,20 +167,27 @@ class Submitter:
             return self._refusal(job_id, post, exc)
         return Accepted(accepted.request_id, accepted.polling_url)
 
-    async def _before_sending(self, job_id: str) -> Outcome | None:
-        """Why the job is not to be sent now, before a rate token is spent on it: the run is
-        stopping, or (a fleet) another worker has it or the fleet is full."""
+    async def _before_sending(self, job_id: str) -> JobRow | Outcome:
+        """The job as it stands, or why it is not to be sent now, before a rate token is spent
+        on it: the run is stopping, or (a fleet) another worker has it or the fleet is full."""
         if self.ctx.flags.stop_submitting:
             return NotSent(self.ctx.flags.stop_submitting, retry=False)
-        refused = self._fleet_check(job_id)
-        return None if refused is None else await self._fleet_refusal(job_id, refused)
+        # Read once for the whole attempt: the write-ahead checks the job afresh.
+        row = self.ctx.store.get(job_id)
+        refused = self._fleet_check(job_id, row)
+        if refused is not None:
+            return await self._fleet_refusal(job_id, refused)
+        assert row is not None
+        return row
 
-    def _fleet_check(self, job_id: str) -> JobTakenError | FleetFullError | None:
-        """Why this worker of a fleet cannot send the job now: another worker moved it on,
-        or the fleet is full (None: it may try; always, without a fleet)."""
+    def _fleet_check(
+        self, job_id: str, row: JobRow | None
+    ) -> JobTakenError | FleetFullError | None:
+        """Why this worker of a fleet cannot send the job (``row``, as just read) now: another
+        worker moved it on, or the fleet is full (None: it may try; always, without a
+        fleet)."""
         if self.ctx.store.worker is None:
             return None
-        row = self.ctx.store.get(job_id)
         if row is None or row.state not in SENDABLE:
             return JobTakenError(f"job {job_id!r} was moved on by another worker")
         if not self.ctx.store.fleet_room():
@@ -216,15 +231,13 @@ class Submitter:
                 retry_after_s=getattr(exc, "retry_after", None),
             )
 
-    async def _sendable(self, job_id: str) -> GenerationRequest:
+    async def _sendable(self, row: JobRow) -> GenerationRequest:
         """The job's request as it goes on the wire: local images uploaded (once) and named by
         freshly signed URLs.
 
         Raises:
             ValueError: an image is gone or changed, or the bucket refused it.
         """
-        row = self.ctx.store.get(job_id)
-        assert row is not None
         uploader = self.ctx.uploader
         if uploader is None:
             return row.request
@@ -233,38 +246,48 @@ class Submitter:
         except storage_errors() as exc:
             raise ValueError(f"the inputs bucket refused an image: {exc}") from exc
 
-    async def _post(self, job_id: str, post: _Post, request: GenerationRequest) -> SubmitAccepted:
+    async def _post(self, row: JobRow, post: _Post, request: GenerationRequest) -> SubmitAccepted:
         """The POST; shielded from the moment it goes on the wire, so a stopping run lets it
         return (within the stop deadline) rather than cut it off and leave it uncertain."""
-        ctx = self.ctx
+        ctx, job_id = self.ctx, row.id
         hooks = ctx.webhooks
         webhook_url = None if hooks is None else hooks.url_for(job_id)
 
         async def on_wire() -> None:
             if ctx.flags.stop_submitting:
                 raise _StoppingError
-            # Once durable, the row says the POST left: nothing may cancel it before it does.
-            with anyio.CancelScope(shield=True):
-                row = await ctx.router.on_wire(job_id, ctx.settings.budget_cents)
-            post.row = row
-            post.scope.shield = True
+            # Counted from before its price is committed: a sender refused by the budget in
+            # the meantime must wait for this POST, not stop every submission.
             ctx.posts_on_wire.add(post.scope)
+            self._unsettled = post.scope
+            try:
+                # Once durable, the row says the POST left: nothing may cancel it before it does.
+                with anyio.CancelScope(shield=True):
+                    sent = await ctx.router.on_wire(row, ctx.settings.budget_cents)
+            except BaseException:
+                self._end_post()  # nothing was committed: this POST never leaves
+                raise
+            post.row = sent
+            self._sent_attempt = sent.attempts
+            post.scope.shield = True
             if ctx.flags.interrupted:
                 post.scope.deadline = anyio.current_time() + ctx.settings.stop_deadline
-            log.debug("submitting", job_id=job_id, attempt=row.attempts)
+            log.debug("submitting", job_id=job_id, attempt=sent.attempts)
 
         with post.scope:
-            try:
-                return await ctx.gateway.submit(
-                    request,
-                    on_wire=on_wire,
-                    webhook_url=webhook_url,
-                    webhook_mode=ctx.settings.webhook_mode,
-                )
-            finally:
-                if post.on_wire:
-                    ctx.post_ended(post.scope)
+            return await ctx.gateway.submit(
+                request,
+                on_wire=on_wire,
+                webhook_url=webhook_url,
+                webhook_mode=ctx.settings.webhook_mode,
+            )
         raise AnswerLostError("the run stopped before the gateway answered")
+
+    def _end_post(self) -> None:
+        """This submitter's POST is over and its outcome recorded (or it never left)."""
+        if self._unsettled is not None:
+            self.ctx.post_ended(self._unsettled)
+            self._unsettled = None
 
     async def _probe(self) -> None:
         """A request that any answer below 500 (a 404 for this made-up id) shows to be heard."""

@@ -238,7 +238,7 @@ async def test_insufficient_balance_finishes_accepted_jobs_and_resumes_after_top
 
 
 async def test_refused_500_is_retried_and_counted_in_attempts(
-    tmp_path: Path, make_settings: MakeSettings
+    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
 ) -> None:
     async with simulator(fast(submit_refused_rate=0.5, seed=11)) as sim:
         settings = make_settings(sim, manifest_of(tmp_path, 6), max_attempts=10)
@@ -246,7 +246,10 @@ async def test_refused_500_is_retried_and_counted_in_attempts(
         stats = sim.stats()
     assert summary.exit_code == 0
     assert stats["faults"]["submit_refused"] >= 1
-    assert sum(r["attempts"] for r in results(settings)) == 6 + stats["faults"]["submit_refused"]
+    recorded = {r["id"]: r["attempts"] for r in results(settings)}
+    assert sum(recorded.values()) == 6 + stats["faults"]["submit_refused"]
+    logged = {e["job_id"]: e["attempt"] for e in log_tap.named("submitted")}
+    assert logged == recorded, "each acceptance is logged with the attempt that won it"
     assert stats["duplicate_charges"] == 0
 
 

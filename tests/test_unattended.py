@@ -133,6 +133,24 @@ async def test_an_intermediarys_answer_to_a_submit_makes_the_job_uncertain_after
     assert first.committed_usd == "0.60", "each may have been charged"
 
 
+async def test_a_sender_refused_by_the_budget_waits_for_the_post_being_recorded(
+    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
+) -> None:
+    """Two jobs start together and the budget buys one: the second is refused while the
+    first one's write-ahead is being committed, so it must wait for that POST (a 429 could
+    yet free its price), not stop every submission while it is on its way."""
+    async with simulator(fast()) as sim:
+        settings = make_settings(
+            sim, manifest_of(tmp_path, 2), max_spend=Decimal("0.20"), concurrency=2
+        )
+        summary = await run_batch(settings)
+    assert summary.counts["downloaded"] == 1 and summary.counts["pending"] == 1
+    order = [
+        e["event"] for e in log_tap.events if e["event"] in ("submitted", "submissions_stopped")
+    ]
+    assert order == ["submitted", "submissions_stopped"], "stopped only once nothing could free"
+
+
 async def test_the_budget_counts_only_posts_that_may_have_been_sent(
     tmp_path: Path, make_settings: MakeSettings
 ) -> None:
