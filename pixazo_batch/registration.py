@@ -122,16 +122,8 @@ class ManifestRegistry(RunMemory):
         """Whether one of ``outputs`` would have to be both a file and a folder, beside the
         others or beside a recorded output (``_folder_conflict``, a few queries for a batch)."""
         parents = {parent for output in outputs for parent in parent_folders(output)}
-        if parents & set(outputs):
+        if parents & set(outputs) or self._recorded_output_among(sorted(parents)) is not None:
             return True
-        for chunk in _chunks(sorted(parents)):
-            marks = ", ".join("?" * len(chunk))
-            found = self.db.execute(
-                f"SELECT 1 FROM jobs WHERE output IN ({marks}) LIMIT 1",  # noqa: S608
-                chunk,
-            ).fetchone()
-            if found is not None:
-                return True
         for chunk in _chunks(outputs):
             values = ", ".join(["(?)"] * len(chunk))
             # "/" sorts just before "0": the range holds exactly the paths below an output. A
@@ -145,6 +137,18 @@ class ManifestRegistry(RunMemory):
             if found is not None:
                 return True
         return False
+
+    def _recorded_output_among(self, paths: list[str]) -> tuple[str, str] | None:
+        """A recorded job (id, output) whose output is one of ``paths``, if any."""
+        for chunk in _chunks(paths):
+            marks = ", ".join("?" * len(chunk))
+            found = self.db.execute(
+                f"SELECT id, output FROM jobs WHERE output IN ({marks}) LIMIT 1",  # noqa: S608
+                chunk,
+            ).fetchone()
+            if found is not None:
+                return found[0], found[1]
+        return None
 
     def _remember_lines(self, specs: list[JobSpec]) -> None:
         """Keep the digest of each line that alone makes its (recorded) job, for later runs."""
@@ -162,15 +166,9 @@ class ManifestRegistry(RunMemory):
     def _folder_conflict(self, output: str) -> str | None:
         """Why ``output`` cannot coexist with a recorded output: one of them would have to be
         both a file and a folder."""
-        parents = parent_folders(output)
-        if parents:
-            marks = ", ".join("?" * len(parents))
-            found = self.db.execute(
-                f"SELECT id, output FROM jobs WHERE output IN ({marks}) LIMIT 1",  # noqa: S608
-                parents,
-            ).fetchone()
-            if found is not None:
-                return f"output {found[1]!r} of job {found[0]!r} cannot also be a folder"
+        found = self._recorded_output_among(parent_folders(output))
+        if found is not None:
+            return f"output {found[1]!r} of job {found[0]!r} cannot also be a folder"
         # "/" sorts just before "0": the range holds exactly the paths below ``output``.
         found = self.db.execute(
             "SELECT id FROM jobs WHERE output >= ? AND output < ? LIMIT 1",
