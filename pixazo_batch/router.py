@@ -196,16 +196,17 @@ class Router:
             await self._dispatch(job_id, step.action)
         return step
 
-    def apply(self, row: JobRow, outcome: Outcome) -> Step:
-        """Decide and record, durable when it returns, without moving the job."""
+    def _apply(self, row: JobRow, outcome: Outcome) -> Step:
+        """Decide the job's step and write its transition, without moving the job (inside a
+        commit group: durable once the group commits)."""
         step = next_step(row.state, outcome)
         record(self.store, row, step, outcome)
         return step
 
     async def _apply_durably(self, row: JobRow, outcome: Outcome) -> Step:
-        """``apply``, returning once the transition is committed (with those of other jobs)."""
+        """``_apply``, returning once the transition is committed (with those of other jobs)."""
         try:
-            return await self._commits.write(lambda: self.apply(row, outcome))
+            return await self._commits.write(lambda: self._apply(row, outcome))
         except StateWriteError:
             if isinstance(outcome, (Accepted, CallbackNamed)):
                 # The gateway holds (and charges) the job; only this line keeps its request_id
