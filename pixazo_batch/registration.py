@@ -111,10 +111,7 @@ class ManifestRegistry(RunMemory):
         rows = [_new_row(spec, now) for spec in specs]
         self.db.executemany(
             _INSERT_JOB,
-            [
-                (*row[:5], "pending", now, now, spec.digest)
-                for row, spec in zip(rows, specs, strict=True)
-            ],
+            [_inserted(row, spec.digest) for row, spec in zip(rows, specs, strict=True)],
         )
         return rows
 
@@ -160,7 +157,7 @@ class ManifestRegistry(RunMemory):
         """Insert a new job; returns its row (as a read would find it: reading back every job a
         manifest adds cost a fifth of recording it)."""
         row = _new_row(spec, now)
-        self.db.execute(_INSERT_JOB, (*row[:5], "pending", now, now, spec.digest))
+        self.db.execute(_INSERT_JOB, _inserted(row, spec.digest))
         return row
 
     def _folder_conflict(self, output: str) -> str | None:
@@ -194,6 +191,11 @@ def _new_row(spec: JobSpec, now: float) -> JobRow:
         spec.id, canonical_hash(canonical), canonical, spec.request.price_cents, spec.output,
         JobState.PENDING, 0, None, None, None, None, None, None, None, now, now, None, None,
     )  # fmt: skip
+
+
+def _inserted(row: JobRow, digest: bytes | None) -> tuple[object, ...]:
+    """The values ``_INSERT_JOB`` records for a new job's row."""
+    return (*row[:5], row.state.value, row.created_at, row.updated_at, digest)
 
 
 def _chunks(values: list[str]) -> Iterator[list[str]]:
