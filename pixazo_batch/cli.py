@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from pixazo_batch.commands import HANDLERS, RUN_OPTIONS, RUN_SWITCHES, SANDBOX_SCENARIOS
+from pixazo_batch.commands import HANDLERS
 from pixazo_batch.config import DEFAULT_BASE_URL, ENV_PREFIX, STATE_FILE_NAME, Settings
 from pixazo_batch.errors import EXIT_OK, EXIT_USAGE, PixazoBatchError
+from pixazo_batch.runoptions import RUN_OPTIONS, RUN_SWITCHES, SANDBOX_SCENARIOS
 
 KEY_ENV = f"{ENV_PREFIX}API_KEY"
 _EPILOG = (

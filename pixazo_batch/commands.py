@@ -8,12 +8,11 @@ import os
 import secrets
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import structlog
 from pydantic import SecretStr
 from rich.console import Console
 
@@ -28,13 +27,13 @@ from pixazo_batch.config import load_settings as load
 from pixazo_batch.errors import EXIT_OK, EXIT_USAGE, UsageError
 from pixazo_batch.lifecycle import OperatorAbandoned, OperatorFoundRequest, OperatorNotSent
 from pixazo_batch.logs import configure_logging
-from pixazo_batch.manifest import read_manifest
 from pixazo_batch.manifestline import ManifestIssue
 from pixazo_batch.models import Duration, JobSpec
 from pixazo_batch.pgconn import is_database_url
 from pixazo_batch.planning import plan_run
 from pixazo_batch.results import iter_results, status_summary, write_csv
 from pixazo_batch.reviewpage import render_page
+from pixazo_batch.runoptions import RUN_OPTIONS, RUN_SWITCHES
 from pixazo_batch.storage import BucketPath
 from pixazo_batch.stores import open_store
 from pixazo_batch.summary import RunSummary
@@ -43,40 +42,6 @@ from pixazo_batch.views import Output
 if TYPE_CHECKING:
     from pixazo_batch.resolve import Choice
 
-log = structlog.get_logger(__name__)
-
-#: the simulator's scenarios (kept here so the CLI never imports the simulator until asked)
-SANDBOX_SCENARIOS = ("demo", "fast", "realistic", "hostile", "broke")
-
-#: run flags that map one to one onto Settings fields: (type, metavar, help, choices)
-RUN_OPTIONS: dict[str, tuple[type, str, str, list[str] | None]] = {
-    "concurrency": (int, "N", "HTTP requests to the gateway at once", None),
-    "max_in_flight": (int, "N", "jobs submitted and not yet finished", None),
-    "rps": (float, "R", "ceiling of gateway requests per second, submits and polls", None),
-    "max_attempts": (int, "N", "submissions per job (remote ERROR and refusals count)", None),
-    "poll_interval": (float, "S", "seconds between two polls of one job", None),
-    "job_deadline": (float, "S", "seconds before an unfinished job is reported stalled", None),
-    "max_spend": (str, "USD", "cap on the committed spend recorded in the state file", None),
-    "downloads": (int, "N", "downloads at once", None),
-    "download_tries": (int, "N", "tries per download in one run", None),
-    "max_video_mb": (int, "MB", "largest video accepted, in MiB", None),
-    "download_stall": (float, "S", "seconds a media body may bring nothing before a restart", None),
-    "stop_deadline": (float, "S", "seconds POSTs on the wire get after SIGINT/SIGTERM", None),
-    "outage_deadline": (float, "S", "seconds the gateway may stay unreachable", None),
-    "retry_after_cap": (float, "S", "longest Retry-After honoured", None),
-    "webhook_url": (str, "URL", "public https URL reaching --webhook-listen: callbacks on", None),
-    "webhook_listen": (str, "HOST:PORT", "where the callback listener binds", None),
-    "webhook_mode": (str, "MODE", "terminal or sync (a callback a tick)", ["terminal", "sync"]),
-    "uncertain_wait": (float, "S", "with webhooks, how long a lost-answer job waits", None),
-    "webhook_secret_days": (float, "DAYS", "how long earlier runs' callback URLs stay valid", None),
-    "worker_timeout": (float, "S", "with a postgresql:// state: a silent worker is dead", None),
-}  # fmt: skip
-RUN_SWITCHES: dict[str, str] = {
-    "resubmit_uncertain": "submit uncertain jobs again (each may then be paid twice)",
-    "abandon_uncertain": "give up uncertain jobs (mark them failed)",
-    "retry_failed": "submit jobs that ended FAILED again",
-    "strict": "stop at the first bad manifest line",
-}
 _SANDBOX_KEY = secrets.token_urlsafe(16)
 
 
@@ -174,6 +139,8 @@ async def _run_in_sandbox(args: argparse.Namespace, out: Output) -> int:
 
 def validate(args: argparse.Namespace) -> int:
     """``validate``: every problem of the manifest, its job count and price; no network."""
+    from pixazo_batch.manifestpool import judge_lines  # noqa: PLC0415  (pools: 10 ms to import)
+
     out = _output(args)
     _logs(args)
     jobs: list[JobSpec] = []
@@ -182,7 +149,7 @@ def validate(args: argparse.Namespace) -> int:
     # Counted by kind, priced once a kind.
     kinds: Counter[tuple[str, str]] = Counter()
     try:
-        for item in _judged_lines(args.manifest, keep=jobs if args.check_urls else None):
+        for item in judge_lines(args.manifest, keep=jobs if args.check_urls else None):
             if isinstance(item, ManifestIssue):
                 problems += 1
                 bad_lines.add(item.line)
@@ -210,34 +177,6 @@ def validate(args: argparse.Namespace) -> int:
         }
     )
     return EXIT_USAGE if problems else EXIT_OK
-
-
-def _judged_lines(
-    manifest: Path, *, keep: list[JobSpec] | None
-) -> Iterator[ManifestIssue | tuple[str, str]]:
-    """Each bad line's issues and each good line's (resolution, duration), in order; with
-    ``keep``, every good line's job is appended to it. A large manifest whose jobs are not
-    kept is read by every core (``manifestpool.py``)."""
-    # Spans are read where they lie: a pipe (``validate <(...)``) is read once, as a run does.
-    if keep is None and manifest.is_file():  # nothing is kept: any manifest fits in memory
-        from pixazo_batch.manifestpool import (  # noqa: PLC0415  (process pools: 10 ms of start-up)
-            PARALLEL_BYTES,
-            judge_manifest,
-            worker_count,
-        )
-
-        workers = worker_count() if manifest.stat().st_size >= PARALLEL_BYTES else 0
-        if workers:
-            log.debug("manifest_read_in_parallel", workers=workers)
-        yield from judge_manifest(manifest, workers)
-        return
-    for item in read_manifest(manifest):
-        if isinstance(item, ManifestIssue):
-            yield item
-            continue
-        if keep is not None:
-            keep.append(item)
-        yield item.request.resolution.value, item.request.duration.value
 
 
 def _state_file(args: argparse.Namespace) -> Path | str:

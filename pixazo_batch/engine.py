@@ -11,13 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
-import signal
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
-from typing import TypeVar
 
 import aiohttp
 import anyio
@@ -29,11 +25,8 @@ from pixazo_batch.config import Settings
 from pixazo_batch.context import RunContext, RunObserver, RunView
 from pixazo_batch.downloader import Downloader
 from pixazo_batch.errors import (
-    EXIT_INCOMPLETE,
-    AuthRefusedError,
     ManifestError,
     RunStopError,
-    StateDamagedError,
     StateError,
     StateWriteError,
     UsageError,
@@ -54,6 +47,7 @@ from pixazo_batch.producer import feed
 from pixazo_batch.router import Queues, Router
 from pixazo_batch.runscope import open_callbacks, open_storage, write_outputs
 from pixazo_batch.state import StateStore
+from pixazo_batch.stopping import database_failure, first_of, log_stop, watch_signals
 from pixazo_batch.storage import Storage
 from pixazo_batch.stores import open_store
 from pixazo_batch.submitter import Submitter
@@ -61,7 +55,6 @@ from pixazo_batch.summary import RunSummary, summarise
 from pixazo_batch.webhooks import WebhookReceiver
 
 log = structlog.get_logger(__name__)
-_E = TypeVar("_E", bound=BaseException)
 
 #: bytes aiohttp may buffer per media connection before it stops reading the socket; at the
 #: default 64 KiB the socket stalls whenever a chunk is being hashed and written
@@ -209,7 +202,7 @@ async def _run(
         async with anyio.create_task_group() as guard:
             pipeline = anyio.CancelScope()
             if handle_signals:
-                guard.start_soon(_watch_signals, ctx, pipeline)
+                guard.start_soon(watch_signals, ctx, pipeline)
             if observer is not None:
                 view = RunView(settings, store, gateway, governor, health, estimator)
                 guard.start_soon(observer.watch, view)
@@ -231,12 +224,12 @@ async def _run(
                         await router.settled.wait()
                         group.cancel_scope.cancel()
             except* RunStopError as group_error:
-                stopped_by = _first(group_error, RunStopError)
-                _log_stop(stopped_by, ctx)
+                stopped_by = first_of(group_error, RunStopError)
+                log_stop(stopped_by, ctx)
             except* store.database_errors as group_error:
-                failed = _first(group_error, Exception)
-                stopped_by = _database_failure(store, failed)
-                _log_stop(stopped_by, ctx)
+                failed = first_of(group_error, Exception)
+                stopped_by = database_failure(store, failed)
+                log_stop(stopped_by, ctx)
             finally:
                 guard.cancel_scope.cancel()
     _keep_speed(store, origin, estimator)
@@ -249,13 +242,6 @@ def _idle_receivers(stream: MemoryObjectSendStream[str]) -> int:
     """How many of a stage's workers wait for a job with none queued."""
     statistics = stream.statistics()
     return max(0, statistics.tasks_waiting_receive - statistics.current_buffer_used)
-
-
-def _database_failure(store: StateStore, error: Exception) -> RunStopError:
-    """Why the run stops when the state refuses a read: a damaged file, or a database gone."""
-    if isinstance(error, sqlite3.DatabaseError):
-        return StateDamagedError(f"the state file is damaged: {error}")
-    return StateWriteError(f"the state database {store.path} failed: {error}")
 
 
 def _uploader(
@@ -299,48 +285,6 @@ def _remember_pause(store: StateStore, origin: str, until: float) -> None:
         log.warning("pause_not_recorded", error=str(exc))
 
 
-def _log_stop(error: RunStopError, ctx: RunContext) -> None:
-    """One log line saying why the run stopped."""
-    if isinstance(error, AuthRefusedError):
-        log.error("auth_refused", http_status=error.status, error=str(error))
-    elif isinstance(error, StateWriteError):
-        log.error("state_write_failed", error=str(error))
-    elif not isinstance(error, ManifestError):
-        log.error("run_stopped", error=str(error), exit_code=error.exit_code)
-    ctx.flags.stop(str(error), error.exit_code)
-
-
-def _first(group: BaseExceptionGroup[_E], kind: type[_E]) -> _E:
-    """The first exception of ``kind`` in a (possibly nested) exception group."""
-    matched, _ = group.split(kind)
-    assert matched is not None
-    leaves: list[BaseException] = list(matched.exceptions)
-    while isinstance(leaves[0], BaseExceptionGroup):
-        leaves = list(leaves[0].exceptions)
-    first = leaves[0]
-    assert isinstance(first, kind)
-    return first
-
-
 def _learned_estimator(settings: Settings, store: StateStore, origin: str) -> CompletionEstimator:
     """An estimator that starts from what earlier runs learned of this gateway's speed."""
     return CompletionEstimator(settings.poll_interval, store.speed_scales(origin))
-
-
-async def _watch_signals(ctx: RunContext, scope: anyio.CancelScope) -> None:
-    """First SIGINT/SIGTERM: stop submitting, give POSTs on the wire the stop deadline, cancel.
-    Second: leave at once (every transition is already committed, so the file is consistent)."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for received in signals:
-            if ctx.flags.interrupted:
-                log.error("second_signal", signal=received)
-                os._exit(EXIT_INCOMPLETE)
-            ctx.flags.interrupted = True
-            ctx.flags.stop(f"stopped by signal {signal.Signals(received).name}")
-            log.warning("stopping", signal=received, posts_on_wire=len(ctx.posts_on_wire))
-            # Submits not yet on the wire are simply cancelled (their jobs stay pending); the
-            # POSTs on it are shielded and get the stop deadline to return.
-            deadline = anyio.current_time() + ctx.settings.stop_deadline
-            for post in ctx.posts_on_wire:
-                post.deadline = deadline
-            scope.cancel()

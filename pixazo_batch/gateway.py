@@ -4,8 +4,9 @@ It sends the key to the gateway's origin and nowhere else (redirects are not fol
 ``polling_url`` on another origin is ignored), paces every request through the shared
 ``RateGovernor``, reports reachability to ``GatewayHealth``, and turns every aiohttp failure and
 every answer into this project's error tree once. Two splits decide whether a submit may have
-been charged (``docs/design.md``, section "Who answered"): *not sent* against *maybe sent*, and an
-answer in the gateway's own shapes against anything else (a proxy's page, a CDN's 52x).
+been charged (``docs/design.md``, section "Who answered"): *not sent* against *maybe sent*
+(``wire.py``, which makes each exchange), and an answer in the gateway's own shapes against
+anything else (a proxy's page, a CDN's 52x).
 """
 
 from __future__ import annotations
@@ -14,15 +15,13 @@ import dataclasses
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from types import SimpleNamespace, TracebackType
+from types import TracebackType
 from typing import Self
 from urllib.parse import quote
 
 import aiohttp
 import anyio
 import structlog
-from multidict import CIMultiDictProxy
 from yarl import URL
 
 from pixazo_batch.errors import (
@@ -47,28 +46,17 @@ from pixazo_batch.models import (
     SubmitAccepted,
 )
 from pixazo_batch.retryafter import parse_retry_after, quota_wait
+from pixazo_batch.wire import ANSWER_LIMIT, Answer, exchange, open_session
 
 log = structlog.get_logger(__name__)
 
 KEY_HEADER = "Ocp-Apim-Subscription-Key"
 #: added to an announced Retry-After: event-loop timers may fire a hair early
 RETRY_AFTER_MARGIN = 0.05
-#: the longest gateway answer read; a longer one is not the gateway's JSON
-ANSWER_LIMIT = 1 << 20
 #: what a request_id may look like before it is stored or put in a URL (documented:
 #: ``{model_id}_{uuid}``; kept a little wider, since the id is opaque)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,199}$")
 _SUBMIT_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-cache"}
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A gateway answer read in full (up to ``ANSWER_LIMIT``)."""
-
-    status: int
-    text: str
-    headers: CIMultiDictProxy[str]
-    oversized: bool = False
 
 
 class RateLimitedError(HttpStatusError):
@@ -114,13 +102,7 @@ class GatewayClient:
         self.requests = 0
 
     async def __aenter__(self) -> Self:
-        tracing = aiohttp.TraceConfig(trace_config_ctx_factory=SimpleNamespace)
-        tracing.on_request_headers_sent.append(_call_on_wire)
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0),
-            raise_for_status=False,
-            trace_configs=[tracing],
-        )
+        self._session = open_session()
         return self
 
     async def __aexit__(
@@ -253,7 +235,7 @@ class GatewayClient:
         self.requests += 1
         try:
             async with self._limiter:
-                answer = await _exchange(
+                answer = await exchange(
                     session, method, url, headers, body, client_timeout, on_wire
                 )
         except NotSentError as exc:
@@ -303,62 +285,3 @@ def _names_a_setting(error: GatewayAnswerError, headers: dict[str, str]) -> bool
     send (a webhook URL the gateway refuses, say)."""
     text = error.body.text.lower()
     return "model not found" in text or any(name.lower() in text for name in headers)
-
-
-class _Wire:
-    """Whether a request reached the wire (its headers about to be written), and what to do
-    just before it does."""
-
-    def __init__(self, on_wire: Callable[[], Awaitable[None]] | None) -> None:
-        self.reached = False
-        self._on_wire = on_wire
-
-    async def __call__(self) -> None:
-        if self._on_wire is not None:
-            await self._on_wire()
-        self.reached = True
-
-
-async def _call_on_wire(
-    session: aiohttp.ClientSession,
-    context: SimpleNamespace,
-    params: aiohttp.TraceRequestHeadersSentParams,
-) -> None:
-    """aiohttp trace hook: the request holds a connection and is about to write its headers."""
-    wire = context.trace_request_ctx
-    if isinstance(wire, _Wire):
-        await wire()
-
-
-async def _exchange(  # noqa: PLR0917  (private, called once)
-    session: aiohttp.ClientSession,
-    method: str,
-    url: URL,
-    headers: dict[str, str],
-    body: bytes | None,
-    client_timeout: aiohttp.ClientTimeout,
-    on_wire: Callable[[], Awaitable[None]] | None,
-) -> Answer:
-    wire = _Wire(on_wire)
-    try:
-        async with session.request(
-            method,
-            url,
-            headers=headers,
-            data=body,
-            timeout=client_timeout,
-            allow_redirects=False,
-            trace_request_ctx=wire,
-        ) as response:
-            raw = await response.content.read(ANSWER_LIMIT + 1)
-            return Answer(
-                response.status,
-                raw[:ANSWER_LIMIT].decode("utf-8", errors="replace"),
-                response.headers,
-                oversized=len(raw) > ANSWER_LIMIT,
-            )
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        if not wire.reached:  # no connection, or none in time: not a byte left
-            detail = getattr(exc, "os_error", None) or f"{type(exc).__name__}: {exc}"
-            raise NotSentError(f"{method} {url.host}: could not connect: {detail}") from exc
-        raise AnswerLostError(f"{method} {url.host}: {type(exc).__name__}: {exc}") from exc

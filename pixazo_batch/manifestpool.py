@@ -1,4 +1,5 @@
-"""Checking a manifest on every core, for ``validate`` (``docs/design.md``, "The manifest").
+"""Checking a manifest for ``validate``, on every core when it is large (``docs/design.md``,
+"The manifest").
 
 Judging a line on its own (its JSON, its fields, its image file) is most of the work and needs
 nothing from the other lines, so worker processes judge spans of a few MiB (cut at line ends)
@@ -20,11 +21,16 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+import structlog
+
 from pixazo_batch.errors import PixazoBatchError
 from pixazo_batch.images import ImageReader
-from pixazo_batch.manifest import Brief, brief, read_lines
+from pixazo_batch.manifest import Brief, brief, read_lines, read_manifest
 from pixazo_batch.manifestline import ManifestIssue
+from pixazo_batch.models import JobSpec
 from pixazo_batch.seenindex import BATCH, Claim, SeenIndex
+
+log = structlog.get_logger(__name__)
 
 #: a manifest at least this large is checked by worker processes (smaller ones are over
 #: before the workers would have started)
@@ -41,6 +47,33 @@ def worker_count() -> int:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     return 0 if cores < 2 else min(cores, 8)
+
+
+def judge_lines(
+    manifest: Path, *, keep: list[JobSpec] | None
+) -> Iterator[ManifestIssue | tuple[str, str]]:
+    """Each bad line's issues and each good line's (resolution, duration), in order; with
+    ``keep``, every good line's job is appended to it. A large manifest whose jobs are not
+    kept is judged by every core.
+
+    Raises:
+        OSError: the file cannot be opened or read.
+        PixazoBatchError: a worker process died (killed, out of memory).
+    """
+    # Spans are read where they lie: a pipe (``validate <(...)``) is read once, as a run does.
+    if keep is None and manifest.is_file():  # nothing is kept: any manifest fits in memory
+        workers = worker_count() if manifest.stat().st_size >= PARALLEL_BYTES else 0
+        if workers:
+            log.debug("manifest_read_in_parallel", workers=workers)
+        yield from judge_manifest(manifest, workers)
+        return
+    for item in read_manifest(manifest):
+        if isinstance(item, ManifestIssue):
+            yield item
+            continue
+        if keep is not None:
+            keep.append(item)
+        yield item.request.resolution.value, item.request.duration.value
 
 
 def judge_manifest(
