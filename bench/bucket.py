@@ -8,7 +8,9 @@ an S3-compatible bucket (moto's server on loopback), two ways in one run:
 
 Figures: end-to-end throughput (MB of video per second, from the first POST to the last object)
 and each side's peak RSS. Target: throughput at least the baseline's, peak RSS at most 150 MB.
-Usage: ``python bench/bucket.py [--jobs 20] [--mb 100]``.
+With ``--results-jobs N``, also a run over N new jobs that sends nothing (``--max-spend 0``) and
+leaves ``results.jsonl`` and ``report.html`` in the bucket: its time and peak RSS, and the two
+files' sizes. Usage: ``python bench/bucket.py [--jobs 20] [--mb 100] [--results-jobs N]``.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--mb", type=int, default=100)
     parser.add_argument("--engine-flag", action="append", default=[], help="passed to the run")
+    parser.add_argument("--results-jobs", type=int, default=0)
     args = parser.parse_args()
     size = args.mb * 1_000_000
     scenario = quick_jobs(0.5, 0.1, media_bytes=size)
@@ -104,6 +107,8 @@ def main() -> None:
             upload = run_child(
                 [PYTHON, "-c", _UPLOAD, str(folder / "disk"), "videos", "baseline"], env=env
             )
+            if args.results_jobs:
+                _results_into_bucket(folder, sim.base_url, args.results_jobs, env)
         objects = boto3.client("s3").list_objects_v2(Bucket="videos", Prefix="engine/")
         stored = [o for o in objects.get("Contents", []) if o["Key"].endswith(".mp4")]
     megabytes = args.jobs * size / 1e6
@@ -121,6 +126,31 @@ def main() -> None:
              f"{download.cpu_s + upload.cpu_s:.1f}", "-"),
             ("peak RSS, MB", f"{engine.peak_rss_mb:.0f}",
              f"{max(download.peak_rss_mb, upload.peak_rss_mb):.0f}", "<= 150"),
+        ],
+    )  # fmt: skip
+
+
+def _results_into_bucket(folder: Path, base_url: str, jobs: int, env: dict[str, str]) -> None:
+    """A run over ``jobs`` new jobs that sends nothing and leaves its results in the bucket."""
+    import boto3  # its environment is set by main
+
+    manifest = write_manifest(folder / "r.jsonl", jobs, prefix="r")
+    command = [PYTHON, "-m", "pixazo_batch", "--log-level", "error", "run", str(manifest),
+               "--out", "s3://videos/results", "--base-url", base_url,
+               "--max-spend", "0"]  # fmt: skip
+    run = run_child(command, env=env)
+    client = boto3.client("s3")
+    sizes = {
+        name: client.head_object(Bucket="videos", Key=f"results/{name}")["ContentLength"] / 1e6
+        for name in ("results.jsonl", "report.html")
+    }
+    table(
+        f"Results into a bucket: {jobs} new jobs, nothing sent (exit {run.returncode})",
+        [
+            ("seconds, the whole run", f"{run.wall_s:.1f}", "-", "-"),
+            ("peak RSS, MB", f"{run.peak_rss_mb:.0f}", "-", "<= 150"),
+            ("results.jsonl, report.html in the bucket, MB",
+             f"{sizes['results.jsonl']:.1f}, {sizes['report.html']:.1f}", "-", "-"),
         ],
     )  # fmt: skip
 

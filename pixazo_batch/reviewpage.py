@@ -4,11 +4,16 @@ One self-contained static file written into the output folder beside the videos:
 a few lines of script for the state filters, no network fetch, no framework. Videos are linked
 by their relative paths, so the folder can be copied or served as it is. Every text from the
 manifest or the gateway is escaped.
+
+A page holds at most ``PAGE_CARDS`` cards (``docs/design.md``, "Output"): every job that is not
+downloaded comes first, then the downloaded ones latest in the manifest; ``results.jsonl`` and
+``report`` name every job.
 """
 
 from __future__ import annotations
 
 import html
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -19,11 +24,15 @@ from pixazo_batch.safefs import replaced_text
 from pixazo_batch.statereader import StateReader
 
 PAGE_NAME = "report.html"
+#: the most cards a page holds: a browser cannot lay out 100,000 videos (nor read the start of
+#: each), and the page of a million jobs would be 800 MB
+PAGE_CARDS = 2_000
 
 _STYLE = """
 body{font:15px/1.4 system-ui,sans-serif;margin:1.5rem;background:#fafafa;color:#222}
 h1{font-size:1.3rem;margin:0 0 .5rem}
 .totals{margin:.25rem 0 1rem;color:#444}
+.shown{margin:-.5rem 0 1rem;color:#444}
 .filters label{margin-right:1rem;cursor:pointer}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:1rem}
 .card{background:#fff;border:1px solid #ddd;border-radius:8px;padding:.75rem}
@@ -54,25 +63,55 @@ document.querySelectorAll('.filters input').forEach(function (box) {
 """
 
 
-def render_page(store: StateReader) -> Iterator[str]:
-    """The whole review page for the jobs the state file holds, in pieces (a card a job:
-    a page of 100,000 jobs is never held whole)."""
-    yield page_head(store)
-    separator = ""
+class PageCards:
+    """The jobs a review page shows, chosen as the state's jobs go by in their order (one pass,
+    at most ``limit`` jobs held): those not downloaded first, then the latest downloaded.
+
+    Usage: ``cards.add(row, cents)`` for every job, then ``cards.page(store)``.
+    """
+
+    def __init__(self, limit: int = PAGE_CARDS) -> None:
+        self.limit = limit
+        #: jobs seen
+        self.jobs = 0
+        self._unfinished: list[tuple[JobRow, int]] = []
+        self._downloaded: deque[tuple[JobRow, int]] = deque(maxlen=limit)
+
+    def add(self, row: JobRow, cents: int) -> None:
+        """See one job (in the state's order)."""
+        self.jobs += 1
+        if row.state is JobState.DOWNLOADED:
+            self._downloaded.append((row, cents))
+        elif len(self._unfinished) < self.limit:
+            self._unfinished.append((row, cents))
+
+    def page(self, store: StateReader) -> Iterator[str]:
+        """The whole page, in pieces."""
+        room = self.limit - len(self._unfinished)
+        downloaded = list(self._downloaded)[len(self._downloaded) - room :] if room > 0 else []
+        chosen = [*self._unfinished, *downloaded]
+        yield page_head(store, shown=len(chosen), jobs=self.jobs)
+        yield "\n".join(card(row, cents) for row, cents in chosen)
+        yield PAGE_TAIL
+
+
+def render_page(store: StateReader, limit: int = PAGE_CARDS) -> Iterator[str]:
+    """The review page for the jobs the state file holds (at most ``limit`` cards), in pieces."""
+    cards = PageCards(limit)
     for row, _, cents in store.iter_ledger():
-        yield separator + card(row, cents)
-        separator = "\n"
-    yield PAGE_TAIL
+        cards.add(row, cents)
+    yield from cards.page(store)
 
 
-def write_page(store: StateReader, folder: Path) -> None:
+def write_page(store: StateReader, folder: Path, limit: int = PAGE_CARDS) -> None:
     """Write ``report.html`` into ``folder`` atomically (never through a link)."""
     with replaced_text(folder / PAGE_NAME, store.worker) as sink:
-        sink.writelines(render_page(store))
+        sink.writelines(render_page(store, limit))
 
 
-def page_head(store: StateReader) -> str:
-    """The review page up to its first card: the totals, the money and the state filters."""
+def page_head(store: StateReader, *, shown: int, jobs: int) -> str:
+    """The review page up to its first card: the totals, the money, which jobs it shows and
+    the state filters."""
     counts = store.counts()
     total = sum(counts.values())
     totals = ", ".join(f"{n} {state.value}" for state, n in sorted(counts.items()) if n)
@@ -91,8 +130,20 @@ def page_head(store: StateReader) -> str:
         f'<p class="totals">{total} jobs: {html.escape(totals or "none")}. '
         f"${store.committed_cents() / 100:.2f} committed, "
         f"${store.spent_cents() / 100:.2f} spent.</p>"
+        f"{_shown(shown, jobs)}"
         f'<p class="filters">{filters}</p>'
         '<main class="cards">'
+    )
+
+
+def _shown(shown: int, jobs: int) -> str:
+    """The line saying the page shows only some of the jobs (nothing when it shows them all)."""
+    if shown >= jobs:
+        return ""
+    return (
+        f'<p class="shown">This page shows {shown} of the {jobs} jobs: every job that is not '
+        "downloaded, then the latest downloaded. <code>results.jsonl</code> and "
+        "<code>pixazo-batch report</code> list them all.</p>"
     )
 
 

@@ -197,10 +197,16 @@ class Storage:
         return aborted
 
     async def upload_file(
-        self, where: BucketPath, relative: str, path: Path, metadata: dict[str, str]
+        self,
+        where: BucketPath,
+        relative: str,
+        path: Path,
+        metadata: dict[str, str],
+        content_type: str = "video/mp4",
     ) -> None:
         """Put the file at ``path`` at ``relative`` with ``metadata``; the object appears whole
-        or not at all (one PUT, or a multipart upload completed only once every part is in)."""
+        or not at all (one PUT, or a multipart upload completed only once every part is in),
+        and the file is never held whole in memory (one part at a time)."""
         key = where.key(relative)
         with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as source:
             size = os.fstat(source.fileno()).st_size
@@ -208,12 +214,12 @@ class Storage:
                 body = bytearray(size)
                 await anyio.to_thread.run_sync(_read_part, source, body)
                 await self._client.put_object(
-                    Bucket=where.bucket, Key=key, Body=body, ContentType="video/mp4",
+                    Bucket=where.bucket, Key=key, Body=body, ContentType=content_type,
                     Metadata=metadata,
                 )  # fmt: skip
                 return
             created = await self._client.create_multipart_upload(
-                Bucket=where.bucket, Key=key, ContentType="video/mp4", Metadata=metadata
+                Bucket=where.bucket, Key=key, ContentType=content_type, Metadata=metadata
             )
             upload = MultipartUpload(self._client, where.bucket, key, created["UploadId"])
             try:

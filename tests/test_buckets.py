@@ -7,6 +7,7 @@ import json
 import os
 import signal
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from pixazo_batch.config import Settings
 from pixazo_batch.engine import run_batch
 from pixazo_batch.errors import UsageError
 from pixazo_batch.sim import Simulator
-from pixazo_batch.storage import StorageRefusedError
+from pixazo_batch.storage import PART_BYTES, StorageRefusedError
 from tests.conftest import TEST_KEY, fast, job_line, simulator, write_manifest
 from tests.test_cli import cli_env, log_events, run_args
 
@@ -75,6 +76,35 @@ async def test_videos_go_into_the_bucket_whole_verified_and_named_by_their_locat
     records = [json.loads(line) for line in remote["Body"].read().decode().splitlines()]
     assert [r["location"] for r in records] == [f"{url}/job-00{i}.mp4" for i in range(3)]
     assert not list((tmp_path / "local").rglob("*.mp4*")), "no video left on the local disk"
+
+
+async def test_results_larger_than_a_part_go_up_whole_with_their_checksum(
+    tmp_path: Path, make_settings: MakeSettings, bucket: Any
+) -> None:
+    # 1,100 jobs whose prompts are 5,000 characters make a review page over one part (5 MiB),
+    # so it goes up as a multipart upload; nothing is sent (a budget of 0).
+    url = f"s3://{bucket.bucket_name}/big"
+    prompt = "A lighthouse at dusk, waves rolling in. " * 125
+    async with simulator(fast()) as sim:
+        settings = make_settings(
+            sim,
+            manifest_of(tmp_path, 1100, prompt=prompt),
+            out_dir=tmp_path / "local",
+            out_bucket=url,
+            max_spend=Decimal(0),
+        )
+        summary = await run_batch(settings)
+        assert sim.stats()["accepted"] == 0
+    assert summary.counts["pending"] == 1100
+    page = (tmp_path / "local" / "report.html").read_bytes()
+    assert len(page) > PART_BYTES
+    for name, kind in (("results.jsonl", "application/jsonl"), ("report.html", "text/html")):
+        local = (tmp_path / "local" / name).read_bytes()
+        remote = bucket.get_object(Bucket=bucket.bucket_name, Key=f"big/{name}")
+        assert remote["Body"].read() == local
+        assert remote["ContentType"] == kind
+        assert remote["Metadata"]["sha256"] == hashlib.sha256(local).hexdigest()
+    assert unfinished_uploads(bucket) == []
 
 
 async def test_a_page_instead_of_a_video_leaves_no_object_and_no_upload(

@@ -1,6 +1,7 @@
 """The morning review page in a real headless browser (Debian's chromium, driven over the
 DevTools protocol): it loads without console errors, shows a card per job, filters by state, and
-every video on it reaches ``loadedmetadata``."""
+every video on it reaches ``loadedmetadata``; past its limit of cards it shows the jobs that need
+a look first."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import anyio
 import pytest
 
 from pixazo_batch.engine import run_batch
+from pixazo_batch.reviewpage import render_page
+from pixazo_batch.stores import open_store
 from tests.conftest import fast, job_line, simulator, write_manifest
 
 pytestmark = pytest.mark.anyio
@@ -171,3 +174,21 @@ async def test_the_review_page_shows_every_job_and_every_video_loads(
     assert sorted(report["states"]) == ["downloaded", "downloaded", "downloaded", "failed"]
     assert sorted(report["durations"]) == [5, 5, 9]
     assert sorted(report["sizes"]) == ["112x48", "54x96", "96x54"]
+
+
+async def test_past_its_limit_the_page_shows_jobs_not_downloaded_then_the_latest(
+    tmp_path: Path, make_settings: Any
+) -> None:
+    refused = {0: {"prompt": "   "}, 4: {"prompt": "   "}}  # the gateway refuses them: failed
+    lines = [job_line(index, **refused.get(index, {})) for index in range(6)]
+    async with simulator(fast()) as sim:
+        settings = make_settings(sim, write_manifest(tmp_path / "jobs.jsonl", lines))
+        await run_batch(settings)
+    with open_store(settings.state_location, lock=False) as store:
+        capped = "".join(render_page(store, limit=3))
+        whole = "".join(render_page(store, limit=6))
+    assert re.findall(r'data-id="([^"]+)"', capped) == ["job-000", "job-004", "job-005"]
+    assert "This page shows 3 of the 6 jobs" in capped
+    order = ["job-000", "job-004", "job-001", "job-002", "job-003", "job-005"]
+    assert re.findall(r'data-id="([^"]+)"', whole) == order
+    assert "This page shows" not in whole
