@@ -88,8 +88,8 @@ class PageCards:
     def page(self, store: StateReader) -> Iterator[str]:
         """The whole page, in pieces."""
         room = self.limit - len(self._unfinished)
-        downloaded = list(self._downloaded)[len(self._downloaded) - room :] if room > 0 else []
-        chosen = [*self._unfinished, *downloaded]
+        latest = list(self._downloaded)[max(0, len(self._downloaded) - room) :]
+        chosen = [*self._unfinished, *latest]
         yield page_head(store, shown=len(chosen), jobs=self.jobs)
         yield "\n".join(card(row, cents) for row, cents in chosen)
         yield PAGE_TAIL

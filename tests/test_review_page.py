@@ -186,7 +186,7 @@ async def test_past_its_limit_the_page_shows_jobs_not_downloaded_then_the_latest
         await run_batch(settings)
     with open_store(settings.state_location, lock=False) as store:
         capped = "".join(render_page(store, limit=3))
-        whole = "".join(render_page(store, limit=6))
+        whole = "".join(render_page(store, limit=7))
     assert re.findall(r'data-id="([^"]+)"', capped) == ["job-000", "job-004", "job-005"]
     assert "This page shows 3 of the 6 jobs" in capped
     order = ["job-000", "job-004", "job-001", "job-002", "job-003", "job-005"]
