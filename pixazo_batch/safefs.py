@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TextIO
 
@@ -80,13 +80,20 @@ def write_fresh(path: Path, mode: int = SHARED) -> int:
 @contextmanager
 def replaced_text(path: Path, writer: str | None = None) -> Iterator[TextIO]:
     """A text file that takes ``path``'s place, durably and at once, when the block ends
-    without an error (written beside it, at ``temporary_for(path, writer)``)."""
+    without an error (written beside it, at ``temporary_for(path, writer)``); when it ends with
+    one, ``path`` is left as it was and nothing written is left beside it."""
     temporary = temporary_for(path, writer)
-    with os.fdopen(write_fresh(temporary), "w", encoding="utf-8") as sink:
-        yield sink
-        sink.flush()
-        os.fsync(sink.fileno())
-    os.replace(temporary, path)
+    try:
+        with os.fdopen(write_fresh(temporary), "w", encoding="utf-8") as sink:
+            yield sink
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        # Most often the disk is full: a half-written copy would only take more of it.
+        with suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise
 
 
 def temporary_for(path: Path, writer: str | None = None) -> Path:

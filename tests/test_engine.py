@@ -110,7 +110,8 @@ async def test_results_not_written_are_written_by_the_next_run_even_if_it_change
     tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
 ) -> None:
     """When the review page cannot be written, the results left behind would be taken for
-    current by the next run: they are removed instead."""
+    current by the next run: they are removed instead, and so is the results' half of the
+    write."""
     async with simulator() as sim:
         await run_batch(make_settings(sim, manifest_of(tmp_path, 1)))
         settings = make_settings(sim, manifest_of(tmp_path, 2))
@@ -118,10 +119,12 @@ async def test_results_not_written_are_written_by_the_next_run_even_if_it_change
         blocker.mkdir()  # where the page is written first: no file can be made there
         await run_batch(settings)
         gone = not (settings.out_dir / "results.jsonl").exists()
+        half_written = (settings.out_dir / "results.jsonl.tmp").exists()
         blocker.rmdir()
         await run_batch(settings)
     assert len(log_tap.named("results_not_written")) == 1
     assert gone
+    assert not half_written  # a full disk is not filled further by a copy nobody reads
     assert [r["state"] for r in results(settings)] == ["downloaded", "downloaded"]
 
 
