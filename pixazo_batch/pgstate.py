@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 
+import structlog
+
 from pixazo_batch.errors import (
     FleetFullError,
     JobTakenError,
@@ -35,6 +37,8 @@ from pixazo_batch.models import JobState
 from pixazo_batch.pgconn import PgConnection, redacted
 from pixazo_batch.pgworkers import SUBMIT_LOCK, FleetIdentity, WorkerRoster
 
+log = structlog.get_logger(__name__)
+
 SCHEMA = resources.files("pixazo_batch").joinpath("schema_pg.sql").read_text(encoding="utf-8")
 #: the version ``schema_pg.sql`` brings a database to (raise it with each change there)
 SCHEMA_VERSION = 2
@@ -44,6 +48,21 @@ _SCHEMA_LOCK = 7_310_001
 _HELD = frozenset({JobState.SUBMITTING, JobState.SUBMITTED, JobState.COMPLETED, JobState.ERRORED})
 #: seconds a count of the fleet's jobs in flight is reused by ``fleet_room``
 ROOM_LOOK = 0.1
+#: libpq settings of a state connection, unless its URL names them: a database gone silent (a
+#: network cut, a host lost) fails the call waiting on it within about 30 s, where the system's
+#: keepalive would first wait two hours with the run frozen (every store call is synchronous)
+CONNECTION_DEFAULTS = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
+#: the server ends a session of ours idle inside a transaction this long (unless the database
+#: or the URL set a limit): none waits there (each transaction is one synchronous block), so it
+#: is a worker frozen mid-transaction, whose row locks would hold every other worker
+IDLE_IN_TRANSACTION = "60s"
 
 
 class PgStateStore(WorkerRoster):
@@ -55,6 +74,7 @@ class PgStateStore(WorkerRoster):
 
     def __init__(self, url: str, db: PgConnection) -> None:
         super().__init__(redacted(url), db)
+        self._url = url  # with its password: never logged (``path`` is the redacted one)
         import psycopg  # noqa: PLC0415
 
         self.integrity_errors = (psycopg.errors.UniqueViolation,)
@@ -81,7 +101,7 @@ class PgStateStore(WorkerRoster):
             raise UsageError("a PostgreSQL state needs: pip install 'pixazo-batch[pg]'") from None
         where = redacted(url)
         try:
-            conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+            conn = _connect(url)
         except psycopg.Error as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UsageError(f"--state {where}: cannot use the database: {detail}") from None
@@ -99,6 +119,28 @@ class PgStateStore(WorkerRoster):
             if store.worker is not None:
                 store._leave()
             conn.close()
+
+    def reconnect_if_lost(self) -> None:
+        """Connect again when the database closed this store's connection (a restart, a
+        session ended by an administrator), so a run it stopped can still read its summary.
+
+        Raises:
+            StateWriteError: the database cannot be reached again.
+        """
+        import psycopg  # noqa: PLC0415
+
+        db = self.db
+        assert isinstance(db, PgConnection)
+        if not db.conn.closed:
+            return
+        try:
+            db.conn = _connect(self._url)
+        except psycopg.Error as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StateWriteError(
+                f"cannot reach the state database {self.path} again: {detail}"
+            ) from None
+        log.info("state_database_reconnected", database=self.path)
 
     def _migrate(self) -> None:
         """Create or bring the tables up to ``SCHEMA_VERSION``, once: a schema change takes
@@ -216,3 +258,22 @@ class PgStateStore(WorkerRoster):
                 (self.worker, limit),
             ).fetchall()
         return [row_from(found) for found in rows]
+
+
+def _connect(url: str) -> Any:
+    """A psycopg connection to ``url`` with ``CONNECTION_DEFAULTS`` and ``IDLE_IN_TRANSACTION``
+    where nothing else set them."""
+    import psycopg  # noqa: PLC0415
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: PLC0415
+
+    given = conninfo_to_dict(url)
+    defaults = {name: value for name, value in CONNECTION_DEFAULTS.items() if name not in given}
+    conn = psycopg.connect(make_conninfo(url, **defaults), autocommit=True)
+    try:
+        idle = conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+        if idle is not None and idle[0] == "0":
+            conn.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'")
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -12,12 +12,13 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio.streams.text import TextReceiveStream
 
 from pixazo_batch.config import Settings
 from pixazo_batch.engine import run_batch
 from pixazo_batch.sim import Simulator
 from tests.conftest import TEST_KEY, fast, job_line, simulator, write_manifest
-from tests.test_cli import cli_env, run_args
+from tests.test_cli import cli_env, log_events, run_args
 from tests.test_engine import (  # noqa: F401  (collected here again, on PostgreSQL)
     test_a_changed_request_under_a_known_id_is_refused,
     test_a_lost_answer_makes_the_job_uncertain_and_it_is_never_resubmitted_silently,
@@ -213,3 +214,81 @@ def test_the_parts_of_the_keys_rate_read_in_one_tick_add_up_to_one(pg_url: str) 
             assert first.rate_part(next_tick, 0.05) is None, "asks again, never waits"
         later = [store.rate_part(next_tick, 0.05) for store in (first, second, joined)]
         assert later == pytest.approx([1.05 / 3.15, 2.05 / 3.15, 0.05 / 3.15])
+
+
+@pytest.mark.parametrize("database", ["back at once", "refusing connections"])
+async def test_a_database_lost_mid_run_stops_it_in_one_line_and_the_next_run_finishes(
+    tmp_path: Path, pg_url: str, database: str
+) -> None:
+    """The database drops the run's connection while its jobs are in flight: the run stops with
+    exit 3 and one line saying why, no traceback, and its summary when the database takes it
+    back; the next run finishes every job, none sent twice."""
+    import psycopg
+
+    admin, name = pg_url.rsplit("/", 1)[0] + "/postgres", pg_url.rsplit("/", 1)[1]
+    allow = "ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}"
+    manifest = manifest_of(tmp_path, 4)
+    env = cli_env(PIXAZO_API_KEY=TEST_KEY)
+    slow = fast(processing_median={"540p": 600.0}, processing_sigma=0.0)
+    async with simulator(slow) as sim:
+        command = [*run_args(sim, manifest, tmp_path / "out"), "--state", pg_url,
+                   "--worker-timeout", "1"]  # fmt: skip
+        async with await anyio.open_process(command, env=env) as process:
+            submitted = 0
+            async for record in log_events(process):
+                submitted += record.get("event") == "submitted"
+                if submitted == 4:
+                    break
+            with psycopg.connect(admin, autocommit=True) as db:
+                if database == "refusing connections":
+                    db.execute(allow.format(name, "false"))
+                db.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (name,),
+                )
+            assert process.stderr is not None
+            after = "".join([text async for text in TextReceiveStream(process.stderr)])
+            await process.wait()
+        with psycopg.connect(admin, autocommit=True) as db:
+            db.execute(allow.format(name, "true"))
+        for job in sim.state.book.jobs.values():  # the simulated jobs finish now
+            job.started = job.finished = job.created
+        finished = await anyio.run_process(command, env=env, check=False)
+        stats = sim.stats()
+    errors = [json.loads(line) for line in after.splitlines() if '"level": "error"' in line]
+    assert process.returncode == 3, after[-2000:]
+    assert "Traceback" not in after, after[-2000:]
+    assert [e["event"] for e in errors] == ["state_write_failed"], errors
+    summaries = [json.loads(line) for line in after.splitlines() if '"summary"' in line]
+    if database == "back at once":
+        assert [s["counts"]["submitted"] for s in summaries] == [4]
+    else:  # no summary to read: the line says so
+        assert "cannot reach the state database" in after.splitlines()[-1], after[-2000:]
+        assert summaries == []
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+    assert len(list((tmp_path / "out").glob("*.mp4"))) == 4
+    assert stats["accepted"] == 4, "every job was sent once"
+
+
+def test_a_state_connection_gives_up_on_a_silent_database_unless_its_url_says_otherwise(
+    pg_url: str,
+) -> None:
+    """A database gone silent must fail the call waiting on it within seconds (libpq's
+    keepalives and TCP timeout), and a session frozen inside a transaction is ended by the
+    server; what the URL names is kept."""
+    from pixazo_batch.pgconn import PgConnection
+    from pixazo_batch.pgstate import PgStateStore
+
+    def given(store: PgStateStore) -> tuple[dict[str, str], str]:
+        assert isinstance(store.db, PgConnection)
+        (idle,) = store.db.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+        return store.db.conn.info.get_parameters(), idle
+
+    theirs = f"{pg_url}?keepalives_idle=42&options=-c%20idle_in_transaction_session_timeout%3D5s"
+    with PgStateStore.open_database(pg_url) as ours, PgStateStore.open_database(theirs) as named:
+        settings = [given(store) for store in (ours, named)]
+    (ours_given, ours_idle), (named_given, named_idle) = settings
+    assert ours_given["keepalives_idle"] == "10" and ours_given["tcp_user_timeout"] == "30000"
+    assert ours_idle == "1min"
+    assert named_given["keepalives_idle"] == "42" and named_given["keepalives_count"] == "3"
+    assert named_idle == "5s"
