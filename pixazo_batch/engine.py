@@ -232,7 +232,7 @@ async def _run(
                 log_stop(stopped_by, ctx)
             finally:
                 guard.cancel_scope.cancel()
-    _wind_down(store, origin, estimator)
+    await _wind_down(store, router, origin, estimator)
     if isinstance(stopped_by, ManifestError):
         raise stopped_by
     return summarise(ctx.store, ctx.flags, issues, stopped_by)
@@ -261,16 +261,19 @@ async def _adopt(ctx: RunContext, job_id: str) -> None:
         await ctx.router.admit(row, Hinted())
 
 
-def _wind_down(store: StateStore, origin: str, estimator: CompletionEstimator) -> None:
+async def _wind_down(
+    store: StateStore, router: Router, origin: str, estimator: CompletionEstimator
+) -> None:
     """Reach the state again if the database stopped the run by closing its connection (it may
-    be back, for the summary), then keep what this run learned of the gateway's speed, so the
-    next night starts from it.
+    be back), record the acceptances it refused meanwhile, then keep what this run learned of
+    the gateway's speed, so the next night starts from it.
 
     Raises:
         StateWriteError: the database cannot be reached again (there is no summary to give).
     """
     if isinstance(store, PgStateStore):
         store.reconnect_if_lost()
+    await router.record_late_acceptances()
     try:
         store.keep_speed(origin, estimator.scales)
     except StateError as exc:  # only the next run's first polls are the worse for it

@@ -122,7 +122,8 @@ class PgStateStore(WorkerRoster):
 
     def reconnect_if_lost(self) -> None:
         """Connect again when the database closed this store's connection (a restart, a
-        session ended by an administrator), so a run it stopped can still read its summary.
+        session ended by an administrator), so a run it stopped can still record what it was told
+        meanwhile and read its summary.
 
         Raises:
             StateWriteError: the database cannot be reached again.

@@ -10,12 +10,17 @@ which tells the engine when the run's work is done.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
-from pixazo_batch.errors import InvalidTransitionError, JobTakenError, StateWriteError
+from pixazo_batch.errors import (
+    InvalidTransitionError,
+    JobTakenError,
+    StateError,
+)
 from pixazo_batch.groupcommit import GroupCommits
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.lifecycle import (
@@ -122,6 +127,12 @@ class Router:
         self._holding: set[str] = set()
         self._slot_freed = anyio.Event()
         self._commits = GroupCommits(store)
+        #: acceptances the state refused to record while the run went on (the money is known,
+        #: only the write failed), tried again by ``record_late_acceptances``
+        self._unrecorded: dict[str, Accepted] = {}
+        #: what a store refusing a transition raises (a refused write, a database gone, a job
+        #: a fleet moved on)
+        self._refused: tuple[type[Exception], ...] = (StateError, *store.database_errors)
 
     @property
     def moving(self) -> int:
@@ -176,7 +187,11 @@ class Router:
         the reporting stage keeps the job and tries again. A report ``from_stage`` on a job
         that stage no longer holds here (``take_over``, ``let_go``) is stale: dropped, and the
         step is REST."""
-        row = self.store.get(job_id)
+        try:
+            row = self.store.get(job_id)
+        except self.store.database_errors:  # a database gone: what it was told is kept here
+            self._not_recorded(job_id, outcome)
+            raise
         if row is None:
             raise InvalidTransitionError(f"unknown job {job_id!r}")
         if from_stage is not None and self._stage.get(job_id) is not from_stage:
@@ -207,12 +222,38 @@ class Router:
         """``_apply``, returning once the transition is committed (with those of other jobs)."""
         try:
             return await self._commits.write(lambda: self._apply(row, outcome))
-        except StateWriteError:
-            if isinstance(outcome, (Accepted, CallbackNamed)):
-                # The gateway holds (and charges) the job; only this line keeps its request_id
-                # for ``resolve`` once the next run finds the job uncertain.
-                log.error("accepted_not_recorded", job_id=row.id, request_id=outcome.request_id)
+        except self._refused:
+            self._not_recorded(row.id, outcome)
             raise
+
+    def _not_recorded(self, job_id: str, outcome: Outcome) -> None:
+        if isinstance(outcome, (Accepted, CallbackNamed)):
+            # The gateway holds (and charges) the job; this line keeps its request_id for
+            # ``resolve``, should the run's end not record it either (the job is then uncertain).
+            log.error("accepted_not_recorded", job_id=job_id, request_id=outcome.request_id)
+        if isinstance(outcome, Accepted):
+            self._unrecorded[job_id] = outcome
+
+    async def record_late_acceptances(self) -> None:
+        """Once the pipeline has stopped, record the acceptances the state refused while it ran
+        (a database back after dropping the connection, a disk with room again), so the next
+        run polls those jobs instead of asking a person to ``resolve`` them. One still refused,
+        or whose job moved on meanwhile (a fleet reaped it), keeps its ``accepted_not_recorded``
+        line."""
+        for job_id, accepted in self._unrecorded.items():
+            try:
+                row = self.store.get(job_id)
+                if row is None or row.state is not JobState.SUBMITTING:
+                    continue
+                step = await self._commits.write(partial(self._apply, row, accepted))
+            except self._refused as exc:
+                log.error(
+                    "accepted_not_recorded",
+                    job_id=job_id, request_id=accepted.request_id, error=str(exc),
+                )  # fmt: skip
+                continue
+            log.info("accepted_recorded_late", job_id=job_id, state=step.state.value)
+        self._unrecorded.clear()
 
     async def on_wire(self, row: JobRow, budget_cents: int | None) -> JobRow:
         """The write-ahead of a POST about to leave: ``submitting``, durably, within budget.

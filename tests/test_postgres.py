@@ -292,3 +292,39 @@ def test_a_state_connection_gives_up_on_a_silent_database_unless_its_url_says_ot
     assert ours_idle == "1min"
     assert named_given["keepalives_idle"] == "42" and named_given["keepalives_count"] == "3"
     assert named_idle == "5s"
+
+
+async def test_an_acceptance_a_lost_database_missed_is_recorded_once_it_is_back(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The connection is cut while a POST is on the wire: the gateway's answer (the job taken,
+    and charged) cannot be recorded then, but is over a new connection at the run's end, so the
+    next run downloads the video and nobody has to ``resolve`` the job."""
+    import psycopg
+
+    env = cli_env(PIXAZO_API_KEY=TEST_KEY)
+    slow = fast(processing_median={"540p": 600.0}, processing_sigma=0.0, response_delay=0.5)
+    async with simulator(slow) as sim:
+        command = [*run_args(sim, manifest_of(tmp_path, 1), tmp_path / "out"), "--state", pg_url]
+        async with await anyio.open_process(command, env=env) as process:
+            async for record in log_events(process):
+                if record.get("event") == "submitting":  # on the wire, answered in 0.5 s
+                    break
+            with psycopg.connect(pg_url, autocommit=True) as db:
+                db.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            assert process.stderr is not None
+            after = "".join([text async for text in TextReceiveStream(process.stderr)])
+            await process.wait()
+        for job in sim.state.book.jobs.values():  # the simulated job finishes now
+            job.started = job.finished = job.created
+        finished = await anyio.run_process(command, env=env, check=False)
+        stats = sim.stats()
+    events = [json.loads(line)["event"] for line in after.splitlines() if line.startswith("{")]
+    assert process.returncode == 3, after[-2000:]
+    assert "accepted_not_recorded" in events and "accepted_recorded_late" in events, events
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+    assert len(list((tmp_path / "out").glob("*.mp4"))) == 1
+    assert stats["accepted"] == 1
