@@ -118,7 +118,7 @@ class PgStateStore(WorkerRoster):
         finally:
             if store.worker is not None:
                 store._leave()
-            conn.close()
+            store.db.close()  # the connection it holds now (``reconnect_if_lost``)
 
     def reconnect_if_lost(self) -> None:
         """Connect again when the database closed this store's connection (a restart, a
