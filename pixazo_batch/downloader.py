@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import re
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -20,7 +21,7 @@ import structlog
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from pixazo_batch.bucketsink import SPOOL, already_published, publish
+from pixazo_batch.bucketsink import SPOOL, BucketHealth, already_published, publish
 from pixazo_batch.context import RunContext
 from pixazo_batch.errors import MediaError, RequestError, SubmitStopError
 from pixazo_batch.governor import BackoffPolicy
@@ -65,6 +66,12 @@ class Downloader:
         self._rng = random.Random()
         self._root = ctx.settings.out_dir.resolve()
         self._limit = ctx.settings.max_video_mb << 20
+        self._bucket: BucketHealth | None = None
+        if ctx.bucket is not None and ctx.storage is not None:
+            deadline = ctx.settings.outage_deadline
+            self._bucket = BucketHealth(
+                ctx.storage, ctx.bucket, outage_deadline=deadline, clock=ctx.clock
+            )
 
     def start(self, group: TaskGroup, jobs: MemoryObjectReceiveStream[str]) -> None:
         """Start ``--downloads`` workers taking jobs from ``jobs`` (into a bucket, twice as many:
@@ -139,11 +146,14 @@ class Downloader:
 
     async def _to_bucket(self, row: JobRow, part: Path, spooled: Path) -> tuple[int, str, Mp4Info]:
         """The video fetched into the spool, verified, then put into the bucket (``bucketsink``)."""
-        ctx = self.ctx
+        ctx, bucket = self.ctx, self._bucket
         assert ctx.bucket is not None
         assert ctx.storage is not None
+        assert bucket is not None
         try:
-            published = await already_published(ctx.storage, ctx.bucket, row)
+            published = await bucket.reaching(
+                partial(already_published, ctx.storage, ctx.bucket, row)
+            )
             if published is not None:
                 return published
             if spooled.is_file():  # noqa: ASYNC240  (a killed run's whole video: one stat)
@@ -152,7 +162,11 @@ class Downloader:
                 async with self._fetching:
                     size, sha256, video = await self._fetch(row, part, spooled, durable=False)
             async with self._uploading:
-                await publish(ctx.storage, ctx.bucket, row, spooled, sha256=sha256, info=video)
+                await bucket.reaching(
+                    partial(
+                        publish, ctx.storage, ctx.bucket, row, spooled, sha256=sha256, info=video
+                    )
+                )
         except storage_errors() as exc:
             raise MediaError(f"the bucket refused the video: {exc}") from exc
         except (MediaError, OSError) as exc:

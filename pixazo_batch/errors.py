@@ -99,6 +99,12 @@ class GatewayUnreachableError(RunStopError):
     exit_code = EXIT_INCOMPLETE
 
 
+class BucketUnreachableError(RunStopError):
+    """No connection to the output bucket could be made for the whole outage deadline."""
+
+    exit_code = EXIT_INCOMPLETE
+
+
 class StateError(RunStopError):
     """The state file refuses an operation."""
 

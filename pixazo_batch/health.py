@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import structlog
 
-from pixazo_batch.errors import GatewayUnreachableError, RequestError
+from pixazo_batch.errors import GatewayUnreachableError, RequestError, RunStopError
 from pixazo_batch.governor import BackoffPolicy, Clock
 
 log = structlog.get_logger(__name__)
@@ -31,6 +31,11 @@ class GatewayHealth:
     Usage: the gateway client calls ``answered()`` / ``unreachable()``; the submitter calls
     ``await ready(probe)`` before each POST and ``answer_lost()`` after losing an answer.
     """
+
+    #: the service watched, as named in log events and messages
+    service = "gateway"
+    #: what stops the run once the service has been out of reach past the deadline
+    outage_error: type[RunStopError] = GatewayUnreachableError
 
     def __init__(
         self,
@@ -63,23 +68,24 @@ class GatewayHealth:
         """The gateway answered a request (below 500): it is reachable and its backend works."""
         self.down_since = None
         if not self._sound.is_set():
-            log.info("gateway_back", paused_for=self.reason)
+            log.info(f"{self.service}_back", paused_for=self.reason)
             self.reason = self.next_try_at = None
             self._sound.set()
 
     def unreachable(self, reason: str) -> None:
-        """A connection to the gateway could not be made.
+        """A connection to the service could not be made.
 
         Raises:
-            GatewayUnreachableError: it has been so for longer than the outage deadline.
+            GatewayUnreachableError: (``outage_error``) it has been so for longer than the
+                outage deadline.
         """
         now = self.clock.now()
         if self.down_since is None:
             self.down_since = now
-        self._pause(f"gateway unreachable: {reason}")
+        self._pause(f"{self.service} unreachable: {reason}")
         if now - self.down_since > self.outage_deadline:
-            raise GatewayUnreachableError(
-                f"the gateway could not be reached for {now - self.down_since:.0f} s "
+            raise self.outage_error(
+                f"the {self.service} could not be reached for {now - self.down_since:.0f} s "
                 f"(--outage-deadline {self.outage_deadline:g}): {reason}"
             )
 
@@ -104,7 +110,8 @@ class GatewayHealth:
                 failures += 1
                 delay = self.backoff.delay(failures, self._rng)
                 self.next_try_at = self.clock.now() + delay
-                event = "gateway_unreachable" if self.down_since is not None else "submits_paused"
+                down = self.down_since is not None
+                event = f"{self.service}_unreachable" if down else "submits_paused"
                 log.warning(event, reason=self.reason, next_try_s=round(delay, 1))
                 await self.clock.sleep(delay)
                 # An answer, even a 404, has already marked the gateway sound.
