@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import anyio
 
-from pixazo_batch.errors import BucketUnreachableError
+from pixazo_batch.errors import ServiceUnreachableError
 from pixazo_batch.governor import Clock
 from pixazo_batch.health import GatewayHealth
 from pixazo_batch.jobrow import JobRow
@@ -42,7 +42,7 @@ class BucketHealth(GatewayHealth):
     run puts the spooled videos in (``docs/design.md``, "Outages")."""
 
     service = "bucket"
-    outage_error = BucketUnreachableError
+    outage_error = ServiceUnreachableError
 
     def __init__(
         self, storage: Storage, where: BucketPath, *, outage_deadline: float, clock: Clock
@@ -55,7 +55,7 @@ class BucketHealth(GatewayHealth):
         bucket takes none.
 
         Raises:
-            BucketUnreachableError: the bucket stayed out of reach past the deadline.
+            ServiceUnreachableError: the bucket stayed out of reach past the deadline.
         """
         while True:
             await self.ready(self._probe)

@@ -20,11 +20,13 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
+from yarl import URL
 
 from pixazo_batch.bucketsink import SPOOL, BucketHealth, already_published, publish
 from pixazo_batch.context import RunContext
 from pixazo_batch.errors import MediaError, RequestError, SubmitStopError
 from pixazo_batch.governor import BackoffPolicy
+from pixazo_batch.health import MediaHostHealth
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.lifecycle import (
     Action,
@@ -66,9 +68,11 @@ class Downloader:
         self._rng = random.Random()
         self._root = ctx.settings.out_dir.resolve()
         self._limit = ctx.settings.max_video_mb << 20
+        deadline = ctx.settings.outage_deadline
+        #: by media host: one out of reach holds only its own downloads
+        self._media_hosts: dict[str, MediaHostHealth] = {}
         self._bucket: BucketHealth | None = None
         if ctx.bucket is not None and ctx.storage is not None:
-            deadline = ctx.settings.outage_deadline
             self._bucket = BucketHealth(
                 ctx.storage, ctx.bucket, outage_deadline=deadline, clock=ctx.clock
             )
@@ -205,23 +209,41 @@ class Downloader:
             raise MediaError(str(exc), discard_part=True) from exc
         except OSError as exc:
             raise MediaError(f"cannot read {part_path.name}: {exc}", discard_part=True) from exc
-        headers = {"Range": f"bytes={part.size}-"} if part.size else {}
-        try:
-            get = self.ctx.media.get(row.media_url, headers=headers, read_bufsize=self._read_buffer)
-            async with get as response:
-                total, etag = self._check_answer(response, part.size)
-                if response.status == 200 and part.size:
-                    part.restart()
-                part.resumed = part.size > 0
-                await self._save(response, part)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise MediaError(f"{type(exc).__name__}: {exc}") from exc
-        except UnsafePathError as exc:
-            raise MediaError(str(exc), discard_part=True) from exc
-        except OSError as exc:
-            raise MediaError(f"cannot write {part_path.name}: {exc.strerror or exc}") from exc
+        url = row.media_url
+        host = self._media_host(url)
+        while True:
+            headers = {"Range": f"bytes={part.size}-"} if part.size else {}
+            try:
+                get = self.ctx.media.get(url, headers=headers, read_bufsize=self._read_buffer)
+                async with get as response:
+                    host.answered()
+                    total, etag = self._check_answer(response, part.size)
+                    if response.status == 200 and part.size:
+                        part.restart()
+                    part.resumed = part.size > 0
+                    await self._save(response, part)
+                break
+            except host.REFUSED as exc:  # no connection: wait for the host, spend no try
+                host.unreachable(f"{type(exc).__name__}: {exc}")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise MediaError(f"{type(exc).__name__}: {exc}") from exc
+            except UnsafePathError as exc:
+                raise MediaError(str(exc), discard_part=True) from exc
+            except OSError as exc:
+                raise MediaError(f"cannot write {part_path.name}: {exc.strerror or exc}") from exc
+            await host.ready(partial(host.probe, url))
         video = await anyio.to_thread.run_sync(commit, part, final, total, etag, durable)
         return part.size, part.sha256.hexdigest(), video
+
+    def _media_host(self, url: str) -> MediaHostHealth:
+        name = URL(url).host or ""
+        host = self._media_hosts.get(name)
+        if host is None:
+            deadline, clock = self.ctx.settings.outage_deadline, self.ctx.clock
+            host = self._media_hosts[name] = MediaHostHealth(
+                self.ctx.media, outage_deadline=deadline, clock=clock
+            )
+        return host
 
     def _check_answer(
         self, response: aiohttp.ClientResponse, offset: int

@@ -99,8 +99,9 @@ class GatewayUnreachableError(RunStopError):
     exit_code = EXIT_INCOMPLETE
 
 
-class BucketUnreachableError(RunStopError):
-    """No connection to the output bucket could be made for the whole outage deadline."""
+class ServiceUnreachableError(RunStopError):
+    """No connection to a service the downloads need (the output bucket, the media host)
+    could be made for the whole outage deadline."""
 
     exit_code = EXIT_INCOMPLETE
 

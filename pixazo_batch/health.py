@@ -15,10 +15,16 @@ import contextlib
 import random
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 import anyio
 import structlog
 
-from pixazo_batch.errors import GatewayUnreachableError, RequestError, RunStopError
+from pixazo_batch.errors import (
+    GatewayUnreachableError,
+    RequestError,
+    RunStopError,
+    ServiceUnreachableError,
+)
 from pixazo_batch.governor import BackoffPolicy, Clock
 
 log = structlog.get_logger(__name__)
@@ -68,7 +74,7 @@ class GatewayHealth:
         """The gateway answered a request (below 500): it is reachable and its backend works."""
         self.down_since = None
         if not self._sound.is_set():
-            log.info(f"{self.service}_back", paused_for=self.reason)
+            log.info(f"{self._event}_back", paused_for=self.reason)
             self.reason = self.next_try_at = None
             self._sound.set()
 
@@ -111,7 +117,7 @@ class GatewayHealth:
                 delay = self.backoff.delay(failures, self._rng)
                 self.next_try_at = self.clock.now() + delay
                 down = self.down_since is not None
-                event = f"{self.service}_unreachable" if down else "submits_paused"
+                event = f"{self._event}_unreachable" if down else "submits_paused"
                 log.warning(event, reason=self.reason, next_try_s=round(delay, 1))
                 await self.clock.sleep(delay)
                 # An answer, even a 404, has already marked the gateway sound.
@@ -120,7 +126,44 @@ class GatewayHealth:
             finally:
                 self._probing = False
 
+    @property
+    def _event(self) -> str:
+        return self.service.replace(" ", "_")
+
     def _pause(self, reason: str) -> None:
         if self._sound.is_set():
             self._sound = anyio.Event()
             self.reason = reason
+
+
+class MediaHostHealth(GatewayHealth):
+    """Shared by every download of a run: a connection the media host refuses (or does not
+    make in time) pauses them until it answers again, without spending a video's tries, and
+    past ``--outage-deadline`` stops the run (exit 3); the next run downloads what is left."""
+
+    service = "media host"
+    outage_error = ServiceUnreachableError
+    #: what a media request raises when no connection could be made (in time)
+    REFUSED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+    def __init__(
+        self, session: aiohttp.ClientSession, *, outage_deadline: float, clock: Clock
+    ) -> None:
+        super().__init__(outage_deadline=outage_deadline, clock=clock)
+        self._session = session
+
+    async def probe(self, url: str) -> None:
+        """Ask for the first byte of the video at ``url``: any answer shows the host back.
+
+        Raises:
+            ServiceUnreachableError: the host has been out of reach past the deadline.
+        """
+        try:
+            async with self._session.get(url, headers={"Range": "bytes=0-0"}):
+                pass  # the status line is the answer; the body is not read
+        except self.REFUSED as exc:
+            self.unreachable(f"{type(exc).__name__}: {exc}")
+            return
+        except (aiohttp.ClientError, TimeoutError):
+            pass  # the host took the connection
+        self.answered()

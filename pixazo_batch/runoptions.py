@@ -21,7 +21,7 @@ RUN_OPTIONS: dict[str, tuple[type, str, str, list[str] | None]] = {
     "max_video_mb": (int, "MB", "largest video accepted, in MiB", None),
     "download_stall": (float, "S", "seconds a media body may bring nothing before a restart", None),
     "stop_deadline": (float, "S", "seconds POSTs on the wire get after SIGINT/SIGTERM", None),
-    "outage_deadline": (float, "S", "seconds the gateway or bucket may stay unreachable", None),
+    "outage_deadline": (float, "S", "seconds the gateway, CDN or bucket may be unreachable", None),
     "retry_after_cap": (float, "S", "longest Retry-After honoured", None),
     "webhook_url": (str, "URL", "public https URL reaching --webhook-listen: callbacks on", None),
     "webhook_listen": (str, "HOST:PORT", "where the callback listener binds", None),

@@ -102,6 +102,43 @@ async def test_an_outage_mid_run_fails_no_job_and_pays_nothing_twice(
     assert stats["accepted"] == 8 and stats["duplicate_charges"] == 0
 
 
+async def test_a_media_host_out_of_reach_is_waited_for_without_spending_the_videos_tries(
+    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
+) -> None:
+    """The CDN refuses connections when the videos are ready, then comes back: the downloads
+    wait for it (one try each here: a refused connection used to spend it and give the video
+    up for the night), and every video lands."""
+    down = anyio.Event()
+    log_tap.on("media_host_unreachable", 1, down.set)
+    async with simulator() as sim:
+        settings = make_settings(sim, manifest_of(tmp_path, 4), download_tries=1)
+        await sim.stop_media()
+
+        async def restore() -> None:
+            await down.wait()
+            await sim.start_media()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(restore)
+            summary = await run_batch(settings)
+            group.cancel_scope.cancel()
+    assert summary.exit_code == 0 and summary.counts["downloaded"] == 4
+    assert len(log_tap.named("media_host_back")) == 1
+
+
+async def test_past_the_outage_deadline_a_media_host_out_of_reach_stops_the_run(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    async with simulator() as sim:
+        settings = make_settings(sim, manifest_of(tmp_path, 2), outage_deadline=0.3)
+        await sim.stop_media()
+        with anyio.fail_after(60):
+            summary = await run_batch(settings)
+    assert summary.exit_code == 3
+    assert summary.counts["completed"] == 2, "paid for, to be downloaded by the next run"
+    assert "the media host could not be reached" in (summary.stop_reason or "")
+
+
 async def test_past_the_outage_deadline_the_run_stops_with_exit_3_and_jobs_pending(
     tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
 ) -> None:

@@ -87,6 +87,20 @@ class Simulator:
             await self._gateway_runner.cleanup()
             self._gateway_runner = None
 
+    async def stop_media(self) -> None:
+        """A CDN outage: the media origin closes every connection and refuses new ones until
+        ``start_media``. Jobs and their videos are kept."""
+        if self._media_runner is not None:
+            await self._media_runner.cleanup()
+            self._media_runner = None
+
+    async def start_media(self) -> None:
+        """Serve the media origin again, on the same port, after ``stop_media``."""
+        media_app = web.Application()
+        media_app.add_routes(media_routes(self.state))
+        port = int(self.media_url.rsplit(":", 1)[1])
+        self._media_runner, self.media_url = await self._serve(media_app, port)
+
     async def _serve(self, app: web.Application, port: int) -> tuple[web.AppRunner, str]:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
