@@ -47,7 +47,7 @@ from pixazo_batch.producer import feed
 from pixazo_batch.router import Queues, Router
 from pixazo_batch.runscope import open_callbacks, open_storage, write_outputs
 from pixazo_batch.state import StateStore
-from pixazo_batch.stopping import database_failure, first_of, log_stop, watch_signals
+from pixazo_batch.stopping import database_failure, first_of, log_stop, watch_signals, wind_down
 from pixazo_batch.storage import Storage
 from pixazo_batch.stores import open_store
 from pixazo_batch.submitter import Submitter
@@ -194,7 +194,7 @@ async def _run(
             webhooks=webhooks,
             bucket=settings.bucket,
             storage=storage,
-            uploader=_uploader(settings, store, storage),
+            uploader=_uploader(settings, store, storage, clock),
         )
         estimator = _learned_estimator(settings, store, origin)
         # The signal watcher lives outside the pipeline's scope, so it still hears a second
@@ -232,7 +232,7 @@ async def _run(
                 log_stop(stopped_by, ctx)
             finally:
                 guard.cancel_scope.cancel()
-    await _wind_down(store, router, origin, estimator)
+    await wind_down(store, router, origin, estimator)
     if isinstance(stopped_by, ManifestError):
         raise stopped_by
     return summarise(ctx.store, ctx.flags, issues, stopped_by)
@@ -245,13 +245,17 @@ def _idle_receivers(stream: MemoryObjectSendStream[str]) -> int:
 
 
 def _uploader(
-    settings: Settings, store: StateStore, storage: Storage | None
+    settings: Settings, store: StateStore, storage: Storage | None, clock: Clock
 ) -> InputUploader | None:
     """What uploads local images and signs their URLs, when an inputs bucket is known."""
     where = settings.inputs_bucket
     if storage is None or where is None:
         return None
-    return InputUploader(storage, where, store.input_path, settings.job_deadline)
+    deadline = settings.outage_deadline
+    find = store.input_path
+    return InputUploader(
+        storage, where, find, settings.job_deadline, outage_deadline=deadline, clock=clock
+    )
 
 
 async def _adopt(ctx: RunContext, job_id: str) -> None:
@@ -259,25 +263,6 @@ async def _adopt(ctx: RunContext, job_id: str) -> None:
     row = ctx.store.get(job_id)
     if row is not None and row.state is JobState.UNCERTAIN:
         await ctx.router.admit(row, Hinted())
-
-
-async def _wind_down(
-    store: StateStore, router: Router, origin: str, estimator: CompletionEstimator
-) -> None:
-    """Reach the state again if the database stopped the run by closing its connection (it may
-    be back), record the acceptances it refused meanwhile, then keep what this run learned of
-    the gateway's speed, so the next night starts from it.
-
-    Raises:
-        StateWriteError: the database cannot be reached again (there is no summary to give).
-    """
-    if isinstance(store, PgStateStore):
-        store.reconnect_if_lost()
-    await router.record_late_acceptances()
-    try:
-        store.keep_speed(origin, estimator.scales)
-    except StateError as exc:  # only the next run's first polls are the worse for it
-        log.warning("speed_not_recorded", error=str(exc))
 
 
 def _honour_earlier_pause(store: StateStore, governor: RateGovernor, origin: str) -> None:

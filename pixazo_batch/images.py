@@ -15,13 +15,18 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
 
 from pixazo_batch.models import GenerationRequest
 from pixazo_batch.storage import BucketPath, Storage
+
+if TYPE_CHECKING:
+    from pixazo_batch.governor import Clock
 
 log = structlog.get_logger(__name__)
 
@@ -123,6 +128,9 @@ class InputUploader:
         where: BucketPath,
         find: Callable[[str], Path | None],
         valid_for: float,
+        *,
+        outage_deadline: float,
+        clock: Clock,
     ) -> None:
         self.storage = storage
         self.where = where
@@ -130,14 +138,24 @@ class InputUploader:
         self.seconds = int(valid_for) + URL_MARGIN_SECONDS
         self._present: set[str] = set()
         self._uploading: dict[str, anyio.Lock] = {}
+        # A bucket refusing connections is waited for, as the output bucket is (imported here:
+        # reading a manifest, ``validate`` included, needs none of a run's network stack).
+        from pixazo_batch.bucketsink import BucketHealth  # noqa: PLC0415
+
+        self._bucket = BucketHealth(storage, where, outage_deadline=outage_deadline, clock=clock)
 
     async def sendable(self, request: GenerationRequest) -> GenerationRequest:
-        """The request as it may be sent: real URLs in place of placeholders.
+        """The request as it may be sent: real URLs in place of placeholders (once the bucket
+        takes connections).
 
         Raises:
             ValueError: an image is gone from the disk or changed since the manifest was read.
+            ServiceUnreachableError: the bucket took no connection for the outage deadline.
             Exception: what the storage raises (``storage.storage_errors``).
         """
+        return await self._bucket.reaching(partial(self._sendable, request))
+
+    async def _sendable(self, request: GenerationRequest) -> GenerationRequest:
         changes: dict[str, str] = {}
         for field in ("image_url", "end_image_url"):
             key = placeholder_key(getattr(request, field))

@@ -1,7 +1,8 @@
 """How a run stops: the first SIGINT or SIGTERM cancels every submit not yet on the wire and
 gives those on it ``--stop-deadline`` to return (``docs/design.md``, "Write-ahead at the wire"),
 a second leaves at once; the error that stopped the pipeline is found in its exception group,
-said in one log line, and decides the exit code ("Errors", "Exit codes").
+said in one log line, and decides the exit code ("Errors", "Exit codes"); once the pipeline
+has stopped, what it was told and could not record is recorded, if the state takes it then.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from pixazo_batch.errors import (
     ManifestError,
     RunStopError,
     StateDamagedError,
+    StateError,
     StateWriteError,
 )
+from pixazo_batch.estimator import CompletionEstimator
+from pixazo_batch.pgstate import PgStateStore
+from pixazo_batch.router import Router
 from pixazo_batch.state import StateStore
 
 log = structlog.get_logger(__name__)
@@ -76,3 +81,22 @@ async def watch_signals(ctx: RunContext, scope: anyio.CancelScope) -> None:
             for post in ctx.posts_on_wire:
                 post.deadline = deadline
             scope.cancel()
+
+
+async def wind_down(
+    store: StateStore, router: Router, origin: str, estimator: CompletionEstimator
+) -> None:
+    """Reach the state again if the database stopped the run by closing its connection (it may
+    be back), record the acceptances it refused meanwhile, then keep what this run learned of
+    the gateway's speed, so the next night starts from it.
+
+    Raises:
+        StateWriteError: the database cannot be reached again (there is no summary to give).
+    """
+    if isinstance(store, PgStateStore):
+        store.reconnect_if_lost()
+    await router.record_late_acceptances()
+    try:
+        store.keep_speed(origin, estimator.scales)
+    except StateError as exc:  # only the next run's first polls are the worse for it
+        log.warning("speed_not_recorded", error=str(exc))

@@ -188,6 +188,57 @@ def bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     return client
 
 
+class CuttableBucket:
+    """A bucket on an S3 server of its own (moto), which a test can cut off (connections
+    refused) and bring back on the same port."""
+
+    def __init__(self) -> None:
+        import socket
+        import uuid
+
+        import boto3
+        from moto.server import ThreadedMotoServer
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+        self._server_type = ThreadedMotoServer
+        self.servers = [ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)]
+        self.servers[0].start()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+        self.name = f"cuttable-{uuid.uuid4().hex[:12]}"
+        self.client.create_bucket(Bucket=self.name)
+
+    def cut(self) -> None:
+        """From now on every connection is refused (the listening socket is closed)."""
+        server = self.servers[-1]
+        server.stop()
+        assert server._server is not None
+        server._server.server_close()
+
+    def back(self) -> None:
+        """Serve again on the same port; the bucket and its objects are as they were."""
+        self.servers.append(
+            self._server_type(ip_address="127.0.0.1", port=self.port, verbose=False)
+        )
+        self.servers[-1].start()
+
+
+@pytest.fixture
+def cuttable_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[CuttableBucket]:
+    """A ``CuttableBucket`` with the AWS environment pointing at its server."""
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_REGION": "us-east-1"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    bucket = CuttableBucket()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", bucket.endpoint)
+    yield bucket
+    bucket.servers[-1].stop()
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[str]:
     """A real PostgreSQL server (initdb and pg_ctl into a temp folder) for the session; yields

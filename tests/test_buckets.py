@@ -19,7 +19,7 @@ from pixazo_batch.engine import run_batch
 from pixazo_batch.errors import UsageError
 from pixazo_batch.sim import Simulator
 from pixazo_batch.storage import PART_BYTES, StorageRefusedError
-from tests.conftest import TEST_KEY, fast, job_line, simulator, write_manifest
+from tests.conftest import TEST_KEY, CuttableBucket, fast, job_line, simulator, write_manifest
 from tests.test_cli import cli_env, log_events, run_args
 
 pytestmark = pytest.mark.anyio
@@ -254,55 +254,25 @@ async def test_a_video_whole_in_the_spool_goes_up_without_being_fetched_again(
 
 
 async def test_a_bucket_out_of_reach_for_a_while_is_waited_for_without_fetching_again(
-    tmp_path: Path, make_settings: MakeSettings, log_tap: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, make_settings: MakeSettings, log_tap: Any, cuttable_bucket: CuttableBucket
 ) -> None:
     """The bucket stops taking connections in the middle of a night, then comes back: uploads
     wait for it without spending a video's tries, each video is fetched from the CDN once, and
     every one lands in the bucket (each try's refused connection used to give the night's
     videos up within seconds, exit 3)."""
-    import socket
-    import uuid
-
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    servers = [ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)]
-    servers[0].start()
-    endpoint = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_REGION": "us-east-1"}.items():  # fmt: skip
-        monkeypatch.setenv(name, value)
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    name = f"outage-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=name)
-
-    def cut() -> None:  # connections refused from now on
-        servers[0].stop()
-        servers[0]._server.server_close()  # type: ignore[union-attr]
-
-    def back() -> None:
-        servers.append(ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False))
-        servers[-1].start()
-
-    log_tap.on("downloaded", 2, cut)
-    log_tap.on("bucket_unreachable", 1, back)
-    try:
-        async with simulator(fast(media_bytes=300_000)) as sim:
-            settings = make_settings(
-                sim, manifest_of(tmp_path, 6), out_dir=tmp_path / "local",
-                out_bucket=f"s3://{name}/night", download_tries=2,
-            )  # fmt: skip
-            summary = await run_batch(settings)
-            fetched = sim.stats()["media_requests"]
-        stored = client.list_objects_v2(Bucket=name, Prefix="night/")
-    finally:
-        servers[-1].stop()
+    bucket = cuttable_bucket
+    log_tap.on("downloaded", 2, bucket.cut)
+    log_tap.on("bucket_unreachable", 1, bucket.back)
+    async with simulator(fast(media_bytes=300_000)) as sim:
+        settings = make_settings(
+            sim, manifest_of(tmp_path, 6), out_dir=tmp_path / "local",
+            out_bucket=f"s3://{bucket.name}/night", download_tries=2,
+        )  # fmt: skip
+        summary = await run_batch(settings)
+        fetched = sim.stats()["media_requests"]
+    stored = bucket.client.list_objects_v2(Bucket=bucket.name, Prefix="night/")
     videos = [item["Key"] for item in stored["Contents"] if item["Key"].endswith(".mp4")]
-    assert len(servers) == 2, "the outage was met and waited out"
+    assert len(bucket.servers) == 2, "the outage was met and waited out"
     assert summary.exit_code == 0, summary
     assert len(videos) == 6
     assert fetched == 6, "no video fetched twice from the CDN"

@@ -18,7 +18,7 @@ from pixazo_batch.engine import run_batch
 from pixazo_batch.manifest import read_manifest
 from pixazo_batch.manifestline import ManifestIssue
 from pixazo_batch.models import JobSpec
-from tests.conftest import TEST_KEY, LogTap, fast, simulator, write_manifest
+from tests.conftest import TEST_KEY, CuttableBucket, LogTap, fast, simulator, write_manifest
 from tests.test_cli import cli_env, run_args, run_cli
 
 pytestmark = pytest.mark.anyio
@@ -109,6 +109,33 @@ async def test_local_images_are_uploaded_once_and_reached_by_the_model_through_s
     assert not [e for e in log_tap.events if "Signature" in json.dumps(e, default=str)]
     sent = [job.request.image_url for job in sim.state.book.jobs.values()]
     assert all("Signature=" in u and u.startswith("http://127.0.0.1") for u in sent)
+
+
+async def test_an_inputs_bucket_out_of_reach_for_a_while_is_waited_for_before_sending(
+    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap, cuttable_bucket: CuttableBucket
+) -> None:
+    """The bucket stops taking connections between two jobs, the second with a local image to
+    upload: its submit waits for the bucket (it was left unsent for the night) and sends once
+    the bucket is back."""
+    images(tmp_path)
+    manifest = write_manifest(
+        tmp_path / "m.jsonl",
+        [line(0, image_url="https://x.example/0.jpg"), line(1, image_file="img/a.png")],
+    )
+    bucket = cuttable_bucket
+    log_tap.on("submitting", 1, bucket.cut)  # job-000's POST; job-001 waits for the submitter
+    log_tap.on("bucket_unreachable", 1, bucket.back)
+    async with simulator() as sim:
+        url = f"s3://{bucket.name}/night"
+        settings = make_settings(
+            sim, manifest, out_dir=tmp_path / "local", out_bucket=url, concurrency=1
+        )
+        summary = await run_batch(settings)
+        stats = sim.stats()
+    assert len(bucket.servers) == 2, "the outage was met and waited out"
+    assert summary.exit_code == 0 and summary.counts["downloaded"] == 2
+    assert stats["accepted"] == 2
+    assert log_tap.named("input_unavailable") == []
 
 
 async def test_a_local_image_without_an_inputs_bucket_is_a_manifest_problem(
