@@ -251,11 +251,10 @@ def _uploader(
     where = settings.inputs_bucket
     if storage is None or where is None:
         return None
-    deadline = settings.outage_deadline
-    find = store.input_path
     return InputUploader(
-        storage, where, find, settings.job_deadline, outage_deadline=deadline, clock=clock
-    )
+        storage, where, store.input_path, settings.job_deadline,
+        outage_deadline=settings.outage_deadline, clock=clock,
+    )  # fmt: skip
 
 
 async def _adopt(ctx: RunContext, job_id: str) -> None:

@@ -7,6 +7,10 @@ gateway is then out of reach until a request is answered; after ``--outage-deadl
 that, the run stops (exit 3) and the untouched jobs stay ``pending``. While paused, one probe (a
 status request for a made-up id: any answer below 500 will do) retries with full-jitter back-off;
 polls and downloads go on where they can. See ``docs/design.md``, section "Outages".
+
+The media host (``MediaHostHealth``) and a bucket (``bucketsink.BucketHealth``) are watched the
+same way: a refused connection holds the calls that need them behind one probe, spends no try,
+and past the deadline stops the run.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ log = structlog.get_logger(__name__)
 
 class GatewayHealth:
     """Shared by every request to the gateway: answers mark it sound, refused connections and
-    lost answers pause submissions.
+    lost answers pause submissions (a subclass watches another ``service`` the same way).
 
     Usage: the gateway client calls ``answered()`` / ``unreachable()``; the submitter calls
     ``await ready(probe)`` before each POST and ``answer_lost()`` after losing an answer.

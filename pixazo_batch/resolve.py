@@ -19,9 +19,9 @@ from pixazo_batch.lifecycle import (
     next_step,
 )
 from pixazo_batch.models import JobState
-from pixazo_batch.router import record
 from pixazo_batch.state import StateStore
 from pixazo_batch.stores import open_store
+from pixazo_batch.transitions import record
 
 Choice = OperatorFoundRequest | OperatorNotSent | OperatorAbandoned
 
