@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -87,6 +88,8 @@ class RunView:
     governor: RateGovernor
     health: GatewayHealth
     estimator: CompletionEstimator
+    #: the other services (media hosts, buckets) the run is waiting for, as it goes
+    outages: Callable[[], list[GatewayHealth]] = list
 
 
 class RunObserver(Protocol):

@@ -26,7 +26,7 @@ from pixazo_batch.bucketsink import SPOOL, BucketHealth, already_published, publ
 from pixazo_batch.context import RunContext
 from pixazo_batch.errors import MediaError, RequestError, SubmitStopError
 from pixazo_batch.governor import BackoffPolicy
-from pixazo_batch.health import MediaHostHealth
+from pixazo_batch.health import GatewayHealth, MediaHostHealth
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.lifecycle import (
     Action,
@@ -76,6 +76,14 @@ class Downloader:
             self._bucket = BucketHealth(
                 ctx.storage, ctx.bucket, outage_deadline=deadline, clock=ctx.clock
             )
+
+    def gates(self) -> list[GatewayHealth]:
+        """What the downloads wait behind when a service is out of reach: one per media host
+        met so far, and the bucket's."""
+        gates: list[GatewayHealth] = list(self._media_hosts.values())
+        if self._bucket is not None:
+            gates.append(self._bucket)
+        return gates
 
     def start(self, group: TaskGroup, jobs: MemoryObjectReceiveStream[str]) -> None:
         """Start ``--downloads`` workers taking jobs from ``jobs`` (into a bucket, twice as many:

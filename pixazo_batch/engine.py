@@ -203,9 +203,9 @@ async def _run(
             pipeline = anyio.CancelScope()
             if handle_signals:
                 guard.start_soon(watch_signals, ctx, pipeline)
+            downloader = Downloader(ctx)
             if observer is not None:
-                view = RunView(settings, store, gateway, governor, health, estimator)
-                guard.start_soon(observer.watch, view)
+                guard.start_soon(observer.watch, _view(ctx, governor, estimator, downloader))
             try:
                 # The engine, not the stages, owns the receive ends: a stage that fails must not
                 # close its queue under a sender and bury the real error under a broken stream.
@@ -214,7 +214,7 @@ async def _run(
                         for _ in range(settings.concurrency):
                             group.start_soon(Submitter(ctx).run, submit_receive)
                         group.start_soon(Poller(ctx, estimator=estimator).run, poll_receive)
-                        Downloader(ctx).start(group, download_receive)
+                        downloader.start(group, download_receive)
                         if webhooks is not None:
                             group.start_soon(webhooks.adopt_hinted, partial(_adopt, ctx))
                         if isinstance(store, PgStateStore) and store.worker is not None:
@@ -242,6 +242,20 @@ def _idle_receivers(stream: MemoryObjectSendStream[str]) -> int:
     """How many of a stage's workers wait for a job with none queued."""
     statistics = stream.statistics()
     return max(0, statistics.tasks_waiting_receive - statistics.current_buffer_used)
+
+
+def _view(
+    ctx: RunContext, governor: RateGovernor, estimator: CompletionEstimator, downloader: Downloader
+) -> RunView:
+    """What an observer of this run may read."""
+
+    def outages() -> list[GatewayHealth]:  # the media hosts and buckets waited for
+        gates = downloader.gates()
+        if ctx.uploader is not None:
+            gates.append(ctx.uploader.bucket)
+        return [gate for gate in gates if not gate.sound]
+
+    return RunView(ctx.settings, ctx.store, ctx.gateway, governor, ctx.health, estimator, outages)
 
 
 def _uploader(

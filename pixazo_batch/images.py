@@ -142,7 +142,8 @@ class InputUploader:
         # reading a manifest, ``validate`` included, needs none of a run's network stack).
         from pixazo_batch.bucketsink import BucketHealth  # noqa: PLC0415
 
-        self._bucket = BucketHealth(storage, where, outage_deadline=outage_deadline, clock=clock)
+        #: the inputs bucket's reachability (``bucketsink.BucketHealth``)
+        self.bucket = BucketHealth(storage, where, outage_deadline=outage_deadline, clock=clock)
 
     async def sendable(self, request: GenerationRequest) -> GenerationRequest:
         """The request as it may be sent: real URLs in place of placeholders (once the bucket
@@ -153,7 +154,7 @@ class InputUploader:
             ServiceUnreachableError: the bucket took no connection for the outage deadline.
             Exception: what the storage raises (``storage.storage_errors``).
         """
-        return await self._bucket.reaching(partial(self._sendable, request))
+        return await self.bucket.reaching(partial(self._sendable, request))
 
     async def _sendable(self, request: GenerationRequest) -> GenerationRequest:
         changes: dict[str, str] = {}

@@ -94,7 +94,7 @@ class TerminalProgress:
             f"ETA {self._eta(view, counts, total, started, finished_before)}"
         )
         parts: list[Text | Table] = [bars, line]
-        paused = self._pause(view)
+        paused = waiting_for(view)
         if paused:
             parts.append(Text(paused, style="yellow"))
         return Group(*parts)
@@ -107,20 +107,6 @@ class TerminalProgress:
         first_at, first = self._requests[0]
         span = now - first_at
         return (requests - first) / span * 60 if span > 0 else 0.0
-
-    @staticmethod
-    def _pause(view: RunView) -> str | None:
-        """What the run is waiting for, with a countdown, if it is waiting."""
-        now = view.governor.clock.now()
-        if view.governor.paused_until > now:
-            return f"rate limited, {view.governor.paused_until - now:.0f} s"
-        health = view.health
-        if not health.sound and health.next_try_at is not None:
-            wait = max(0.0, health.next_try_at - now)
-            if health.down_since is not None:
-                return f"gateway unreachable, next try in {wait:.0f} s"
-            return f"submitting paused ({health.reason}), next try in {wait:.0f} s"
-        return None
 
     def _eta(
         self,
@@ -147,3 +133,22 @@ class TerminalProgress:
             waves = math.ceil(remaining / view.settings.max_in_flight)
             seconds = waves * expected
         return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def waiting_for(view: RunView) -> str | None:
+    """What the run is waiting for (a rate limit, the gateway, a media host, a bucket), with a
+    countdown, if it is waiting."""
+    now = view.governor.clock.now()
+    if view.governor.paused_until > now:
+        return f"rate limited, {view.governor.paused_until - now:.0f} s"
+    health = view.health
+    if not health.sound and health.next_try_at is not None:
+        wait = max(0.0, health.next_try_at - now)
+        if health.down_since is not None:
+            return f"gateway unreachable, next try in {wait:.0f} s"
+        return f"submitting paused ({health.reason}), next try in {wait:.0f} s"
+    for gate in view.outages():
+        if gate.next_try_at is not None:
+            wait = max(0.0, gate.next_try_at - now)
+            return f"{gate.service} unreachable, next try in {wait:.0f} s"
+    return None

@@ -19,7 +19,9 @@ import anyio
 import pytest
 
 from pixazo_batch.config import Settings
+from pixazo_batch.context import RunView
 from pixazo_batch.engine import run_batch
+from pixazo_batch.progress import waiting_for
 from pixazo_batch.sim import Simulator
 from tests.conftest import TEST_KEY, LogTap, fast, job_line, simulator, write_manifest
 from tests.test_cli import cli_env, log_events, run_args, run_cli
@@ -108,8 +110,9 @@ async def test_a_media_host_out_of_reach_is_waited_for_without_spending_the_vide
     """The CDN refuses connections when the videos are ready, then comes back: the downloads
     wait for it (one try each here: a refused connection used to spend it and give the video
     up for the night), and every video lands."""
-    down = anyio.Event()
+    down, watcher, shown = anyio.Event(), ViewKeeper(), []
     log_tap.on("media_host_unreachable", 1, down.set)
+    log_tap.on("media_host_unreachable", 1, lambda: shown.append(watcher.waiting_for()))
     async with simulator() as sim:
         settings = make_settings(sim, manifest_of(tmp_path, 4), download_tries=1)
         await sim.stop_media()
@@ -120,10 +123,26 @@ async def test_a_media_host_out_of_reach_is_waited_for_without_spending_the_vide
 
         async with anyio.create_task_group() as group:
             group.start_soon(restore)
-            summary = await run_batch(settings)
+            summary = await run_batch(settings, observer=watcher)
             group.cancel_scope.cancel()
     assert summary.exit_code == 0 and summary.counts["downloaded"] == 4
     assert len(log_tap.named("media_host_back")) == 1
+    # The live display says what the run waits for, as it does for the gateway.
+    assert shown[0] is not None and shown[0].startswith("media host unreachable, next try in")
+
+
+class ViewKeeper:
+    """An observer that keeps the run's view, for a test to read at a chosen moment."""
+
+    view: RunView | None = None
+
+    async def watch(self, view: RunView) -> None:
+        self.view = view
+        await anyio.sleep_forever()
+
+    def waiting_for(self) -> str | None:
+        assert self.view is not None
+        return waiting_for(self.view)
 
 
 async def test_past_the_outage_deadline_a_media_host_out_of_reach_stops_the_run(
