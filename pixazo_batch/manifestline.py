@@ -173,12 +173,9 @@ def safe_output(value: str) -> str:
     if ".." in parts:
         raise ValueError("must stay inside the output folder ('..' is not allowed)")
     name = parts[-1].casefold()
-    if (
-        parts[0].casefold() in RESERVED_NAMES
-        or name.startswith(".pixazo-batch")
-        or name.endswith(RESERVED_SUFFIXES)
-    ):
-        raise ValueError(f"{parts[-1]!r} is a name pixazo-batch uses itself")
+    own = next((part for part in parts if part.casefold().startswith(".pixazo-batch")), None)
+    if own is not None or parts[0].casefold() in RESERVED_NAMES or name.endswith(RESERVED_SUFFIXES):
+        raise ValueError(f"{own or parts[-1]!r} is a name pixazo-batch uses itself")
     return "/".join(parts)
 
 

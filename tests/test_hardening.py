@@ -158,6 +158,13 @@ HOSTILE_LINES: list[tuple[bytes, str, str]] = [
     (json.dumps(job_line(0, output="a/")).encode(), "output", "must name a file"),
     (json.dumps(job_line(0, output="results.jsonl.tmp")).encode(), "output", "uses itself"),
     (json.dumps(job_line(0, output="x.mp4.part")).encode(), "output", "uses itself"),
+    # The spool a bucket run keeps beside its state: a video put there by hand would be taken
+    # for the spooled video of the job of that name.
+    (
+        json.dumps(job_line(0, output=".pixazo-batch-spool/job-001.mp4")).encode(),
+        "output",
+        "uses itself",
+    ),
     (b"[" * 1000 + b"]" * 1000, "(line)", "nested too deeply"),
     (b'{"a":' * 5000 + b"1" + b"}" * 5000, "(line)", "nested too deeply"),
     (
