@@ -9,7 +9,7 @@ import random
 import signal
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
@@ -23,6 +23,7 @@ from pixazo_batch.context import RunView
 from pixazo_batch.engine import run_batch
 from pixazo_batch.progress import waiting_for
 from pixazo_batch.sim import Simulator
+from pixazo_batch.summary import RunSummary
 from tests.conftest import TEST_KEY, LogTap, fast, job_line, simulator, write_manifest
 from tests.test_cli import cli_env, log_events, run_args, run_cli
 from tests.test_torture import KILLS
@@ -61,14 +62,7 @@ async def test_an_outage_at_the_start_fails_no_job_and_all_finish_when_the_gatew
     async with simulator() as sim:
         settings = make_settings(sim, manifest_of(tmp_path, 5))
         await sim.stop_gateway()
-
-        async def restore() -> None:
-            await down.wait()
-            await sim.start_gateway()
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(restore)
-            summary = await run_batch(settings)
+        summary = await run_through_outage(settings, down, sim.start_gateway)
         stats = sim.stats()
     assert summary.exit_code == 0 and summary.counts["downloaded"] == 5
     assert stats["accepted"] == 5 and stats["duplicate_charges"] == 0
@@ -116,19 +110,27 @@ async def test_a_media_host_out_of_reach_is_waited_for_without_spending_the_vide
     async with simulator() as sim:
         settings = make_settings(sim, manifest_of(tmp_path, 4), download_tries=1)
         await sim.stop_media()
-
-        async def restore() -> None:
-            await down.wait()
-            await sim.start_media()
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(restore)
-            summary = await run_batch(settings, observer=watcher)
-            group.cancel_scope.cancel()
+        summary = await run_through_outage(settings, down, sim.start_media, observer=watcher)
     assert summary.exit_code == 0 and summary.counts["downloaded"] == 4
     assert len(log_tap.named("media_host_back")) == 1
     # The live display says what the run waits for, as it does for the gateway.
     assert shown[0] is not None and shown[0].startswith("media host unreachable, next try in")
+
+
+async def run_through_outage(
+    settings: Settings, down: anyio.Event, back: Callable[[], Awaitable[None]], **options: Any
+) -> RunSummary:
+    """The run, with ``back`` (a service starting again) awaited once ``down`` is set."""
+
+    async def restore() -> None:
+        await down.wait()
+        await back()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(restore)
+        summary = await run_batch(settings, **options)
+        group.cancel_scope.cancel()
+    return summary
 
 
 class ViewKeeper:
@@ -145,32 +147,23 @@ class ViewKeeper:
         return waiting_for(self.view)
 
 
-async def test_past_the_outage_deadline_a_media_host_out_of_reach_stops_the_run(
-    tmp_path: Path, make_settings: MakeSettings
+@pytest.mark.parametrize(("service", "left"), [("gateway", "pending"), ("media host", "completed")])
+async def test_past_the_outage_deadline_the_run_stops_with_exit_3_and_nothing_lost(
+    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap, service: str, left: str
 ) -> None:
-    async with simulator() as sim:
-        settings = make_settings(sim, manifest_of(tmp_path, 2), outage_deadline=0.3)
-        await sim.stop_media()
-        with anyio.fail_after(60):
-            summary = await run_batch(settings)
-    assert summary.exit_code == 3
-    assert summary.counts["completed"] == 2, "paid for, to be downloaded by the next run"
-    assert "the media host could not be reached" in (summary.stop_reason or "")
-
-
-async def test_past_the_outage_deadline_the_run_stops_with_exit_3_and_jobs_pending(
-    tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
-) -> None:
+    """Pending jobs stay pending (nothing paid); completed ones stay completed (paid for, the
+    next run downloads them)."""
     async with simulator() as sim:
         settings = make_settings(sim, manifest_of(tmp_path, 4), outage_deadline=0.3)
-        await sim.stop_gateway()
+        await (sim.stop_gateway() if service == "gateway" else sim.stop_media())
         with anyio.fail_after(60):
             summary = await run_batch(settings)
     assert summary.exit_code == 3
-    assert summary.counts["pending"] == 4
-    assert summary.committed_usd == "0.00"
-    assert "could not be reached" in (summary.stop_reason or "")
-    assert log_tap.named("gateway_unreachable")[0]["next_try_s"] >= 0
+    assert summary.counts[left] == 4
+    assert summary.committed_usd == ("0.00" if service == "gateway" else "0.80")
+    assert f"the {service} could not be reached" in (summary.stop_reason or "")
+    event = f"{service.replace(' ', '_')}_unreachable"
+    assert log_tap.named(event)[0]["next_try_s"] >= 0
 
 
 @pytest.mark.parametrize("kind", ["524-html", "503-html", "408", "2xx-no-id"])
