@@ -20,12 +20,13 @@ from typing import TypeVar
 
 import anyio
 
+from pixazo_batch.bucketpath import BucketPath
 from pixazo_batch.errors import ServiceUnreachableError
 from pixazo_batch.governor import Clock
 from pixazo_batch.health import GatewayHealth
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.mp4 import Mp4Info
-from pixazo_batch.storage import BucketPath, Storage, storage_errors
+from pixazo_batch.storage import Storage, storage_errors
 
 #: the local folder (below the state's folder) videos wait in on their way to a bucket
 SPOOL = ".pixazo-batch-spool"

@@ -16,6 +16,7 @@ import anyio
 from pydantic import SecretStr
 from rich.console import Console
 
+from pixazo_batch.bucketpath import BucketPath
 from pixazo_batch.config import (
     ENV_PREFIX,
     SANDBOX_JOURNAL,
@@ -34,7 +35,6 @@ from pixazo_batch.planning import plan_run
 from pixazo_batch.results import iter_results, status_summary, write_csv
 from pixazo_batch.reviewpage import render_page
 from pixazo_batch.runoptions import RUN_OPTIONS, RUN_SWITCHES
-from pixazo_batch.storage import BucketPath
 from pixazo_batch.stores import open_store
 from pixazo_batch.summary import RunSummary
 from pixazo_batch.views import Output

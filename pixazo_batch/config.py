@@ -20,9 +20,9 @@ from pydantic import (
     model_validator,
 )
 
+from pixazo_batch.bucketpath import BucketPath
 from pixazo_batch.errors import UsageError
 from pixazo_batch.lifecycle import RunFlags
-from pixazo_batch.storage import BucketPath
 
 ENV_PREFIX = "PIXAZO_"
 DEFAULT_BASE_URL = "https://gateway.pixazo.ai"

@@ -9,6 +9,7 @@ from typing import Protocol
 import aiohttp
 import anyio
 
+from pixazo_batch.bucketpath import BucketPath
 from pixazo_batch.config import Settings
 from pixazo_batch.errors import EXIT_INCOMPLETE
 from pixazo_batch.estimator import CompletionEstimator
@@ -18,7 +19,7 @@ from pixazo_batch.health import GatewayHealth
 from pixazo_batch.images import InputUploader
 from pixazo_batch.router import Router
 from pixazo_batch.state import StateStore
-from pixazo_batch.storage import BucketPath, Storage
+from pixazo_batch.storage import Storage
 from pixazo_batch.webhooks import WebhookReceiver
 
 

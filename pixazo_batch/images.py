@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
+from pixazo_batch.bucketpath import BucketPath
 from pixazo_batch.models import GenerationRequest
-from pixazo_batch.storage import BucketPath, Storage
+from pixazo_batch.storage import Storage
 
 if TYPE_CHECKING:
     from pixazo_batch.governor import Clock

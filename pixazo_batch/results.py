@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from pixazo_batch.bucketpath import BucketPath
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.models import JobState
 from pixazo_batch.state import StateStore
-from pixazo_batch.storage import BucketPath
 
 #: one encoder for every line (``json.dumps`` with separators builds one a call)
 _COMPACT = json.JSONEncoder(separators=(",", ":"))

@@ -7,18 +7,20 @@ import contextlib
 import hashlib
 import os
 from collections.abc import AsyncIterator
+from io import BufferedReader
 from pathlib import Path
 
 import anyio
 import structlog
 
+from pixazo_batch.bucketpath import BucketPath
 from pixazo_batch.config import RESULTS_FILE_NAME, Settings
 from pixazo_batch.errors import StateError
 from pixazo_batch.results import result_line, result_record, results_current
 from pixazo_batch.reviewpage import PAGE_NAME, PageCards, write_page
 from pixazo_batch.safefs import open_nofollow, replaced_text
 from pixazo_batch.state import StateStore
-from pixazo_batch.storage import BucketPath, Storage, storage_errors
+from pixazo_batch.storage import Storage, storage_errors
 from pixazo_batch.webhooks import WebhookReceiver
 
 log = structlog.get_logger(__name__)
@@ -84,20 +86,26 @@ async def write_outputs(settings: Settings, store: StateStore, storage: Storage 
         return
     refused = storage_errors()
     try:
-        # Streamed a part at a time: at 100,000 jobs the two files are over 100 MB.
+        # Streamed a part at a time: at 100,000 jobs the two files are over 100 MB. Opened once
+        # for the checksum and the upload: a worker of a fleet sharing the folder may put its
+        # own copy in place meanwhile.
         for name, kind in ((RESULTS_FILE_NAME, "application/jsonl"), (PAGE_NAME, "text/html")):
-            path = folder / name
-            sha256 = await anyio.to_thread.run_sync(_sha256_of, path)
-            await storage.upload_file(where, name, path, {"sha256": sha256}, content_type=kind)
+            source, sha256 = await anyio.to_thread.run_sync(_opened_with_sha256, folder / name)
+            with source:
+                await storage.upload_from(where, name, source, {"sha256": sha256}, kind)
     except OSError as exc:
         log.error("results_not_uploaded", error=str(exc))
     except refused as exc:
         log.error("results_not_uploaded", error=str(exc))
 
 
-def _sha256_of(path: Path) -> str:
-    with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as source:
-        return hashlib.file_digest(source, "sha256").hexdigest()
+def _opened_with_sha256(path: Path) -> tuple[BufferedReader, str]:
+    source = os.fdopen(open_nofollow(path, os.O_RDONLY), "rb")
+    try:
+        return source, hashlib.file_digest(source, "sha256").hexdigest()
+    except BaseException:
+        source.close()
+        raise
 
 
 def _write_results_and_page(store: StateStore, folder: Path, where: BucketPath | None) -> None:

@@ -12,7 +12,6 @@ Credentials and presigned URLs are never logged or stored.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from io import BufferedReader
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit
 import anyio
 import structlog
 
+from pixazo_batch.bucketpath import BucketPath
 from pixazo_batch.errors import RunStopError, UsageError
 from pixazo_batch.safefs import open_nofollow
 
@@ -37,37 +37,6 @@ class StorageRefusedError(RunStopError):
     """The storage refused our credentials (exit 4)."""
 
     exit_code = 4
-
-
-@dataclass(frozen=True, slots=True)
-class BucketPath:
-    """A bucket and a key prefix, from ``s3://bucket/prefix``."""
-
-    bucket: str
-    prefix: str
-
-    @classmethod
-    def parse(cls, url: str, setting: str) -> BucketPath:
-        """The bucket path of ``url``.
-
-        Raises:
-            UsageError: not an ``s3://bucket[/prefix]`` URL (the message names ``setting``).
-        """
-        parts = urlsplit(url)
-        if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
-            raise UsageError(f"{setting}: must be s3://bucket/prefix, not {url!r}")
-        prefix = parts.path.strip("/")
-        if ".." in prefix.split("/"):
-            raise UsageError(f"{setting}: the prefix may not contain '..'")
-        return cls(parts.netloc, prefix)
-
-    def key(self, relative: str) -> str:
-        """The object key of ``relative`` below the prefix."""
-        return f"{self.prefix}/{relative}" if self.prefix else relative
-
-    def url(self, relative: str = "") -> str:
-        """``s3://bucket/prefix/relative``."""
-        return f"s3://{self.bucket}/{self.key(relative)}".rstrip("/")
 
 
 def storage_errors() -> tuple[type[Exception], ...]:
@@ -207,35 +176,48 @@ class Storage:
         """Put the file at ``path`` at ``relative`` with ``metadata``; the object appears whole
         or not at all (one PUT, or a multipart upload completed only once every part is in),
         and the file is never held whole in memory (one part at a time)."""
-        key = where.key(relative)
         with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as source:
-            size = os.fstat(source.fileno()).st_size
-            if size <= PART_BYTES:
-                body = bytearray(size)
-                await anyio.to_thread.run_sync(_read_part, source, body)
-                await self._client.put_object(
-                    Bucket=where.bucket, Key=key, Body=body, ContentType=content_type,
-                    Metadata=metadata,
-                )  # fmt: skip
-                return
-            created = await self._client.create_multipart_upload(
-                Bucket=where.bucket, Key=key, ContentType=content_type, Metadata=metadata
-            )
-            upload = MultipartUpload(self._client, where.bucket, key, created["UploadId"])
-            try:
-                # One buffer for every part, made here rather than in a worker thread (whose
-                # malloc arena would keep it), handed over as the bytearray it is: aiohttp sends
-                # it in one write (bytes would become a BytesIO read back 64 KiB at a time).
-                part = bytearray(PART_BYTES)
-                for offset in range(0, size, PART_BYTES):
-                    if size - offset < PART_BYTES:
-                        del part[size - offset :]
-                    await anyio.to_thread.run_sync(_read_part, source, part)
-                    await upload.add_part(part)
-                await upload.complete()
-            except BaseException:
-                await upload.abort()
-                raise
+            await self.upload_from(where, relative, source, metadata, content_type)
+
+    async def upload_from(
+        self,
+        where: BucketPath,
+        relative: str,
+        source: BufferedReader,
+        metadata: dict[str, str],
+        content_type: str,
+    ) -> None:
+        """``upload_file`` from a file already open, read from its start (whatever happens to
+        its path meanwhile)."""
+        key = where.key(relative)
+        source.seek(0)
+        size = os.fstat(source.fileno()).st_size
+        if size <= PART_BYTES:
+            body = bytearray(size)
+            await anyio.to_thread.run_sync(_read_part, source, body)
+            await self._client.put_object(
+                Bucket=where.bucket, Key=key, Body=body, ContentType=content_type,
+                Metadata=metadata,
+            )  # fmt: skip
+            return
+        created = await self._client.create_multipart_upload(
+            Bucket=where.bucket, Key=key, ContentType=content_type, Metadata=metadata
+        )
+        upload = MultipartUpload(self._client, where.bucket, key, created["UploadId"])
+        try:
+            # One buffer for every part, made here rather than in a worker thread (whose
+            # malloc arena would keep it), handed over as the bytearray it is: aiohttp sends
+            # it in one write (bytes would become a BytesIO read back 64 KiB at a time).
+            part = bytearray(PART_BYTES)
+            for offset in range(0, size, PART_BYTES):
+                if size - offset < PART_BYTES:
+                    del part[size - offset :]
+                await anyio.to_thread.run_sync(_read_part, source, part)
+                await upload.add_part(part)
+            await upload.complete()
+        except BaseException:
+            await upload.abort()
+            raise
 
 
 def _read_part(source: BufferedReader, part: bytearray) -> None:
