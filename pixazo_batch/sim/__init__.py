@@ -61,15 +61,13 @@ class Simulator:
 
     async def __aenter__(self) -> Self:
         self.state.restore()
-        media_app = web.Application()
-        media_app.add_routes(media_routes(self.state))
-        self._media_runner, self.media_url = await self._serve(media_app, 0)
+        await self.start_media()
         self._gateway.media_base = self.media_url
         self._webhooks.media_url = self._gateway.media_url
         try:
             await self.start_gateway()
         except BaseException:
-            await self._media_runner.cleanup()
+            await self.stop_media()
             raise
         return self
 
@@ -95,10 +93,10 @@ class Simulator:
             self._media_runner = None
 
     async def start_media(self) -> None:
-        """Serve the media origin again, on the same port, after ``stop_media``."""
+        """Serve the media origin (again, after ``stop_media``, on the same port)."""
         media_app = web.Application()
         media_app.add_routes(media_routes(self.state))
-        port = int(self.media_url.rsplit(":", 1)[1])
+        port = int(self.media_url.rsplit(":", 1)[1]) if self.media_url else 0
         self._media_runner, self.media_url = await self._serve(media_app, port)
 
     async def _serve(self, app: web.Application, port: int) -> tuple[web.AppRunner, str]:
