@@ -126,6 +126,11 @@ class CallbackBox:
                 await box.arrived.wait()
         return None
 
+    def delivered(self, job_id: str, request_id: str) -> StatusResponse | None:
+        """The latest status a callback delivered for the job's request, if any."""
+        box = self._boxes.get(job_id)
+        return None if box is None else box.statuses.get(request_id)
+
     def request_ids(self, job_id: str) -> list[str]:
         """Every request a callback has named for the job, in arrival order."""
         box = self._boxes.get(job_id)

@@ -97,8 +97,13 @@ async def test_a_lost_answer_is_resolved_by_the_callback_without_paying_twice(
     scenario = hooked(**{fault: 1.0}, lost_answer_delay=answer_delay)
     manifest = write_manifest(tmp_path / "m.jsonl", [job_line(i) for i in range(3)])
     async with simulator(scenario) as sim:
-        settings = with_webhooks(make_settings, sim, manifest, concurrency=3, uncertain_wait=wait)
-        summary = await run_batch(settings)
+        # Polls every minute at most: the fallback poll would come after minutes, so a job
+        # finished when its lost answer is settled must be settled by the callback it had.
+        settings = with_webhooks(
+            make_settings, sim, manifest, concurrency=3, uncertain_wait=wait, poll_interval=60.0
+        )
+        with anyio.fail_after(60):
+            summary = await run_batch(settings)
         stats = sim.stats()
     assert summary.exit_code == 0, summary
     assert summary.counts["downloaded"] == 3
