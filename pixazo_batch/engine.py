@@ -116,8 +116,6 @@ def _fleet(settings: Settings) -> FleetIdentity | None:
     """What this worker must share with the others on a state database (None for a file)."""
     if settings.state_url is None:
         return None
-    if settings.webhook_url is not None:  # one listener per worker, and hints raced for
-        raise UsageError("--webhook-url: not supported with a postgresql:// state (yet)")
     return FleetIdentity(
         manifest=settings.manifest.name,
         base_url=str(URL(settings.base_url).origin()),

@@ -6,7 +6,9 @@ several ``run`` processes share (``docs/design.md``, "A fleet of workers"). What
 - every worker has a row in ``workers`` and beats its heart on the database's clock;
 - a job being sent, polled or downloaded is held by one worker (``jobs.held_by``); a worker
   that finds a job of its own held by another was taken for dead and stops
-  (``WorkerFencedError``), so two workers never write one video;
+  (``WorkerFencedError``), so two workers never write one video; a worker the fleet did not
+  reap that finds a job held by another (an uncertain job two workers settled from one
+  callback) was only beaten to it;
 - ``begin_submit`` runs under one fleet-wide lock: the claim (``FOR UPDATE SKIP LOCKED``), the
   fleet's ``--max-in-flight`` and ``--max-spend`` are checked in the transaction that writes
   ``submitting``;
@@ -27,6 +29,7 @@ import structlog
 
 from pixazo_batch.errors import (
     FleetFullError,
+    InvalidTransitionError,
     JobTakenError,
     StateWriteError,
     UsageError,
@@ -44,8 +47,12 @@ SCHEMA = resources.files("pixazo_batch").joinpath("schema_pg.sql").read_text(enc
 SCHEMA_VERSION = 2
 #: advisory lock key of schema changes
 _SCHEMA_LOCK = 7_310_001
-#: states in which a job is held by the worker that moved it there
-_HELD = frozenset({JobState.SUBMITTING, JobState.SUBMITTED, JobState.COMPLETED, JobState.ERRORED})
+#: states in which a job is held by the worker that moved it there (an uncertain job while it
+#: waits for its callback: the worker lets go of it when it rests, ``release``)
+_HELD = frozenset(
+    {JobState.SUBMITTING, JobState.UNCERTAIN, JobState.SUBMITTED, JobState.COMPLETED,
+     JobState.ERRORED}
+)  # fmt: skip
 #: seconds a count of the fleet's jobs in flight is reused by ``fleet_room``
 ROOM_LOOK = 0.1
 #: libpq settings of a state connection, unless its URL names them: a database gone silent (a
@@ -217,11 +224,22 @@ class PgStateStore(WorkerRoster):
             return super()._current(job_id)  # raises: unknown job
         holder = found[-1]
         if self.worker is not None and holder not in (None, self.worker):
-            raise WorkerFencedError(
-                f"job {job_id!r} is now held by worker {holder}: the fleet took this worker "
-                "for dead; stopping"
-            )
+            if self._taken_for_dead():
+                raise WorkerFencedError(
+                    f"job {job_id!r} is now held by worker {holder}: the fleet took this worker "
+                    "for dead; stopping"
+                )
+            # A job this worker did not hold, moved on by another meanwhile (both confirmed
+            # the request a callback named for it): news to nobody, not a reason to stop.
+            raise InvalidTransitionError(f"job {job_id!r} is held by worker {holder}")
         return row_from(found[:-1])
+
+    def _taken_for_dead(self) -> bool:
+        """Whether the fleet reaped this worker (or saw it stop)."""
+        found = self.db.execute(
+            "SELECT reaped OR stopped_at IS NOT NULL FROM workers WHERE id = ?", (self.worker,)
+        ).fetchone()
+        return found is None or bool(found[0])
 
     def _move(self, row: JobRow, target: JobState, **fields: Any) -> None:
         # A job that just completed is anyone's to download (``claim_download``); a worker

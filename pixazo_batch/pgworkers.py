@@ -154,7 +154,9 @@ class WorkerRoster(StateStore):
                 (time.time(), job_id, attempt),
             )
         self.db.execute(
-            "UPDATE jobs SET held_by = NULL WHERE held_by = ? AND state = 'errored'", (worker,)
+            "UPDATE jobs SET held_by = NULL WHERE held_by = ?"
+            " AND state IN ('errored', 'uncertain')",
+            (worker,),
         )
 
     def silent_holders(self, silent_for: float) -> int:
@@ -169,11 +171,11 @@ class WorkerRoster(StateStore):
         return int(count)
 
     def others_have_work(self) -> bool:
-        """Whether living workers hold jobs still rendering, or a video waits for anyone to
-        download it."""
+        """Whether living workers hold jobs still rendering (or waiting for the callback of a
+        lost answer), or a video waits for anyone to download it."""
         (found,) = self.db.execute(
             "SELECT EXISTS (SELECT 1 FROM jobs j JOIN workers w ON w.id = j.held_by"
-            "  WHERE j.state IN ('submitting', 'submitted') AND w.id <> ?"
+            "  WHERE j.state IN ('submitting', 'uncertain', 'submitted') AND w.id <> ?"
             "  AND w.stopped_at IS NULL AND NOT w.reaped)"
             " OR EXISTS (SELECT 1 FROM jobs WHERE state = 'completed' AND held_by IS NULL)",
             (self.worker,),
@@ -253,7 +255,7 @@ class WorkerRoster(StateStore):
             with self._transaction():
                 self.db.execute(
                     "UPDATE jobs SET held_by = NULL WHERE held_by = ?"
-                    " AND state IN ('submitted', 'completed', 'errored')",
+                    " AND state IN ('uncertain', 'submitted', 'completed', 'errored')",
                     (self.worker,),
                 )
                 self.db.execute(

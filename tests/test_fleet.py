@@ -23,6 +23,7 @@ from tests.conftest import TEST_KEY, fast, job_line, simulator, write_manifest
 from tests.test_buckets import bucket_env, keys, served_sha256, unfinished_uploads
 from tests.test_cli import cli_env, log_events, run_args
 from tests.test_unattended import cli
+from tests.test_webhooks import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -258,3 +259,45 @@ async def test_workers_writing_into_one_bucket_put_each_video_there_once_and_who
         body = bucket.get_object(Bucket=bucket.bucket_name, Key=f"fleet/{job_id}.mp4")["Body"]
         assert hashlib.sha256(body.read()).hexdigest() == served[request_hash], job_id
     assert not list((tmp_path / "state").rglob("*.mp4*")), "the shared spool is left empty"
+
+
+async def test_workers_called_back_each_on_its_own_url_settle_lost_answers_and_pay_once(
+    tmp_path: Path, pg_url: str
+) -> None:
+    # Each worker listens for the callbacks of the jobs it sends (its own --webhook-url): a
+    # POST whose answer was lost is settled by the request its callback names, the others'
+    # callbacks bring their one status request forward, and nothing is paid twice.
+    manifest = write_manifest(tmp_path / "jobs.jsonl", [job_line(i) for i in range(16)])
+    env = cli_env(PIXAZO_API_KEY=TEST_KEY)
+    scenario = fast(
+        webhook_allow_http=True, webhook_duplicate_rate=0.0, processing_median={"540p": 0.3},
+        submit_lost_answer_rate=0.4, lost_answer_delay=0.05,
+    )  # fmt: skip
+    async with simulator(scenario) as sim:
+        workers = []
+        for _ in range(2):
+            port = free_port()
+            command = fleet_command(
+                sim, manifest, tmp_path / "out", pg_url, "--poll-interval", "1",
+                "--webhook-url", f"http://127.0.0.1:{port}/hooks",
+                "--webhook-listen", f"127.0.0.1:{port}",
+            )  # fmt: skip
+            workers.append(Worker(await anyio.open_process(command, env=env), anyio.Event()))
+        async with anyio.create_task_group() as group:
+            for worker in workers:
+                group.start_soon(worker.follow)
+        stats = sim.stats()
+
+    def logged(event: str) -> list[str]:
+        return [e["job_id"] for w in workers for e in w.events if e.get("event") == event]
+
+    assert [w.process.returncode for w in workers] == [0, 0], logged("run_stopped")
+    assert stats["accepted"] == 16 and stats["duplicate_charges"] == 0
+    assert {state for state, _ in jobs_in(pg_url).values()} == {"downloaded"}
+    assert all(any(e.get("event") == "webhook" for e in w.events) for w in workers)
+    lost = logged("submit_uncertain")
+    assert lost and sorted(logged("uncertain_resolved")) == sorted(lost)
+    # One status request a job, and one more to confirm each request a callback named (the
+    # probes that end a pause after a lost answer ask for no job).
+    polls = stats["polls_by_request"]
+    assert sum(polls.values()) <= 16 + len(lost), polls

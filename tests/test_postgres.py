@@ -37,6 +37,12 @@ from tests.test_hardening import (  # noqa: F401  (collected here again, on Post
     test_a_state_of_an_earlier_version_learns_its_lines_on_the_next_run,
 )
 from tests.test_unattended import cli
+from tests.test_webhooks import (  # noqa: F401  (collected here again, on PostgreSQL)
+    test_a_kept_callback_lets_the_next_run_finish_the_job_even_without_webhooks,
+    test_a_lost_answer_is_resolved_by_the_callback_without_paying_twice,
+    test_callbacks_replace_polling_and_duplicates_change_nothing,
+    test_without_a_callback_a_lost_answer_stays_uncertain_after_the_wait,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -328,3 +334,40 @@ async def test_an_acceptance_a_lost_database_missed_is_recorded_once_it_is_back(
     assert finished.returncode == 0, finished.stderr.decode()[-2000:]
     assert len(list((tmp_path / "out").glob("*.mp4"))) == 1
     assert stats["accepted"] == 1
+
+
+def test_an_uncertain_job_another_worker_settled_first_is_left_to_it_without_stopping(
+    pg_url: str,
+) -> None:
+    """Two workers confirm the request a callback named for one uncertain job (each received
+    it, or one started while the other waited for it): the second finds the job moved on,
+    which a fleet's router leaves be, and is fenced only once the fleet has reaped it."""
+    import psycopg
+
+    from pixazo_batch.errors import InvalidTransitionError, WorkerFencedError
+    from pixazo_batch.models import JobState
+    from pixazo_batch.pgstate import PgStateStore
+    from pixazo_batch.pgworkers import FleetIdentity
+    from tests.test_router import register
+
+    identity = FleetIdentity(manifest="jobs.jsonl", base_url="http://gw", api_key="k")
+    with contextlib.ExitStack() as stores:
+        first, second = (
+            stores.enter_context(PgStateStore.open_database(pg_url, fleet=identity))
+            for _ in range(2)
+        )
+        for job_id in ("job-0", "job-1"):
+            register(first, job_id)
+            first.begin_submit(job_id, None)
+            first.submit_uncertain(job_id, "answer lost")
+            first.submit_accepted(job_id, f"req-{job_id}", None)  # the first to confirm
+        with pytest.raises(InvalidTransitionError) as beaten:
+            second.submit_accepted("job-0", "req-job-0", None)
+        assert not isinstance(beaten.value, WorkerFencedError)
+        with psycopg.connect(pg_url) as admin:
+            admin.execute("UPDATE workers SET reaped = TRUE WHERE id = %s", (second.worker,))
+        with pytest.raises(WorkerFencedError):
+            second.submit_accepted("job-1", "req-job-1", None)
+        held = first.get("job-0")
+    assert held is not None and held.state is JobState.SUBMITTED
+    assert held.request_id == "req-job-0"
