@@ -60,6 +60,9 @@ class RunContext:
     posts_on_wire: set[anyio.CancelScope] = field(default_factory=set)
     #: the callback listener, when ``--webhook-url`` is set
     webhooks: WebhookReceiver | None = None
+    #: jobs whose callbacks go to another worker's listener (adopted from a dead worker of a
+    #: fleet): polled on the usual plan, not the slower fallback one
+    called_back_elsewhere: set[str] = field(default_factory=set)
     #: the bucket videos go to (``--out s3://...``), with its client
     bucket: BucketPath | None = None
     storage: Storage | None = None

@@ -60,6 +60,7 @@ async def adopt_orphans(ctx: RunContext, store: PgStateStore) -> int:
         return 0
     rows = store.reap_and_adopt(ctx.settings.worker_timeout)
     for row in rows:
+        ctx.called_back_elsewhere.add(row.id)
         await ctx.router.admit(row, Resumed(file_present=False))
     if rows:
         log.warning("jobs_adopted", count=len(rows), worker=store.worker)

@@ -70,6 +70,8 @@ class _Watch:
     pinned: bool = False
     #: polls on the scouting schedule too, while this run has learned nothing
     scout: bool = False
+    #: how much further apart than planned polls are (callbacks report the job)
+    stretch: float = 1.0
     seq: int = field(default=0)
 
 
@@ -118,6 +120,8 @@ class Poller:
         clock = self.ctx.clock
         submitted = clock.now() - max(0.0, time.time() - row.submitted_at)
         watch = _Watch(row, job_kind(row), submitted, jitter=self._rng.uniform(1.0, 1.25))
+        if row.id not in self.ctx.called_back_elsewhere:
+            watch.stretch = self._stretch
         if self._scouts_left and not self._learned_this_run:
             watch.scout = True
             self._scouts_left -= 1
@@ -142,7 +146,7 @@ class Poller:
         if watch.scout and not self._learned_this_run:
             after = min(after, estimator.scout_poll(watch.last_miss))
         deadline = watch.submitted + self.ctx.settings.job_deadline
-        return min(watch.submitted + after * self._stretch, deadline)
+        return min(watch.submitted + after * watch.stretch, deadline)
 
     @property
     def _learned_this_run(self) -> bool:

@@ -301,3 +301,32 @@ async def test_workers_called_back_each_on_its_own_url_settle_lost_answers_and_p
     # probes that end a pause after a lost answer ask for no job).
     polls = stats["polls_by_request"]
     assert sum(polls.values()) <= 16 + len(lost), polls
+
+
+async def test_jobs_adopted_from_a_dead_worker_with_webhooks_are_polled_on_the_usual_plan(
+    tmp_path: Path, pg_url: str
+) -> None:
+    # Their callbacks go to the dead worker's URL: on the fallback plan (4 times slower) the
+    # survivor would first ask for them 20 s after they were sent, where they took 1 s.
+    manifest = write_manifest(tmp_path / "jobs.jsonl", [job_line(i) for i in range(2)])
+    env = cli_env(PIXAZO_API_KEY=TEST_KEY)
+    scenario = fast(webhook_allow_http=True, processing_median={"540p": 1.0}, processing_sigma=0.0)
+
+    def command(sim: Simulator) -> list[str]:
+        port = free_port()
+        return fleet_command(
+            sim, manifest, tmp_path / "out", pg_url, "--poll-interval", "5",
+            "--webhook-url", f"http://127.0.0.1:{port}/hooks",
+            "--webhook-listen", f"127.0.0.1:{port}",
+        )  # fmt: skip
+
+    async with simulator(scenario) as sim:
+        dead = Worker(await anyio.open_process(command(sim), env=env), anyio.Event())
+        await dead.follow(kill_at=("submitted", 2))
+        with anyio.fail_after(15):
+            survivor = await anyio.run_process(command(sim), env=env, check=False)
+        stats = sim.stats()
+    assert dead.process.returncode == -signal.SIGKILL
+    assert survivor.returncode == 0, survivor.stderr.decode()[-2000:]
+    assert stats["accepted"] == 2
+    assert {state for state, _ in jobs_in(pg_url).values()} == {"downloaded"}
