@@ -48,7 +48,7 @@ SCHEMA_VERSION = 2
 #: advisory lock key of schema changes
 _SCHEMA_LOCK = 7_310_001
 #: states in which a job is held by the worker that moved it there (an uncertain job while it
-#: waits for its callback: the worker lets go of it when it rests, ``release``)
+#: may wait for its callback: the router lets go of it once it rests, ``release``)
 _HELD = frozenset(
     {JobState.SUBMITTING, JobState.UNCERTAIN, JobState.SUBMITTED, JobState.COMPLETED,
      JobState.ERRORED}

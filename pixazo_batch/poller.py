@@ -28,7 +28,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from pixazo_batch.context import RunContext
 from pixazo_batch.errors import HttpStatusError, RequestError, SubmitStopError
 from pixazo_batch.estimator import CompletionEstimator, Kind
-from pixazo_batch.fleet import fleet_store
 from pixazo_batch.governor import BackoffPolicy
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.lifecycle import Action, Outcome, RemoteEnded, Stalled, UnknownRequest
@@ -267,10 +266,6 @@ class Poller:
     async def _settle_uncertain(self, row: JobRow) -> None:
         outcome = await await_callback(self.ctx, row, self.backoff, self._rng)
         step = await self.ctx.router.settle(row.id, outcome)
-        fleet = fleet_store(self.ctx)
-        if fleet is not None and step.state is JobState.UNCERTAIN:
-            # Nobody waits for its callback here any more: another worker may settle it.
-            fleet.release(row.id)
         hooks = self.ctx.webhooks
         if hooks is not None and step.action not in (Action.POLL, Action.AWAIT_CALLBACK):
             hooks.box.forget(row.id)

@@ -167,10 +167,14 @@ class Router:
     async def _apply_durably(self, row: JobRow, outcome: Outcome) -> Step:
         """``_apply``, returning once the transition is committed (with those of other jobs)."""
         try:
-            return await self._commits.write(lambda: self._apply(row, outcome))
+            step = await self._commits.write(lambda: self._apply(row, outcome))
         except self._refused:
             self._not_recorded(row.id, outcome)
             raise
+        if step.state is JobState.UNCERTAIN and step.action is Action.REST:
+            # Nobody here waits for its callback: another worker of a fleet may settle it.
+            self.store.release(row.id)
+        return step
 
     def _not_recorded(self, job_id: str, outcome: Outcome) -> None:
         if isinstance(outcome, (Accepted, CallbackNamed)):

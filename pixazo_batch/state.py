@@ -172,6 +172,10 @@ class StateStore(SqliteTransactions, ManifestRegistry):
         fleet has it (a state file has one worker: always True)."""
         return True
 
+    def release(self, job_id: str) -> None:
+        """Let go of a job this worker holds, for another worker of a fleet to take (a state
+        file has one worker: nothing to hold)."""
+
     def refresh_media(self, job_id: str, media_url: str) -> None:
         """``completed -> completed`` with a fresh media URL."""
         with self._transaction():

@@ -371,3 +371,53 @@ def test_an_uncertain_job_another_worker_settled_first_is_left_to_it_without_sto
         held = first.get("job-0")
     assert held is not None and held.state is JobState.SUBMITTED
     assert held.request_id == "req-job-0"
+
+
+async def test_a_worker_lets_go_of_an_uncertain_job_it_no_longer_waits_for(
+    tmp_path: Path, make_settings: Callable[..., Settings], log_tap: Any
+) -> None:
+    """A worker holds a lost answer's job while it may wait for the job's callback (the
+    others wait for it), and lets go of it once it rests, while the worker still works on
+    other jobs: a request another worker is told of may then settle it."""
+    import dataclasses
+
+    import psycopg
+
+    from tests.test_webhooks import hooked
+
+    lossy = hooked(
+        submit_lost_answer_rate=1.0, lost_answer_delay=0.0,
+        processing_median={"540p": 0.3, "1080p": 600.0}, processing_sigma=0.0,
+    )  # fmt: skip
+    manifest = write_manifest(
+        tmp_path / "jobs.jsonl", [job_line(0), job_line(1, resolution="1080p")]
+    )
+    seen: list[tuple[str | None, bool]] = []  # (holder, the worker stopped) once it rested
+    async with simulator(lossy) as sim:
+        settings = make_settings(sim, manifest, concurrency=1, job_deadline=3.0)
+        rested = anyio.Event()
+
+        def second_post_answered() -> None:  # the first POST has had its (lost) answer
+            sim.state.scenario = dataclasses.replace(lossy, submit_lost_answer_rate=0.0)
+            rested.set()
+
+        log_tap.on("submitting", 2, second_post_answered)
+
+        async def watch() -> None:
+            await rested.wait()
+            with psycopg.connect(str(settings.state_url), autocommit=True) as db:
+                while not seen or seen[-1][0] is not None:
+                    found = db.execute(
+                        "SELECT j.held_by, w.stopped_at IS NOT NULL FROM jobs j"
+                        " JOIN workers w ON TRUE WHERE j.id = 'job-000'"
+                    ).fetchone()
+                    assert found is not None
+                    seen.append((found[0], found[1]))
+                    await anyio.lowlevel.checkpoint()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch)
+            summary = await run_batch(settings)
+            group.cancel_scope.cancel()
+    assert summary.uncertain == ["job-000"] and summary.stalled == ["job-001"]
+    assert seen[-1] == (None, False), "let go while the worker still worked"
