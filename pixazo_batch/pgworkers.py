@@ -249,6 +249,17 @@ class WorkerRoster(StateStore):
             for worker in self.live_workers()
         )
 
+    def undecided(self, limit: int) -> list[JobRow]:
+        """As on a file, leaving out the jobs a living worker (another, when this is one)
+        holds: it waits for their callbacks, and they are its to settle."""
+        rows = self.db.execute(
+            f"SELECT {COLUMNS} FROM jobs j WHERE j.state = 'uncertain' AND NOT EXISTS"  # noqa: S608
+            " (SELECT 1 FROM workers w WHERE w.id = j.held_by AND w.stopped_at IS NULL"
+            "  AND NOT w.reaped AND w.id IS DISTINCT FROM ?) ORDER BY j.seq LIMIT ?",
+            (self.worker, limit),
+        ).fetchall()
+        return [row_from(found) for found in rows]
+
     def _leave(self) -> None:
         """Stop as a worker: what this worker held is released for the others at once."""
         try:

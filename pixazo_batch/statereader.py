@@ -6,6 +6,7 @@ writes. Every listing streams in batches, so a state file of any size is read in
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -242,3 +243,8 @@ class StateReader:
     def others_working(self) -> bool:
         """Whether other workers share this state and are alive (never, for a state file)."""
         return False
+
+    def undecided(self, limit: int) -> list[JobRow]:
+        """Up to ``limit`` uncertain jobs nobody is settling, oldest first: the ones a person
+        must decide."""
+        return list(itertools.islice(self.iter_jobs(JobState.UNCERTAIN), limit))

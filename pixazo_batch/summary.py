@@ -63,7 +63,8 @@ def summarise(
     failed = [
         {"id": row.id, "error": row.error} for row in _first(store.iter_jobs(JobState.FAILED))
     ]
-    uncertain = [row.id for row in _first(store.iter_jobs(JobState.UNCERTAIN))]
+    # In a fleet, a lost answer another worker waits for the callback of is its to settle.
+    uncertain = [row.id for row in store.undecided(LIST_LIMIT)]
     mismatched = [
         {"id": row.id, "mismatch": row.mismatch}
         for row in _first(r for r in store.iter_mismatched() if r.state is JobState.DOWNLOADED)
@@ -71,7 +72,7 @@ def summarise(
     codes: set[int] = set()
     if stopped_by is not None:
         codes.add(stopped_by.exit_code)
-    if counts.get(JobState.UNCERTAIN, 0):
+    if uncertain:
         codes.add(EXIT_DECIDE)
     if flags.stop_submitting is not None:
         codes.add(flags.stop_exit_code)

@@ -294,7 +294,9 @@ async def test_workers_called_back_each_on_its_own_url_settle_lost_answers_and_p
     assert [w.process.returncode for w in workers] == [0, 0], logged("run_stopped")
     assert stats["accepted"] == 16 and stats["duplicate_charges"] == 0
     assert {state for state, _ in jobs_in(pg_url).values()} == {"downloaded"}
-    assert all(any(e.get("event") == "webhook" for e in w.events) for w in workers)
+    for worker in workers:  # (one started late on a busy machine may have sent none)
+        called_back = {e["job_id"] for e in worker.events if e.get("event") == "webhook"}
+        assert worker.sent() <= called_back, "each job's callbacks came to its sender"
     lost = logged("submit_uncertain")
     assert lost and sorted(logged("uncertain_resolved")) == sorted(lost)
     # One status request a job, and one more to confirm each request a callback named (the

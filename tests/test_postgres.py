@@ -421,3 +421,25 @@ async def test_a_worker_lets_go_of_an_uncertain_job_it_no_longer_waits_for(
             group.cancel_scope.cancel()
     assert summary.uncertain == ["job-000"] and summary.stalled == ["job-001"]
     assert seen[-1] == (None, False), "let go while the worker still worked"
+
+
+def test_a_lost_answer_a_living_worker_waits_for_is_not_left_to_a_person(pg_url: str) -> None:
+    """Another worker ending meanwhile does not report the job as one a person must settle
+    (exit 5): it is the waiting worker's, until that worker lets go of it or dies."""
+    from pixazo_batch.pgstate import PgStateStore
+    from pixazo_batch.pgworkers import FleetIdentity
+    from tests.test_router import register
+
+    identity = FleetIdentity(manifest="jobs.jsonl", base_url="http://gw", api_key="k")
+    with contextlib.ExitStack() as stores:
+        waiting, ending = (
+            stores.enter_context(PgStateStore.open_database(pg_url, fleet=identity))
+            for _ in range(2)
+        )
+        register(waiting, "job-0")
+        waiting.begin_submit("job-0", None)
+        waiting.submit_uncertain("job-0", "answer lost")
+        while_waited = [row.id for row in ending.undecided(10)]
+        waiting.release("job-0")
+        once_let_go = [row.id for row in ending.undecided(10)]
+    assert while_waited == [] and once_let_go == ["job-0"]
