@@ -16,6 +16,7 @@ attaches it to the job once a status request confirms it (``docs/design.md``, "W
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import secrets
@@ -194,7 +195,10 @@ class WebhookReceiver:
             await self._runner.cleanup()
             self.hints.close()
             self._hint_reader.close()
-            raise UsageError(f"--webhook-listen {self._host}:{self._port}: {exc}") from exc
+            taken = ""
+            if exc.errno == errno.EADDRINUSE:
+                taken = " (another run listens there: each worker of a fleet needs its own)"
+            raise UsageError(f"--webhook-listen {self._host}:{self._port}: {exc}{taken}") from exc
         log.info("webhooks_listening", host=self._host, port=self._port, mode=self.mode)
         return self
 

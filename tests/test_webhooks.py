@@ -228,7 +228,7 @@ async def test_a_listen_address_in_use_is_a_usage_error(tmp_path: Path, make_set
                 webhook_url=f"http://127.0.0.1:{port}/h",
                 webhook_listen=f"127.0.0.1:{port}",
             )
-            with pytest.raises(UsageError, match="--webhook-listen"):
+            with pytest.raises(UsageError, match=r"--webhook-listen .* each worker of a fleet"):
                 await run_batch(settings)
             stats = sim.stats()
     assert stats["submit_requests"] == 0
