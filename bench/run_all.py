@@ -42,6 +42,7 @@ def main() -> None:
             "--pairs",
             "3" if full else "1",
         ],
+        ["distant_db.py", "--jobs", "200" if full else "100"],
     ]
     if shutil.which("strace") is not None:
         runs.append(["slow_disk.py", "--jobs", "1000" if full else "300"])
