@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test torture demo bench clean
+.PHONY: install lint test test-pg torture demo bench clean
 
 install: $(STAMP)
 
@@ -21,6 +21,12 @@ lint: install
 
 test: lint
 	$(BIN)/pytest
+
+# The engine's tests again with their state in PostgreSQL (those about the state file skipped).
+test-pg: install
+	PIXAZO_TEST_STATE=postgres $(BIN)/pytest tests/test_engine.py tests/test_hardening.py \
+		tests/test_unattended.py tests/test_webhooks.py tests/test_buckets.py tests/test_inputs.py \
+		tests/test_operator.py tests/test_poller.py tests/test_review_page.py tests/test_torture.py
 
 torture: install
 	PIXAZO_TORTURE=full $(BIN)/pytest tests/test_torture.py tests/test_cli.py tests/test_manifest.py

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +19,19 @@ from pixazo_batch.models import SUBMIT_PATH
 from pixazo_batch.sim import Scenario, Simulator, scenario_named
 
 TEST_KEY = "test-key-5f2a9c"
+#: where the runs of ``make_settings`` keep their state: ``postgres`` (``make test-pg``) runs
+#: them on a database of the session's PostgreSQL server, as a fleet's worker would
+STATE = os.environ.get("PIXAZO_TEST_STATE", "sqlite")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With the state in PostgreSQL, skip the tests about the state file itself, saying why."""
+    if STATE != "postgres":
+        return
+    for item in items:
+        marker = item.get_closest_marker("sqlite_state")
+        if marker is not None:
+            item.add_marker(pytest.mark.skip(reason=f"SQLite state only: {marker.args[0]}"))
 
 
 @pytest.fixture
@@ -53,7 +67,11 @@ def write_manifest(path: Path, lines: Iterable[dict[str, Any] | str]) -> Path:
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+def make_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[..., Settings]:
+    state: dict[str, Any] = {}
+    if STATE == "postgres":
+        state["state_url"] = request.getfixturevalue("pg_url")
+
     def build(sim: Simulator, manifest: Path, **changes: Any) -> Settings:
         values: dict[str, Any] = {
             "manifest": manifest,
@@ -63,6 +81,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "poll_interval": 0.02,
             "rps": 500.0,
             "max_in_flight": 50,
+            **state,
         }
         values.update(changes)
         return Settings(**values)

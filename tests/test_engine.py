@@ -80,6 +80,7 @@ async def test_rerunning_a_finished_manifest_sends_nothing(
     assert after["media_requests"] == before["media_requests"]
 
 
+@pytest.mark.sqlite_state("a fleet does not look for vanished videos")
 async def test_results_and_page_are_written_again_only_when_a_job_changed_or_a_file_is_gone(
     tmp_path: Path, make_settings: MakeSettings
 ) -> None:
@@ -106,6 +107,7 @@ async def test_results_and_page_are_written_again_only_when_a_job_changed_or_a_f
     assert [r["state"] for r in results(settings)] == ["downloaded", "downloaded"]
 
 
+@pytest.mark.sqlite_state("a fleet's worker writes its results through a temp file of its own")
 async def test_results_not_written_are_written_by_the_next_run_even_if_it_changes_nothing(
     tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
 ) -> None:
@@ -145,6 +147,7 @@ async def test_results_are_written_again_after_a_run_that_did_not_end(
     assert [r["state"] for r in results(settings)] == ["downloaded", "downloaded"]
 
 
+@pytest.mark.sqlite_state("a fleet does not look for vanished videos")
 async def test_a_vanished_output_is_downloaded_again_without_resubmitting(
     tmp_path: Path, make_settings: MakeSettings
 ) -> None:
@@ -160,6 +163,7 @@ async def test_a_vanished_output_is_downloaded_again_without_resubmitting(
     assert stats["accepted"] == 2
 
 
+@pytest.mark.sqlite_state("a fleet does not look for vanished videos")
 async def test_vanished_outputs_in_folders_are_found_and_only_they_are_fetched_again(
     tmp_path: Path, make_settings: MakeSettings
 ) -> None:
@@ -272,6 +276,7 @@ async def test_a_lost_answer_makes_the_job_uncertain_and_it_is_never_resubmitted
     assert first.committed_usd == "0.60"
 
 
+@pytest.mark.sqlite_state("two output folders on one state")
 async def test_uncertain_jobs_are_resubmitted_or_abandoned_only_when_asked(
     tmp_path: Path, make_settings: MakeSettings
 ) -> None:
@@ -545,6 +550,7 @@ async def test_an_output_folder_symlink_cannot_lead_outside(
     assert list(outside.iterdir()) == []
 
 
+@pytest.mark.sqlite_state("the run lock of a state file (workers of a fleet share a database)")
 async def test_a_second_run_on_the_same_state_file_is_locked_out(
     tmp_path: Path, make_settings: MakeSettings
 ) -> None:
@@ -562,6 +568,7 @@ async def test_summary_type(tmp_path: Path, make_settings: MakeSettings) -> None
     assert isinstance(summary, RunSummary)
 
 
+@pytest.mark.sqlite_state("reads the SQLite state file itself")
 async def test_an_unchanged_manifest_is_not_read_again_but_a_bad_line_is_always_reported(
     tmp_path: Path, make_settings: MakeSettings
 ) -> None:
@@ -595,6 +602,7 @@ async def test_an_exhausted_quota_stops_the_run_with_exit_3_and_says_when_it_ret
     assert "returns in about 42" in (summary.stop_reason or "")
 
 
+@pytest.mark.sqlite_state("two output folders on one state")
 async def test_each_video_is_checked_against_its_request_and_a_mismatch_is_kept_and_flagged(
     tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
 ) -> None:

@@ -70,6 +70,7 @@ async def test_a_link_planted_in_the_output_folder_is_never_written_through(
     assert json.loads((out / "results.jsonl").read_text(encoding="utf-8"))["state"] == "downloaded"
 
 
+@pytest.mark.sqlite_state("the state file's own path and lock")
 @pytest.mark.parametrize("planted", [".pixazo-batch.db", ".pixazo-batch.db.lock"])
 async def test_a_linked_state_or_lock_file_is_refused_and_its_target_untouched(
     tmp_path: Path, make_settings: MakeSettings, planted: str
@@ -86,6 +87,7 @@ async def test_a_linked_state_or_lock_file_is_refused_and_its_target_untouched(
     assert stats["submit_requests"] == 0
 
 
+@pytest.mark.sqlite_state("the state file's own modes")
 async def test_the_state_its_log_and_its_lock_are_private(
     tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
 ) -> None:
@@ -224,6 +226,7 @@ def test_outputs_that_need_a_file_and_a_folder_at_one_path_are_refused(tmp_path:
     assert "is a folder of the output of line 3" in items[3].message  # type: ignore[union-attr]
 
 
+@pytest.mark.sqlite_state("two manifests on one state (a database holds one)")
 async def test_an_output_conflicting_with_a_recorded_one_is_refused_on_a_later_run(
     tmp_path: Path, make_settings: MakeSettings
 ) -> None:
@@ -571,6 +574,7 @@ async def post_callback(settings: Settings, query: dict[str, str], body: Any) ->
         return answer.status
 
 
+@pytest.mark.sqlite_state("reads the SQLite state file itself")
 async def test_a_leaked_callback_url_cannot_finish_a_job_or_hand_it_a_foreign_video(
     tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
 ) -> None:
@@ -604,6 +608,7 @@ async def test_a_leaked_callback_url_cannot_finish_a_job_or_hand_it_a_foreign_vi
     assert stats["media_requests"] == 0
 
 
+@pytest.mark.sqlite_state("reads the SQLite state file itself")
 async def test_a_leaked_callback_url_cannot_attach_a_made_up_request_to_an_uncertain_job(
     tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
 ) -> None:
@@ -635,6 +640,7 @@ async def test_a_leaked_callback_url_cannot_attach_a_made_up_request_to_an_uncer
     assert log_tap.named("callback_refused")
 
 
+@pytest.mark.sqlite_state("reads the SQLite state file itself")
 async def test_callback_urls_of_a_run_older_than_the_secret_lifetime_are_refused(
     tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
 ) -> None:
@@ -718,6 +724,7 @@ def test_the_callback_box_holds_a_bounded_number_of_statuses() -> None:
     assert box.deliver("c", status("r5")) is Delivery.NEW
 
 
+@pytest.mark.sqlite_state("reads the SQLite state file itself")
 async def test_an_oversized_callback_is_refused_with_one_log_line(
     tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
 ) -> None:
@@ -766,6 +773,7 @@ def read_only(tmp_path: Path) -> Any:
         subprocess.run(["umount", str(view)], check=False)
 
 
+@pytest.mark.sqlite_state("the state file on a read-only disk")
 async def test_on_a_read_only_disk_run_and_resolve_say_so_in_one_line_and_status_still_reads(
     tmp_path: Path, make_settings: MakeSettings, read_only: Any
 ) -> None:

@@ -77,6 +77,7 @@ def test_validate_checks_each_local_image_by_its_bytes_and_size(tmp_path: Path) 
     assert json.loads(result.stdout)["jobs"] == 1
 
 
+@pytest.mark.sqlite_state("reads the SQLite state file itself")
 async def test_local_images_are_uploaded_once_and_reached_by_the_model_through_signed_urls(
     tmp_path: Path, make_settings: MakeSettings, bucket: Any, log_tap: LogTap
 ) -> None:

@@ -111,6 +111,7 @@ async def test_dry_run_prices_what_would_be_submitted_and_sends_nothing(tmp_path
     assert second[-1]["price_usd"] == "0.20"
 
 
+@pytest.mark.sqlite_state("commands find the state file through --out")
 async def test_status_and_csv_report_from_the_state_file(
     tmp_path: Path, make_settings: Any
 ) -> None:

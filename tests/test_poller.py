@@ -114,6 +114,7 @@ async def run_counting_polls(
     return summary, stats, took
 
 
+@pytest.mark.sqlite_state("reads the SQLite state file itself")
 @pytest.mark.anyio
 async def test_a_fresh_state_file_finds_quick_jobs_quickly_and_keeps_what_it_learned(
     tmp_path: Path, make_settings: Any

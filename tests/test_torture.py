@@ -178,6 +178,7 @@ async def test_a_key_revoked_part_way_stops_the_run_and_a_new_key_finishes_it(
     assert stats["duplicate_charges"] == 0
 
 
+@pytest.mark.sqlite_state("reads the SQLite state file itself")
 async def test_media_5xx_bursts_and_slow_bodies_still_deliver_whole_files(
     tmp_path: Path, make_settings: Any
 ) -> None:

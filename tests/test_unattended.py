@@ -158,7 +158,9 @@ async def test_past_the_outage_deadline_the_run_stops_with_exit_3_and_nothing_lo
         with anyio.fail_after(60):
             summary = await run_batch(settings)
     assert summary.exit_code == 3
-    assert summary.counts[left] == 4
+    assert summary.counts[left] >= 1, summary.counts
+    # Jobs not yet seen finished when the run stopped stay submitted: polled by the next run.
+    assert summary.counts[left] + summary.counts["submitted"] == 4, summary.counts
     assert summary.committed_usd == ("0.00" if service == "gateway" else "0.80")
     assert f"the {service} could not be reached" in (summary.stop_reason or "")
     event = f"{service.replace(' ', '_')}_unreachable"
@@ -309,6 +311,7 @@ async def cli(*args: str, env: dict[str, str] | None = None) -> Any:
     return await anyio.to_thread.run_sync(lambda: run_cli(*args, env=env))
 
 
+@pytest.mark.sqlite_state("commands find the state file through --out")
 async def test_resolve_attaches_a_request_found_in_the_dashboard_and_nothing_is_paid_twice(
     tmp_path: Path, make_settings: MakeSettings
 ) -> None:
@@ -347,6 +350,7 @@ async def test_resolve_attaches_a_request_found_in_the_dashboard_and_nothing_is_
     assert stats["accepted"] == 2, "job-000 was polled and downloaded, never submitted again"
 
 
+@pytest.mark.sqlite_state("commands find the state file through --out")
 async def test_resolve_not_sent_lets_the_next_run_submit_and_frees_the_committed_spend(
     tmp_path: Path, make_settings: MakeSettings
 ) -> None:

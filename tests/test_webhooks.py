@@ -131,6 +131,7 @@ async def test_without_a_callback_a_lost_answer_stays_uncertain_after_the_wait(
     assert stats["accepted"] == 1
 
 
+@pytest.mark.sqlite_state("two manifests on one state (a database holds one)")
 async def test_a_callback_for_an_uncertain_job_nobody_waits_for_is_adopted_by_the_run(
     tmp_path: Path, make_settings: Any, log_tap: LogTap
 ) -> None:
@@ -171,6 +172,7 @@ async def test_a_kept_callback_lets_the_next_run_finish_the_job_even_without_web
     assert stats["accepted"] == 1 and stats["submit_requests"] == 1
 
 
+@pytest.mark.sqlite_state("reads the SQLite state file itself")
 async def test_forged_callbacks_are_refused_and_change_nothing(
     tmp_path: Path, make_settings: Any, log_tap: LogTap
 ) -> None:
