@@ -443,3 +443,42 @@ def test_a_lost_answer_a_living_worker_waits_for_is_not_left_to_a_person(pg_url:
         waiting.release("job-0")
         once_let_go = [row.id for row in ending.undecided(10)]
     assert while_waited == [] and once_let_go == ["job-0"]
+
+
+def test_a_worker_that_stops_or_is_reaped_lets_go_of_the_lost_answers_it_held(
+    pg_url: str,
+) -> None:
+    """A lost answer a worker waited for the callback of is left to a person, and another
+    worker may settle it from a callback's request, once the worker stops or the fleet takes
+    it for dead."""
+    import psycopg
+
+    from pixazo_batch.models import JobState
+    from pixazo_batch.pgstate import PgStateStore
+    from pixazo_batch.pgworkers import FleetIdentity
+    from tests.test_router import register
+
+    identity = FleetIdentity(manifest="jobs.jsonl", base_url="http://gw", api_key="k")
+    with PgStateStore.open_database(pg_url, fleet=identity) as survivor:
+        with PgStateStore.open_database(pg_url, fleet=identity) as stopping:
+            register(stopping, "job-0")
+            stopping.begin_submit("job-0", None)
+            stopping.submit_uncertain("job-0", "answer lost")
+            held_while_it_ran = [row.id for row in survivor.undecided(10)]
+        with PgStateStore.open_database(pg_url, fleet=identity) as silent:
+            register(silent, "job-1")
+            silent.begin_submit("job-1", None)
+            silent.submit_uncertain("job-1", "answer lost")
+            with psycopg.connect(pg_url) as admin:  # silent for a minute, as far as all know
+                admin.execute(
+                    "UPDATE workers SET heartbeat_at = heartbeat_at - 60 WHERE id = %s",
+                    (silent.worker,),
+                )
+            survivor.reap_and_adopt(timeout=30)
+            left = [row.id for row in survivor.undecided(10)]
+            for job_id in ("job-0", "job-1"):  # a callback named their requests to the survivor
+                survivor.submit_accepted(job_id, f"req-{job_id}", None)
+            settled = [survivor.get(job_id) for job_id in ("job-0", "job-1")]
+    assert held_while_it_ran == []
+    assert left == ["job-0", "job-1"]
+    assert all(row is not None and row.state is JobState.SUBMITTED for row in settled)
