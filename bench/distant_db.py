@@ -30,9 +30,26 @@ sys.path.insert(0, str(ROOT))
 from tests.pgserver import fresh_database, postgres_server
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+class Traffic:
+    """The turns of the conversation between the worker and its database through a proxy: a
+    turn is what the worker sends after the database last answered (one round trip it waited
+    for, however many statements it pipelined into it)."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self.answered = True
+
+
+async def _pump(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    delay: float,
+    traffic: Traffic,
+    *,
+    to_database: bool,
+) -> None:
     """Forward what ``reader`` receives to ``writer``, each piece ``delay`` seconds later, in
-    order."""
+    order, counting the turns in ``traffic``."""
     loop = asyncio.get_running_loop()
     pieces: collections.deque[tuple[float, bytes]] = collections.deque()
     arrived = asyncio.Event()
@@ -52,6 +69,9 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
 
     sender = asyncio.create_task(send())
     while data := await reader.read(1 << 16):
+        if to_database and traffic.answered:
+            traffic.turns += 1
+        traffic.answered = not to_database
         pieces.append((loop.time() + delay, data))
         arrived.set()
     done = True
@@ -60,18 +80,19 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
 
 
 @contextmanager
-def delaying_proxy(target: tuple[str, int], delay: float) -> Iterator[int]:
+def delaying_proxy(target: tuple[str, int], delay: float) -> Iterator[tuple[int, Traffic]]:
     """A TCP proxy on loopback to ``target`` that holds every piece ``delay`` seconds each
-    way; yields its port."""
+    way; yields its port and what goes through it towards the database."""
     port = free_port()
+    traffic = Traffic()
     ready = threading.Event()
     loop = asyncio.new_event_loop()
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream_reader, upstream_writer = await asyncio.open_connection(*target)
         await asyncio.gather(
-            _pump(reader, upstream_writer, delay),
-            _pump(upstream_reader, writer, delay),
+            _pump(reader, upstream_writer, delay, traffic, to_database=True),
+            _pump(upstream_reader, writer, delay, traffic, to_database=False),
             return_exceptions=True,
         )
 
@@ -91,7 +112,7 @@ def delaying_proxy(target: tuple[str, int], delay: float) -> Iterator[int]:
     thread.start()
     ready.wait()
     try:
-        yield port
+        yield port, traffic
     finally:
         loop.call_soon_threadsafe(serving.cancel)
         thread.join(timeout=5)
@@ -123,7 +144,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--delay-ms", type=float, nargs="+", default=[0.0, 1.0, 2.5])
     args = parser.parse_args()
-    rows: list[tuple[str, float, float]] = []  # (how, round trip ms, run s)
+    #: how, round trip ms, run s, CPU s, round trips
+    rows: list[tuple[str, float, float, float, int | None]] = []
     with postgres_server() as server, tempfile.TemporaryDirectory(prefix="pixazo-db-") as tmp:
         folder = Path(tmp)
         manifest = write_manifest(folder / "jobs.jsonl", args.jobs)
@@ -134,25 +156,34 @@ def main() -> None:
         for delay_ms in [None, *args.delay_ms]:
             url = fresh_database(server)
             with contextlib.ExitStack() as stack:
-                how = "loopback, direct"
+                how, traffic = "loopback, direct", None
                 if delay_ms is not None:
                     proxy = delaying_proxy((target.hostname, target.port), delay_ms / 1000)
-                    url = via_port(url, stack.enter_context(proxy))
+                    port, traffic = stack.enter_context(proxy)
+                    url = via_port(url, port)
                     how = f"through the proxy, +{delay_ms:g} ms each way"
                 sim = stack.enter_context(sim_process("fast", **quick_jobs(0.2, 0.1)))
                 trip = round_trip_ms(url)
+                before = 0 if traffic is None else traffic.turns
                 cost = run_engine(manifest, folder / f"out-{len(rows)}", sim.base_url,
                                   "--state", url, *flags)  # fmt: skip
             if cost.returncode != 0:
                 raise SystemExit(f"the run failed (exit {cost.returncode}): {how}")
-            rows.append((how, trip, cost.wall_s))
+            turns = None if traffic is None else traffic.turns - before
+            rows.append((how, trip, cost.wall_s, cost.cpu_s, turns))
     base = rows[0][2]
     table(
         f"A worker's state database a hop away: {args.jobs} near-instant jobs, one worker",
         [
-            (f"{how}: SELECT 1 {trip:.2f} ms, run s (x direct)",
-             f"{wall:.1f} ({wall / base:.2f}x)", "-", "-")
-            for how, trip, wall in rows
+            (f"{how}: SELECT 1 {trip:.2f} ms, run s (x direct), CPU s",
+             f"{wall:.1f} ({wall / base:.2f}x), {cpu:.1f}", "-", "-")
+            for how, trip, wall, cpu, _ in rows
+        ]
+        + [
+            (f"{how}: round trips a job (the whole run's / jobs)",
+             f"{turns / args.jobs:.1f}", "-", "-")
+            for how, _, _, _, turns in rows
+            if turns is not None
         ],
     )  # fmt: skip
 

@@ -37,7 +37,7 @@ from pixazo_batch.errors import (
 )
 from pixazo_batch.jobrow import COLUMNS, JobRow, row_from
 from pixazo_batch.models import JobState
-from pixazo_batch.pgconn import PgConnection, redacted
+from pixazo_batch.pgconn import PgConnection, connect, redacted
 from pixazo_batch.pgworkers import SUBMIT_LOCK, FleetIdentity, WorkerRoster
 
 log = structlog.get_logger(__name__)
@@ -55,21 +55,6 @@ _HELD = frozenset(
 )  # fmt: skip
 #: seconds a count of the fleet's jobs in flight is reused by ``fleet_room``
 ROOM_LOOK = 0.1
-#: libpq settings of a state connection, unless its URL names them: a database gone silent (a
-#: network cut, a host lost) fails the call waiting on it within about 30 s, where the system's
-#: keepalive would first wait two hours with the run frozen (every store call is synchronous)
-CONNECTION_DEFAULTS = {
-    "connect_timeout": "10",
-    "keepalives": "1",
-    "keepalives_idle": "10",
-    "keepalives_interval": "5",
-    "keepalives_count": "3",
-    "tcp_user_timeout": "30000",
-}
-#: the server ends a session of ours idle inside a transaction this long (unless the database
-#: or the URL set a limit): none waits there (each transaction is one synchronous block), so it
-#: is a worker frozen mid-transaction, whose row locks would hold every other worker
-IDLE_IN_TRANSACTION = "60s"
 
 
 class PgStateStore(WorkerRoster):
@@ -108,7 +93,7 @@ class PgStateStore(WorkerRoster):
             raise UsageError("a PostgreSQL state needs: pip install 'pixazo-batch[pg]'") from None
         where = redacted(url)
         try:
-            conn = _connect(url)
+            conn = connect(url)
         except psycopg.Error as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UsageError(f"--state {where}: cannot use the database: {detail}") from None
@@ -142,7 +127,7 @@ class PgStateStore(WorkerRoster):
         if not db.conn.closed:
             return
         try:
-            db.conn = _connect(self._url)
+            db.conn = connect(self._url)
         except psycopg.Error as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StateWriteError(
@@ -182,7 +167,7 @@ class PgStateStore(WorkerRoster):
         db = self.db
         assert isinstance(db, PgConnection)
         try:
-            with db.conn.transaction():
+            with db.pipelined_transaction():
                 yield
         except self._operational as exc:
             raise StateWriteError(f"cannot write the state database {self.path}: {exc}") from exc
@@ -190,14 +175,18 @@ class PgStateStore(WorkerRoster):
     def _claim(self, job_id: str) -> JobRow:
         """The job, locked for this worker, inside the fleet-wide submit lock."""
         self.db.execute("SELECT pg_advisory_xact_lock(?)", (SUBMIT_LOCK,))
-        found = self.db.execute(
+        claimed = self.db.execute(
             f"SELECT {COLUMNS} FROM jobs WHERE id = ? AND state IN ('pending', 'errored')"  # noqa: S608
             " AND (held_by IS NULL OR held_by = ?) FOR UPDATE SKIP LOCKED",
             (job_id, self.worker),
-        ).fetchone()
+        )
+        # Sent with the claim (one round trip for both): the count that decides is never a
+        # cached one.
+        counted = None if self.max_in_flight is None else self._count_in_flight()
+        found = claimed.fetchone()
         if found is None:
             raise JobTakenError(f"job {job_id!r} is held by another worker")
-        if not self.fleet_room(fresh=True):  # the count that decides is never a cached one
+        if counted is not None and not self._room_from(counted):
             raise FleetFullError(f"the fleet has {self.max_in_flight} jobs in flight")
         return row_from(found)
 
@@ -207,12 +196,20 @@ class PgStateStore(WorkerRoster):
         count in ``begin_submit`` is the one that decides)."""
         if self.max_in_flight is None:
             return True
-        now = time.monotonic()
-        if fresh or now - self._room_counted_at >= ROOM_LOOK:
-            (flying,) = self.db.execute(
-                "SELECT COUNT(*) FROM jobs WHERE state IN ('submitting', 'submitted')"
-            ).fetchone()
-            self._room, self._room_counted_at = bool(flying < self.max_in_flight), now
+        if fresh or time.monotonic() - self._room_counted_at >= ROOM_LOOK:
+            return self._room_from(self._count_in_flight())
+        return self._room
+
+    def _count_in_flight(self) -> Any:
+        """The fleet's jobs in flight, counted (a cursor: pipelined in a transaction)."""
+        return self.db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE state IN ('submitting', 'submitted')"
+        )
+
+    def _room_from(self, counted: Any) -> bool:
+        (flying,) = counted.fetchone()
+        assert self.max_in_flight is not None
+        self._room, self._room_counted_at = bool(flying < self.max_in_flight), time.monotonic()
         return self._room
 
     def _current(self, job_id: str) -> JobRow:
@@ -253,12 +250,12 @@ class PgStateStore(WorkerRoster):
         if self.worker is None:
             return True
         with self._transaction():
-            found = self.db.execute(
+            claimed = self.db.execute(
                 "UPDATE jobs SET held_by = ? WHERE id = ? AND state = 'completed'"
                 " AND (held_by IS NULL OR held_by = ?) RETURNING id",
                 (self.worker, job_id, self.worker),
-            ).fetchone()
-        return found is not None
+            )
+        return claimed.fetchone() is not None  # read once committed: one round trip in all
 
     def release(self, job_id: str) -> None:
         """Let go of a job this worker holds, for any worker to take."""
@@ -270,29 +267,10 @@ class PgStateStore(WorkerRoster):
     def claim_completed(self, limit: int) -> list[JobRow]:
         """Take up to ``limit`` completed jobs nobody downloads yet, oldest first."""
         with self._transaction():
-            rows = self.db.execute(
+            claimed = self.db.execute(
                 f"UPDATE jobs SET held_by = ? WHERE id IN (SELECT id FROM jobs"  # noqa: S608
                 " WHERE state = 'completed' AND held_by IS NULL ORDER BY seq LIMIT ?"
                 f" FOR UPDATE SKIP LOCKED) RETURNING {COLUMNS}",
                 (self.worker, limit),
-            ).fetchall()
-        return [row_from(found) for found in rows]
-
-
-def _connect(url: str) -> Any:
-    """A psycopg connection to ``url`` with ``CONNECTION_DEFAULTS`` and ``IDLE_IN_TRANSACTION``
-    where nothing else set them."""
-    import psycopg  # noqa: PLC0415
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: PLC0415
-
-    given = conninfo_to_dict(url)
-    defaults = {name: value for name, value in CONNECTION_DEFAULTS.items() if name not in given}
-    conn = psycopg.connect(make_conninfo(url, **defaults), autocommit=True)
-    try:
-        idle = conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()
-        if idle is not None and idle[0] == "0":
-            conn.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+            )
+        return [row_from(found) for found in claimed.fetchall()]
