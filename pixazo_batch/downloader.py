@@ -98,14 +98,16 @@ class Downloader:
 
     async def download(self, job_id: str) -> None:
         """Try the job's video until the router takes it elsewhere (or to rest)."""
-        if not self.ctx.store.claim_download(job_id):  # a fleet: another worker has it
+        row = self.ctx.store.claim_download(job_id)
+        if row is None:  # a fleet: another worker has it
             await self.ctx.router.settle(job_id, TakenElsewhere("another worker downloads it"))
             return
         tries = 0
         while True:
             tries += 1
-            row = self.ctx.store.get(job_id)
-            assert row is not None
+            if tries > 1:  # the media URL may have been refreshed meanwhile
+                row = self.ctx.store.get(job_id)
+                assert row is not None
             outcome = await self.attempt(row, tries)
             step = await self.ctx.router.settle(job_id, outcome)
             if step.action is not Action.RETRY:

@@ -74,6 +74,7 @@ class PgStateStore(WorkerRoster):
         self._operational = (psycopg.OperationalError,)
         self.max_in_flight: int | None = None
         self._room, self._room_counted_at = True, -ROOM_LOOK
+        self._joinable = False
 
     @classmethod
     @contextmanager
@@ -163,7 +164,21 @@ class PgStateStore(WorkerRoster):
     # --- the transitions, fleet-aware ---------------------------------------------------------
 
     @contextmanager
+    def deciding(self, job_id: str) -> Iterator[JobRow]:
+        """As on a file, the row read locked in the transaction the block's transition joins."""
+        with self._transaction():
+            self._joinable = True
+            try:
+                with super().deciding(job_id) as row:
+                    yield row
+            finally:
+                self._joinable = False
+
+    @contextmanager
     def _transaction(self, *, full: bool = False) -> Iterator[None]:
+        if self._joinable:  # inside ``deciding``: its transaction commits this one's writes
+            yield
+            return
         db = self.db
         assert isinstance(db, PgConnection)
         try:
@@ -212,13 +227,13 @@ class PgStateStore(WorkerRoster):
         self._room, self._room_counted_at = bool(flying < self.max_in_flight), time.monotonic()
         return self._room
 
-    def _current(self, job_id: str) -> JobRow:
+    def _read_current(self, job_id: str) -> JobRow:
         found = self.db.execute(
             f"SELECT {COLUMNS}, held_by FROM jobs WHERE id = ? FOR UPDATE",  # noqa: S608
             (job_id,),
         ).fetchone()
         if found is None:
-            return super()._current(job_id)  # raises: unknown job
+            return super()._read_current(job_id)  # raises: unknown job
         holder = found[-1]
         if self.worker is not None and holder not in (None, self.worker):
             if self._taken_for_dead():
@@ -245,17 +260,18 @@ class PgStateStore(WorkerRoster):
         fields["held_by"] = self.worker if target in _HELD and not up_for_grabs else None
         super()._move(row, target, **fields)
 
-    def claim_download(self, job_id: str) -> bool:
+    def claim_download(self, job_id: str) -> JobRow | None:
         """Take the completed job's download, unless another worker has it."""
         if self.worker is None:
-            return True
+            return super().claim_download(job_id)
         with self._transaction():
             claimed = self.db.execute(
-                "UPDATE jobs SET held_by = ? WHERE id = ? AND state = 'completed'"
-                " AND (held_by IS NULL OR held_by = ?) RETURNING id",
+                f"UPDATE jobs SET held_by = ? WHERE id = ? AND state = 'completed'"  # noqa: S608
+                f" AND (held_by IS NULL OR held_by = ?) RETURNING {COLUMNS}",
                 (self.worker, job_id, self.worker),
             )
-        return claimed.fetchone() is not None  # read once committed: one round trip in all
+        found = claimed.fetchone()  # read once committed: one round trip in all
+        return None if found is None else row_from(found)
 
     def release(self, job_id: str) -> None:
         """Let go of a job this worker holds, for any worker to take."""

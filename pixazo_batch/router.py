@@ -94,7 +94,7 @@ class Router:
         callback brought back; a job already moving is left where it is."""
         if row.id in self._stage:
             return Step(row.state, Action.REST)
-        step = await self._apply_durably(row, outcome)
+        step = await self._apply_durably(row.id, outcome, row)
         if step.action is not Action.REST:
             await self._dispatch(row.id, step.action)
         return step
@@ -133,47 +133,54 @@ class Router:
         the reporting stage keeps the job and tries again. A report ``from_stage`` on a job
         that stage no longer holds here (``take_over``, ``let_go``) is stale: dropped, and the
         step is REST."""
-        try:
-            row = self.store.get(job_id)
-        except self.store.database_errors:  # a database gone: what it was told is kept here
-            self._not_recorded(job_id, outcome)
-            raise
-        if row is None:
-            raise InvalidTransitionError(f"unknown job {job_id!r}")
         if from_stage is not None and self._stage.get(job_id) is not from_stage:
             log.debug("stale_report_dropped", job_id=job_id, stage=from_stage.value)
-            return Step(row.state, Action.REST, "no longer this stage's")
+            return Step(self._state_of(job_id), Action.REST, "no longer this stage's")
         try:
-            step = await self._apply_durably(row, outcome)
+            step = await self._apply_durably(job_id, outcome)
         except InvalidTransitionError:
-            if self.store.worker is None:
+            if self.store.worker is None or (row := self.store.get(job_id)) is None:
                 raise
             # A fleet: another worker moved the job on meanwhile (sent it, downloaded it); what
             # this stage learned is news to nobody.
             log.info("moved_on_elsewhere", job_id=job_id, state=row.state.value)
             taken = TakenElsewhere(f"job {job_id!r} is {row.state.value}")
-            step = await self._apply_durably(row, taken)
+            step = await self._apply_durably(job_id, taken, row)
         if step.action not in _STAYS:
             await self._dispatch(job_id, step.action)
         return step
 
-    def _apply(self, row: JobRow, outcome: Outcome) -> Step:
+    def _state_of(self, job_id: str) -> JobState:
+        row = self.store.get(job_id)
+        if row is None:
+            raise InvalidTransitionError(f"unknown job {job_id!r}")
+        return row.state
+
+    def _apply(self, job_id: str, outcome: Outcome, row: JobRow | None) -> Step:
         """Decide the job's step and write its transition, without moving the job (inside a
-        commit group: durable once the group commits)."""
-        step = next_step(row.state, outcome)
-        record(self.store, row, step, outcome)
+        commit group: durable once the group commits). The step is decided on ``row`` when
+        given, else on the job as the transition reads it (one read, not two)."""
+        if row is not None:
+            step = next_step(row.state, outcome)
+            record(self.store, row, step, outcome)
+            return step
+        with self.store.deciding(job_id) as current:
+            step = next_step(current.state, outcome)
+            record(self.store, current, step, outcome)
         return step
 
-    async def _apply_durably(self, row: JobRow, outcome: Outcome) -> Step:
+    async def _apply_durably(
+        self, job_id: str, outcome: Outcome, row: JobRow | None = None
+    ) -> Step:
         """``_apply``, returning once the transition is committed (with those of other jobs)."""
         try:
-            step = await self._commits.write(lambda: self._apply(row, outcome))
-        except self._refused:
-            self._not_recorded(row.id, outcome)
+            step = await self._commits.write(lambda: self._apply(job_id, outcome, row))
+        except self._refused:  # a database gone too: what it was told is kept here
+            self._not_recorded(job_id, outcome)
             raise
         if step.state is JobState.UNCERTAIN and step.action is Action.REST:
             # Nobody here waits for its callback: another worker of a fleet may settle it.
-            self.store.release(row.id)
+            self.store.release(job_id)
         return step
 
     def _not_recorded(self, job_id: str, outcome: Outcome) -> None:
@@ -195,7 +202,7 @@ class Router:
                 row = self.store.get(job_id)
                 if row is None or row.state is not JobState.SUBMITTING:
                     continue
-                step = await self._commits.write(partial(self._apply, row, accepted))
+                step = await self._commits.write(partial(self._apply, job_id, accepted, row))
             except self._refused as exc:
                 log.error(
                     "accepted_not_recorded",

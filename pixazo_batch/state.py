@@ -52,6 +52,8 @@ class StateStore(SqliteTransactions, ManifestRegistry):
         self.run_id = 0
         #: job rows this connection inserted or changed
         self.job_changes = 0
+        #: the row ``deciding`` read, which the transition made in its block starts from
+        self._decided: JobRow | None = None
 
     @classmethod
     @contextmanager
@@ -75,6 +77,22 @@ class StateStore(SqliteTransactions, ManifestRegistry):
             yield cls(path, db)
 
     # --- transitions ---------------------------------------------------------------------------
+
+    @contextmanager
+    def deciding(self, job_id: str) -> Iterator[JobRow]:
+        """The job as it stands, to decide its transition on: the transition made in the block
+        starts from this very row, without reading it again (a database reads it locked, in the
+        transaction that commits the transition).
+
+        Raises:
+            InvalidTransitionError: no such job (or one another worker of a fleet holds).
+        """
+        row = self._current(job_id)
+        self._decided = row
+        try:
+            yield row
+        finally:
+            self._decided = None
 
     def begin_submit(self, job_id: str, budget_cents: int | None) -> JobRow:
         """``pending|errored -> submitting``, durably, as the POST goes on the wire: one more
@@ -167,10 +185,10 @@ class StateStore(SqliteTransactions, ManifestRegistry):
         run's router keeps ``--max-in-flight``); ``fresh`` counts again."""
         return True
 
-    def claim_download(self, job_id: str) -> bool:
-        """Take the completed job's download for this worker; False when another worker of a
-        fleet has it (a state file has one worker: always True)."""
-        return True
+    def claim_download(self, job_id: str) -> JobRow | None:
+        """Take the completed job's download for this worker: the job as it stands, or None
+        when another worker of a fleet has it (a state file has one worker: never None)."""
+        return self._read_current(job_id)
 
     def release(self, job_id: str) -> None:
         """Let go of a job this worker holds, for another worker of a fleet to take (a state
@@ -224,6 +242,13 @@ class StateStore(SqliteTransactions, ManifestRegistry):
         return self._current(job_id)
 
     def _current(self, job_id: str) -> JobRow:
+        """The job a transition starts from: the row ``deciding`` read, once, else read now."""
+        decided, self._decided = self._decided, None
+        if decided is not None and decided.id == job_id:
+            return decided
+        return self._read_current(job_id)
+
+    def _read_current(self, job_id: str) -> JobRow:
         row = self.get(job_id)
         if row is None:
             raise InvalidTransitionError(f"unknown job {job_id!r}")
