@@ -142,7 +142,10 @@ class Router:
             if self.store.worker is None or (row := self.store.get(job_id)) is None:
                 raise
             # A fleet: another worker moved the job on meanwhile (sent it, downloaded it); what
-            # this stage learned is news to nobody.
+            # this stage learned is news to nobody, unless it names a request the job does not.
+            named = (Accepted, CallbackNamed)
+            if isinstance(outcome, named) and outcome.request_id != row.request_id:
+                self._not_recorded(job_id, outcome)
             log.info("moved_on_elsewhere", job_id=job_id, state=row.state.value)
             taken = TakenElsewhere(f"job {job_id!r} is {row.state.value}")
             step = await self._apply_durably(job_id, taken, row)
@@ -175,8 +178,9 @@ class Router:
         """``_apply``, returning once the transition is committed (with those of other jobs)."""
         try:
             step = await self._commits.write(lambda: self._apply(job_id, outcome, row))
-        except self._refused:  # a database gone too: what it was told is kept here
-            self._not_recorded(job_id, outcome)
+        except self._refused as exc:  # a database gone too: what it was told is kept here
+            if not (isinstance(exc, InvalidTransitionError) and self.store.worker is not None):
+                self._not_recorded(job_id, outcome)  # (a fleet's job moved on: ``settle``)
             raise
         if step.state is JobState.UNCERTAIN and step.action is Action.REST:
             # Nobody here waits for its callback: another worker of a fleet may settle it.

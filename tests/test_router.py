@@ -5,7 +5,8 @@ submitter's late report on it changes nothing."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +16,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from pixazo_batch.fleet import let_go_of_jobs_sent_elsewhere
 from pixazo_batch.jobrow import JobRow
-from pixazo_batch.lifecycle import Action, Listed, RunFlags, TakenElsewhere
+from pixazo_batch.lifecycle import Action, CallbackNamed, Listed, RunFlags, TakenElsewhere
 from pixazo_batch.models import GenerationRequest, JobSpec, JobState
+from pixazo_batch.pgstate import PgStateStore
+from pixazo_batch.pgworkers import FleetIdentity
 from pixazo_batch.router import Queues, Router
 from pixazo_batch.state import StateStore
+from tests.conftest import LogTap
 
 pytestmark = pytest.mark.anyio
 
@@ -154,3 +158,43 @@ async def test_jobs_queued_here_and_sent_by_another_worker_stop_holding_the_run(
         assert not wide.settled.is_set()
         await wide.settle(job_id, TakenElsewhere("moved on"), from_stage=Action.SUBMIT)
     assert wide.settled.is_set()
+
+
+@contextlib.contextmanager
+def pg_router(url: str, identity: FleetIdentity) -> Iterator[tuple[PgStateStore, Router]]:
+    """A worker of a fleet on the database at ``url``: its store and its router."""
+    streams = [anyio.create_memory_object_stream[str](100) for _ in range(3)]
+    with PgStateStore.open_database(url, fleet=identity) as store, contextlib.ExitStack() as out:
+        for send, receive in streams:
+            out.enter_context(send)
+            out.enter_context(receive)
+        queues = Queues(*(send for send, _ in streams))
+        yield store, Router(store, queues, max_in_flight=10)
+
+
+@pytest.mark.parametrize(
+    ("second_heard", "errors"), [("req-0", []), ("req-other", ["accepted_not_recorded"])]
+)
+async def test_a_request_two_workers_were_told_of_is_recorded_once_and_alarms_nobody(
+    pg_url: str, log_tap: LogTap, second_heard: str, errors: list[str]
+) -> None:
+    """Both workers of a fleet heard of the request of a job whose answer was lost (a callback
+    each was told of): the first records it, the second finds the job moved on and says so in
+    one info line, with no error line about a request the state did not record; a request
+    the job does not hold keeps its error line (it is paid for, and ``resolve`` needs it)."""
+    identity = FleetIdentity(manifest="jobs.jsonl", base_url="http://gw", api_key="k")
+    with (
+        pg_router(pg_url, identity) as (first, first_router),
+        pg_router(pg_url, identity) as (_, second_router),
+    ):
+        register(first, "job-0")
+        first.begin_submit("job-0", None)
+        first.submit_uncertain("job-0", "answer lost")
+        first.release("job-0")
+        confirmed = await first_router.settle("job-0", CallbackNamed("req-0"))
+        again = await second_router.settle("job-0", CallbackNamed(second_heard))
+    assert confirmed.state is JobState.SUBMITTED
+    assert again.action is Action.REST
+    lines = [json.loads(line) for line in log_tap.sink.getvalue().splitlines()]  # type: ignore[attr-defined]
+    assert [line["event"] for line in lines if line["level"] == "error"] == errors
+    assert len(log_tap.named("moved_on_elsewhere")) == 1
