@@ -6,7 +6,7 @@ import dataclasses
 import json
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,25 @@ def make_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[..
         return Settings(**values)
 
     return build
+
+
+@contextmanager
+def state_sql(settings: Settings) -> Iterator[Any]:
+    """The run's state with SQL at hand beneath the store, on either backend (``?``
+    placeholders): what a test reads or plants there; a change is committed at once."""
+    db: Any
+    if settings.state_url is None:
+        import sqlite3
+
+        db = sqlite3.connect(settings.state_file, isolation_level=None)
+    else:
+        from pixazo_batch.pgconn import PgConnection, connect
+
+        db = PgConnection(connect(settings.state_url))
+    try:
+        yield db
+    finally:
+        db.close()
 
 
 async def post_submit(

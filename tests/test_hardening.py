@@ -31,7 +31,15 @@ from pixazo_batch.models import SUBMIT_PATH, GenerationRequest, JobSpec, JobStat
 from pixazo_batch.state import StateStore
 from pixazo_batch.stores import open_store
 from pixazo_batch.webhooks import CallbackBox, Delivery, signature
-from tests.conftest import TEST_KEY, LogTap, fast, job_line, simulator, write_manifest
+from tests.conftest import (
+    TEST_KEY,
+    LogTap,
+    fast,
+    job_line,
+    simulator,
+    state_sql,
+    write_manifest,
+)
 from tests.test_cli import cli_env, run_cli
 from tests.test_webhooks import hooked, with_webhooks
 
@@ -574,7 +582,6 @@ async def post_callback(settings: Settings, query: dict[str, str], body: Any) ->
         return answer.status
 
 
-@pytest.mark.sqlite_state("reads the SQLite state file itself")
 async def test_a_leaked_callback_url_cannot_finish_a_job_or_hand_it_a_foreign_video(
     tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
 ) -> None:
@@ -588,7 +595,7 @@ async def test_a_leaked_callback_url_cannot_finish_a_job_or_hand_it_a_foreign_vi
 
         async def replay_leaked_url() -> None:
             await submitted.wait()
-            with closing(sqlite3.connect(settings.state_file)) as db:
+            with state_sql(settings) as db:
                 run, secret = db.execute("SELECT run_id, secret FROM webhook_secrets").fetchone()
                 (request_id,) = db.execute("SELECT request_id FROM jobs").fetchone()
             query = {"job": "job-000", "run": str(run), "sig": signature(secret, "job-000")}
@@ -608,7 +615,6 @@ async def test_a_leaked_callback_url_cannot_finish_a_job_or_hand_it_a_foreign_vi
     assert stats["media_requests"] == 0
 
 
-@pytest.mark.sqlite_state("reads the SQLite state file itself")
 async def test_a_leaked_callback_url_cannot_attach_a_made_up_request_to_an_uncertain_job(
     tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
 ) -> None:
@@ -624,7 +630,7 @@ async def test_a_leaked_callback_url_cannot_attach_a_made_up_request_to_an_uncer
 
         async def forge() -> None:
             await lost.wait()
-            with closing(sqlite3.connect(settings.state_file)) as db:
+            with state_sql(settings) as db:
                 run, secret = db.execute("SELECT run_id, secret FROM webhook_secrets").fetchone()
             query = {"job": "job-000", "run": str(run), "sig": signature(secret, "job-000")}
             body = {
@@ -640,7 +646,7 @@ async def test_a_leaked_callback_url_cannot_attach_a_made_up_request_to_an_uncer
     assert log_tap.named("callback_refused")
 
 
-@pytest.mark.sqlite_state("reads the SQLite state file itself")
+@pytest.mark.sqlite_state("two manifests on one state (a database holds one)")
 async def test_callback_urls_of_a_run_older_than_the_secret_lifetime_are_refused(
     tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
 ) -> None:
@@ -724,7 +730,6 @@ def test_the_callback_box_holds_a_bounded_number_of_statuses() -> None:
     assert box.deliver("c", status("r5")) is Delivery.NEW
 
 
-@pytest.mark.sqlite_state("reads the SQLite state file itself")
 async def test_an_oversized_callback_is_refused_with_one_log_line(
     tmp_path: Path, make_settings: MakeSettings, log_tap: LogTap
 ) -> None:
@@ -737,7 +742,7 @@ async def test_an_oversized_callback_is_refused_with_one_log_line(
 
         async def flood() -> None:
             await submitted.wait()
-            with closing(sqlite3.connect(settings.state_file)) as db:
+            with state_sql(settings) as db:
                 run, secret = db.execute("SELECT run_id, secret FROM webhook_secrets").fetchone()
             query = {"job": "job-000", "run": str(run), "sig": signature(secret, "job-000")}
             answers.append(await post_callback(settings, query, {"error": "x" * (100 << 10)}))

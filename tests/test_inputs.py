@@ -4,9 +4,7 @@ handed to the gateway as presigned URLs that the simulated model really fetches.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,15 @@ from pixazo_batch.engine import run_batch
 from pixazo_batch.manifest import read_manifest
 from pixazo_batch.manifestline import ManifestIssue
 from pixazo_batch.models import JobSpec
-from tests.conftest import TEST_KEY, CuttableBucket, LogTap, fast, simulator, write_manifest
+from tests.conftest import (
+    TEST_KEY,
+    CuttableBucket,
+    LogTap,
+    fast,
+    simulator,
+    state_sql,
+    write_manifest,
+)
 from tests.test_cli import cli_env, run_args, run_cli
 
 pytestmark = pytest.mark.anyio
@@ -77,7 +83,6 @@ def test_validate_checks_each_local_image_by_its_bytes_and_size(tmp_path: Path) 
     assert json.loads(result.stdout)["jobs"] == 1
 
 
-@pytest.mark.sqlite_state("reads the SQLite state file itself")
 async def test_local_images_are_uploaded_once_and_reached_by_the_model_through_signed_urls(
     tmp_path: Path, make_settings: MakeSettings, bucket: Any, log_tap: LogTap
 ) -> None:
@@ -104,7 +109,7 @@ async def test_local_images_are_uploaded_once_and_reached_by_the_model_through_s
     assert stats["image_fetches"] == 3 and stats["image_fetch_failures"] == 0
     assert stats["accepted"] == 2, "the rerun resubmitted nothing: the hash holds the bytes"
     # The signed URLs went to the gateway only: never stored, never logged.
-    with closing(sqlite3.connect(settings.state_file)) as db:
+    with state_sql(settings) as db:
         stored = "\n".join(row[0] for row in db.execute("SELECT request_json FROM jobs"))
     assert "pixazo-input:" in stored and "Signature" not in stored
     assert not [e for e in log_tap.events if "Signature" in json.dumps(e, default=str)]

@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 from yarl import URL
 
+from pixazo_batch.config import Settings
 from pixazo_batch.engine import run_batch
 from pixazo_batch.estimator import CompletionEstimator, shape
 from pixazo_batch.models import StatusResponse
 from pixazo_batch.poller import _time_to_finish
-from pixazo_batch.state import StateStore
+from pixazo_batch.stores import open_store
 from pixazo_batch.summary import RunSummary
 from tests.conftest import fast, job_line, simulator, write_manifest
 
@@ -99,28 +100,27 @@ async def run_counting_polls(
     *,
     seed_scale: float | None = None,
     **changes: Any,
-) -> tuple[RunSummary, dict[str, Any], float]:
+) -> tuple[RunSummary, dict[str, Any], float, Settings]:
     manifest = write_manifest(tmp_path / "m.jsonl", [job_line(i) for i in range(jobs)])
     scenario = fast(processing_median={"540p": 0.4}, processing_sigma=0.0, status_tick=(0.0, 0.0))
     async with simulator(scenario) as sim:
         settings = make_settings(sim, manifest, poll_interval=0.2, **changes)
         if seed_scale is not None:
-            with StateStore.open(settings.state_file) as store:
+            with open_store(settings.state_location) as store:
                 store.keep_speed(str(URL(sim.base_url).origin()), [seed_scale] * 8)
         started = time.monotonic()
         summary = await run_batch(settings)
         took = time.monotonic() - started
         stats = sim.stats()
-    return summary, stats, took
+    return summary, stats, took, settings
 
 
-@pytest.mark.sqlite_state("reads the SQLite state file itself")
 @pytest.mark.anyio
 async def test_a_fresh_state_file_finds_quick_jobs_quickly_and_keeps_what_it_learned(
     tmp_path: Path, make_settings: Any
 ) -> None:
-    summary, stats, took = await run_counting_polls(tmp_path, make_settings, 12)
-    with StateStore.open(tmp_path / "out" / ".pixazo-batch.db", lock=False) as store:
+    summary, stats, took, settings = await run_counting_polls(tmp_path, make_settings, 12)
+    with open_store(settings.state_location, lock=False) as store:
         kept = store.speed_scales(
             next(iter(store.db.execute("SELECT origin FROM speed_samples")))[0]
         )
@@ -136,7 +136,9 @@ async def test_a_fresh_state_file_finds_quick_jobs_quickly_and_keeps_what_it_lea
 async def test_a_stale_slow_model_is_overtaken_by_scouts_and_every_waiting_job_replanned(
     tmp_path: Path, make_settings: Any
 ) -> None:
-    summary, stats, took = await run_counting_polls(tmp_path, make_settings, 12, seed_scale=600.0)
+    summary, stats, took, _ = await run_counting_polls(
+        tmp_path, make_settings, 12, seed_scale=600.0
+    )
     assert summary.exit_code == 0
     assert took < 15, "a kept estimate of 10 minutes did not hold 0.4 s jobs back"
     assert stats["status_requests"] / 12 <= 3

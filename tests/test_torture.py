@@ -7,6 +7,7 @@ instants and bigger batches, and ``PIXAZO_TORTURE_SEED=N`` draws other kill inst
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -23,10 +24,19 @@ from typing import Any
 import anyio
 import pytest
 
+from pixazo_batch.config import Settings
 from pixazo_batch.engine import run_batch
 from pixazo_batch.models import JobState
 from pixazo_batch.sim import Simulator, scenario_named
-from tests.conftest import TEST_KEY, LogTap, fast, job_line, simulator, write_manifest
+from tests.conftest import (
+    TEST_KEY,
+    LogTap,
+    fast,
+    job_line,
+    simulator,
+    state_sql,
+    write_manifest,
+)
 from tests.test_cli import PYTHON, cli_env, log_events, run_args
 from tests.test_webhooks import free_port
 
@@ -53,11 +63,17 @@ def served_sha256(sim: Simulator, request_id: str) -> str:
     return hashlib.sha256(b"".join(media.chunks(0, media.size, 1 << 20))).hexdigest()
 
 
-def check_invariants(sim: Simulator, out: Path) -> dict[str, Any]:
-    """What must hold after any kill: a sound state file, files only where verified."""
-    database = out / ".pixazo-batch.db"
-    with closing(sqlite3.connect(database)) as db:
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+def check_invariants(sim: Simulator, out: Path, settings: Settings | None = None) -> dict[str, Any]:
+    """What must hold after any kill: a sound state, files only where verified. The state is
+    where ``settings`` put it, else the file in ``out``."""
+    opened: contextlib.AbstractContextManager[Any]
+    if settings is None:
+        opened = closing(sqlite3.connect(out / ".pixazo-batch.db"))
+    else:
+        opened = state_sql(settings)
+    with opened as db:
+        if settings is None or settings.state_url is None:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         rows = db.execute("SELECT id, state, request_id, output, sha256 FROM jobs").fetchall()
         attempts = db.execute(
             "SELECT j.request_hash, a.outcome FROM attempts a JOIN jobs j ON j.id = a.job_id"
@@ -178,7 +194,6 @@ async def test_a_key_revoked_part_way_stops_the_run_and_a_new_key_finishes_it(
     assert stats["duplicate_charges"] == 0
 
 
-@pytest.mark.sqlite_state("reads the SQLite state file itself")
 async def test_media_5xx_bursts_and_slow_bodies_still_deliver_whole_files(
     tmp_path: Path, make_settings: Any
 ) -> None:
@@ -194,7 +209,7 @@ async def test_media_5xx_bursts_and_slow_bodies_still_deliver_whole_files(
         settings = make_settings(sim, manifest, download_tries=10)
         summary = await run_batch(settings)
         stats = sim.stats()
-        check_invariants(sim, settings.out_dir)
+        check_invariants(sim, settings.out_dir, settings)
     assert summary.exit_code == 0
     assert stats["faults"]["media_error"] >= 1
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-import sqlite3
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from pixazo_batch.config import Settings
 from pixazo_batch.engine import run_batch
 from pixazo_batch.errors import UsageError
 from pixazo_batch.webhooks import signature
-from tests.conftest import LogTap, fast, job_line, simulator, write_manifest
+from tests.conftest import LogTap, fast, job_line, simulator, state_sql, write_manifest
 from tests.test_cli import cli_env, run_cli
 
 pytestmark = pytest.mark.anyio
@@ -172,7 +171,6 @@ async def test_a_kept_callback_lets_the_next_run_finish_the_job_even_without_web
     assert stats["accepted"] == 1 and stats["submit_requests"] == 1
 
 
-@pytest.mark.sqlite_state("reads the SQLite state file itself")
 async def test_forged_callbacks_are_refused_and_change_nothing(
     tmp_path: Path, make_settings: Any, log_tap: LogTap
 ) -> None:
@@ -186,7 +184,7 @@ async def test_forged_callbacks_are_refused_and_change_nothing(
 
         async def forge() -> None:
             await submitted.wait()
-            with closing(sqlite3.connect(settings.state_file)) as db:
+            with state_sql(settings) as db:
                 run, secret = db.execute("SELECT run_id, secret FROM webhook_secrets").fetchone()
                 request_id = db.execute("SELECT request_id FROM jobs WHERE id = 'job-000'")
                 request_id = request_id.fetchone()[0]
