@@ -35,9 +35,9 @@ def build_finished_state(manifest: Path, out: Path) -> None:
                 " VALUES (?, ?, ?, ?, ?, 'downloaded', 1, ?, 4, 'x', ?, ?)",
                 (
                     item.id,
-                    item.request.request_hash(),
-                    item.request.canonical_json(),
-                    item.request.price_cents,
+                    item.request_hash,
+                    item.request_json,
+                    item.price_cents,
                     item.output,
                     f"r-{item.id}",
                     now,

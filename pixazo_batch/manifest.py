@@ -27,7 +27,13 @@ from pixazo_batch.manifestline import (
     plain_entry,
     safe_output,
 )
-from pixazo_batch.models import GenerationRequest, JobSpec, JobState
+from pixazo_batch.models import (
+    GenerationRequest,
+    JobSpec,
+    JobState,
+    canonical_hash,
+    canonical_request,
+)
 from pixazo_batch.seenindex import BATCH, Claim, SeenIndex
 
 #: the longest manifest line read; a longer one is skipped (and reported) in constant memory
@@ -222,8 +228,18 @@ def _job(
     if entry.image_file is not None or entry.end_image_file is not None or entry.id is None:
         digest = None
     if entry.image_file is None and entry.end_image_file is None:
-        # The line holds the request's fields under the request's names: read them directly.
-        request = GenerationRequest.model_validate(entry, from_attributes=True)
+        # The line holds the request's fields under the request's names, checked at least as
+        # strictly as a request checks them: its canonical JSON is written from them directly.
+        assert entry.image_url is not None  # one of image_url and image_file, not both
+        request_json = canonical_request(
+            prompt=entry.prompt,
+            image_url=entry.image_url,
+            end_image_url=entry.end_image_url,
+            aspect_ratio=entry.aspect_ratio,
+            loop=entry.loop,
+            resolution=entry.resolution,
+            duration=entry.duration,
+        )
     else:
         urls: dict[str, object] = {
             "image_url": entry.image_url or "",
@@ -247,13 +263,14 @@ def _job(
             resolution=entry.resolution,
             duration=entry.duration,
         )
-        request = GenerationRequest.model_validate(urls)
-    job_id = entry.id or f"job-{request.request_hash()[:16]}"
+        request_json = GenerationRequest.model_validate(urls).canonical_json()
+    job_id = entry.id or f"job-{canonical_hash(request_json)[:16]}"
     try:
         output = _output(entry, job_id)
     except ValueError as exc:
         return ManifestIssue(name, number, "output", str(exc))
-    spec = JobSpec(job_id, request, output, number, inputs, digest)
+    price = entry.duration.price_cents
+    spec = JobSpec(job_id, request_json, price, output, number, inputs, digest)
     return Unchecked(Claim(number, job_id, output, entry.id is not None), spec)
 
 
@@ -268,18 +285,15 @@ def brief(
     """What ``validate`` needs of a valid line: ``_job``'s verdict, without building the job
     when the line names its id and no image file (the request's checks cannot refuse what the
     line's own let through)."""
+    kind = (entry.resolution.value, entry.duration.value)  # a request's are the line's
     if entry.id is None or entry.image_file is not None or entry.end_image_file is not None:
         job = _job(entry, name, number, images)
-        if isinstance(job, ManifestIssue):
-            return job
-        assert isinstance(job.spec, JobSpec)  # read without ``known``
-        request = job.spec.request
-        return (*job.claim, request.resolution.value, request.duration.value)
+        return job if isinstance(job, ManifestIssue) else (*job.claim, *kind)
     try:
         output = _output(entry, entry.id)
     except ValueError as exc:
         return ManifestIssue(name, number, "output", str(exc))
-    return (number, entry.id, output, True, entry.resolution.value, entry.duration.value)
+    return (number, entry.id, output, True, *kind)
 
 
 def _output(entry: ManifestLine, job_id: str) -> str:

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from json.encoder import encode_basestring_ascii as _json_text
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -79,10 +80,6 @@ class RemoteStatus(StrEnum):
         return self in {RemoteStatus.COMPLETED, RemoteStatus.FAILED, RemoteStatus.ERROR}
 
 
-#: the encoder of ``canonical_json``, made once (``json.dumps`` with options makes one a call)
-_CANONICAL = json.JSONEncoder(separators=(",", ":"))
-
-
 class GenerationRequest(BaseModel):
     """The submit body, with the documented defaults.
 
@@ -106,20 +103,42 @@ class GenerationRequest(BaseModel):
 
     def canonical_json(self) -> str:
         """A byte-stable JSON form: every field present, keys sorted, no whitespace."""
-        fields = {  # in sorted order, as ``json.dumps(..., sort_keys=True)`` would put them
-            "aspect_ratio": self.aspect_ratio.value,
-            "duration": self.duration.value,
-            "end_image_url": self.end_image_url,
-            "image_url": self.image_url,
-            "loop": self.loop,
-            "prompt": self.prompt,
-            "resolution": self.resolution.value,
-        }
-        return _CANONICAL.encode(fields)
+        return canonical_request(
+            prompt=self.prompt,
+            image_url=self.image_url,
+            end_image_url=self.end_image_url,
+            aspect_ratio=self.aspect_ratio,
+            loop=self.loop,
+            resolution=self.resolution,
+            duration=self.duration,
+        )
 
     def request_hash(self) -> str:
         """SHA-256 of the canonical JSON; equal requests hash equal whatever their spelling."""
         return canonical_hash(self.canonical_json())
+
+
+def canonical_request(
+    *,
+    prompt: str,
+    image_url: str,
+    end_image_url: str,
+    aspect_ratio: AspectRatio,
+    loop: bool,
+    resolution: Resolution,
+    duration: Duration,
+) -> str:
+    """``GenerationRequest.canonical_json`` of the request with these (valid) fields: the bytes
+    ``json.dumps(fields, sort_keys=True, separators=(",", ":"))`` writes, which every recorded
+    ``request_hash`` was made from, at a third of its cost."""
+    # An enum's value is plain ASCII, written as it is; each text goes through json's own
+    # escaping (ASCII only, as ``json.dumps`` writes it by default).
+    return (
+        f'{{"aspect_ratio":"{aspect_ratio}","duration":"{duration}",'
+        f'"end_image_url":{_json_text(end_image_url)},"image_url":{_json_text(image_url)},'
+        f'"loop":{"true" if loop else "false"},"prompt":{_json_text(prompt)},'
+        f'"resolution":"{resolution}"}}'
+    )
 
 
 def canonical_hash(canonical_json: str) -> str:
@@ -268,10 +287,18 @@ ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 @dataclass(frozen=True, slots=True)
 class JobSpec:
-    """One valid manifest line: a job id, its request, and where its video goes."""
+    """One valid manifest line: a job id, its request, and where its video goes.
+
+    The request is held as its canonical JSON, what the state records and the gateway is sent:
+    a line is read into it without building a request model (``JobSpec.of`` builds one from a
+    model).
+    """
 
     id: str
-    request: GenerationRequest
+    #: ``GenerationRequest.canonical_json`` of the job's request
+    request_json: str
+    #: what one accepted submission of the request costs, in US cents
+    price_cents: int
     output: str
     line: int
     #: local images the request's placeholders name, by their key in the inputs bucket
@@ -279,3 +306,28 @@ class JobSpec:
     #: the line's ``manifest.line_digest`` when the line alone makes this job (it names its id
     #: and no image file), so a later run may know the line by it without reading it again
     digest: bytes | None = None
+
+    @classmethod
+    def of(
+        cls,
+        job_id: str,
+        request: GenerationRequest,
+        output: str,
+        line: int,
+        *,
+        inputs: dict[str, Path] | None = None,
+        digest: bytes | None = None,
+    ) -> JobSpec:
+        """The job of ``request``."""
+        json_form = request.canonical_json()
+        return cls(job_id, json_form, request.price_cents, output, line, inputs or {}, digest)
+
+    @property
+    def request(self) -> GenerationRequest:
+        """The job's request, as a model (built on each use)."""
+        return GenerationRequest.model_validate_json(self.request_json)
+
+    @property
+    def request_hash(self) -> str:
+        """``GenerationRequest.request_hash`` of the job's request."""
+        return canonical_hash(self.request_json)

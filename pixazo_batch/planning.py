@@ -78,7 +78,7 @@ def plan_run(
                 continue
             row = store.get(item.id) if store is not None else None
             if row is not None:
-                if row.request_hash != item.request.request_hash():
+                if row.request_hash != item.request_hash:
                     totals.issues += 1
                     on_issue(
                         ManifestIssue(str(settings.manifest), item.line, "id", "request changed")
@@ -87,5 +87,5 @@ def plan_run(
                 if not would_send(row):
                     continue
             state = row.state.value if row else "new"
-            report(item.id, state, item.request.price_cents, item.output)
+            report(item.id, state, item.price_cents, item.output)
     return totals

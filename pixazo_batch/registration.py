@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 
 from pixazo_batch.jobrow import JobRow
-from pixazo_batch.models import JobSpec, JobState, canonical_hash
+from pixazo_batch.models import JobSpec, JobState
 from pixazo_batch.runmemory import RunMemory
 from pixazo_batch.seenindex import parent_folders
 
@@ -31,7 +31,7 @@ class ManifestRegistry(RunMemory):
         needed as a folder), in a sentence starting with the field it concerns."""
         row = self.get(spec.id)
         if row is not None:
-            return _recorded(spec, row, spec.request.request_hash())
+            return _recorded(spec, row, spec.request_hash)
         conflict = self._folder_conflict(spec.output)
         if conflict is not None:
             return conflict
@@ -58,7 +58,7 @@ class ManifestRegistry(RunMemory):
         known = self.get_many([spec.id for spec in specs])
         added = self._register_together([spec for spec in specs if spec.id not in known])
         recorded = {
-            spec.id: _recorded(spec, row, spec.request.request_hash())
+            spec.id: _recorded(spec, row, spec.request_hash)
             for spec in specs
             if (row := known.get(spec.id)) is not None
         }
@@ -186,9 +186,8 @@ _INSERT_JOB = (
 
 def _new_row(spec: JobSpec, now: float) -> JobRow:
     """The row of a manifest job recorded now as ``pending``."""
-    canonical = spec.request.canonical_json()
     return JobRow(
-        spec.id, canonical_hash(canonical), canonical, spec.request.price_cents, spec.output,
+        spec.id, spec.request_hash, spec.request_json, spec.price_cents, spec.output,
         JobState.PENDING, 0, None, None, None, None, None, None, None, now, now, None, None,
     )  # fmt: skip
 

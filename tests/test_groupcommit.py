@@ -26,7 +26,7 @@ def store(tmp_path: Path) -> Iterator[StateStore]:
     with StateStore.open(tmp_path / "state.db") as opened:
         for n in range(8):
             request = GenerationRequest(prompt=f"take {n}", image_url="https://x.example/a.jpg")
-            spec = JobSpec(f"job-{n}", request, f"{n}.mp4", line=n + 1)
+            spec = JobSpec.of(f"job-{n}", request, f"{n}.mp4", line=n + 1)
             assert not isinstance(opened.register(spec), str)
         yield opened
 
@@ -131,7 +131,7 @@ async def test_a_job_refused_by_a_constraint_while_a_group_is_open_spoils_nothin
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(group.write, lambda: store.begin_submit("job-0", None))
         await anyio.lowlevel.checkpoint()  # job-0's transition is in the open group
-        conflict = store.register(JobSpec("job-new", request, "3.mp4", line=9))
+        conflict = store.register(JobSpec.of("job-new", request, "3.mp4", line=9))
     assert conflict == "output '3.mp4' is already the output of job 'job-3'"
     assert committed_state(store, "job-0") == "submitting"
     assert store.get("job-new") is None

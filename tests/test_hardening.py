@@ -391,7 +391,7 @@ def assert_conflicts_in_a_batch_are_named(
 
     def specs(prefix: str, paths: list[str]) -> list[JobSpec]:
         return [
-            JobSpec(f"{prefix}-{n}",
+            JobSpec.of(f"{prefix}-{n}",
                     GenerationRequest(prompt=f"{prefix} {n}", image_url="https://x.example/a"),
                     output, line=n + 1)
             for n, output in enumerate(paths)
@@ -415,7 +415,7 @@ def test_jobs_recorded_together_are_yielded_as_a_read_finds_them(tmp_path: Path)
 def assert_new_rows_are_the_stored_ones(store: StateStore) -> None:
     """Register three new jobs together; each yielded row must equal a fresh read of it."""
     specs = [
-        JobSpec(f"job-{n}", GenerationRequest(prompt=f"take {n}", image_url="https://x.example/a"),
+        JobSpec.of(f"job-{n}", GenerationRequest(prompt=f"take {n}", image_url="https://x.example/a"),
                 f"{n}.mp4", line=n + 1, digest=bytes([n]) * 16)
         for n in range(3)
     ]  # fmt: skip

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pixazo_batch.manifest import KnownJob, read_manifest
 from pixazo_batch.manifestline import ManifestIssue, safe_output
 from pixazo_batch.manifestpool import judge_manifest
-from pixazo_batch.models import JobSpec, JobState
+from pixazo_batch.models import GenerationRequest, JobSpec, JobState
 from pixazo_batch.state import StateStore
 from tests.conftest import job_line
 
@@ -175,6 +175,40 @@ def test_random_input_never_raises_and_good_lines_survive(
             assert ISSUE.match(str(item).replace("\n", " ")), str(item)
     kept = {item.id for item in items if isinstance(item, JobSpec)}
     assert {f"job-{100_000 + i:03d}" for i in range(3)} <= kept
+
+
+request_fields = st.fixed_dictionaries(
+    {
+        "prompt": st.text(min_size=3, max_size=40).filter(lambda text: len(text) >= 3),
+        "image_url": st.text(max_size=20).map(lambda path: "https://x.example/" + path),
+    },
+    optional={
+        "end_image_url": st.sampled_from(["", "https://x.example/end.jpg"]),
+        "aspect_ratio": st.sampled_from(["16:9", "9:16", "4:3", "3:4", "21:9", "9:21"]),
+        "loop": st.booleans(),
+        "resolution": st.sampled_from(["540p", "720p", "1080p"]),
+        "duration": st.sampled_from(["5s", "9s"]),
+    },
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(fields=request_fields, named=st.booleans(), ascii_only=st.booleans())
+def test_a_line_makes_the_request_a_request_model_would(
+    tmp_path: Path, fields: dict[str, object], named: bool, ascii_only: bool
+) -> None:
+    # A line's request is written from its own fields without a request model: its JSON, hash,
+    # price and derived id must be those the model makes of the same fields.
+    line = {**fields, "id": "job-1"} if named else fields
+    (item,) = read(tmp_path / "m.jsonl", [json.dumps(line, ensure_ascii=ascii_only).encode()])
+    model = GenerationRequest.model_validate(fields)
+    assert isinstance(item, JobSpec)
+    assert item.request_json == model.canonical_json()
+    assert item.request == model
+    assert item.price_cents == model.price_cents
+    assert item.id == ("job-1" if named else f"job-{model.request_hash()[:16]}")
 
 
 def test_a_byte_order_mark_as_spreadsheets_write_it_is_accepted(tmp_path: Path) -> None:

@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 from datetime import UTC, datetime
 
-from pixazo_batch.models import ErrorBody, GenerationRequest, RemoteStatus, StatusResponse
+from pixazo_batch.models import (
+    AspectRatio,
+    Duration,
+    ErrorBody,
+    GenerationRequest,
+    RemoteStatus,
+    Resolution,
+    StatusResponse,
+)
+
+#: texts whose JSON needs escapes of every kind: quotes, backslashes, control characters,
+#: non-ASCII, characters beyond the basic plane, a lone surrogate, the separators themselves
+AWKWARD_TEXTS = [
+    "a tree",
+    'say "cheese" \\ or \\n',
+    "tab\there\nnewline\r\x00\x1f\x7f",
+    "caf\u00e9 \u65e5\u672c \U0001f3a5 \u2028\u2029",
+    "lone \ud800 surrogate",
+    '{"prompt":"x"},:',
+    "",
+]
 
 
 def test_request_defaults_follow_the_documentation() -> None:
@@ -47,6 +70,28 @@ def test_request_hash_ignores_spelling_of_defaults() -> None:
     other = GenerationRequest(prompt="a tree!", image_url="https://x.example/a.jpg")
     assert short.request_hash() == explicit.request_hash()
     assert short.request_hash() != other.request_hash()
+
+
+def test_canonical_json_is_what_json_dumps_writes_sorted_and_compact() -> None:
+    # Every recorded request_hash was made from json.dumps's bytes: a faster writer must keep
+    # them, or a job recorded earlier would look like a changed request.
+    kinds = (list(AspectRatio), [True, False], list(Resolution), list(Duration))
+    fields = itertools.product(AWKWARD_TEXTS, AWKWARD_TEXTS, *kinds)
+    for prompt, url, aspect_ratio, loop, resolution, duration in fields:
+        request = GenerationRequest.model_construct(
+            prompt=prompt, image_url="https://x.example/" + url, end_image_url=url,
+            aspect_ratio=aspect_ratio, loop=loop, resolution=resolution, duration=duration,
+        )  # fmt: skip
+        written = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        assert request.canonical_json() == written
+    request = GenerationRequest(prompt="a tree", image_url="https://x.example/a.jpg")
+    assert (
+        request.request_hash()
+        == hashlib.sha256(
+            b'{"aspect_ratio":"16:9","duration":"5s","end_image_url":"","image_url":'
+            b'"https://x.example/a.jpg","loop":false,"prompt":"a tree","resolution":"540p"}'
+        ).hexdigest()
+    )
 
 
 def test_status_parses_both_timestamp_formats_as_utc() -> None:

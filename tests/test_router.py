@@ -51,7 +51,7 @@ async def routed(tmp_path: Path) -> AsyncIterator[tuple[StateStore, Router, Stag
 
 def register(store: StateStore, job_id: str) -> JobRow:
     request = GenerationRequest(prompt=f"prompt {job_id}", image_url="https://x.example/a.jpg")
-    row = store.register(JobSpec(job_id, request, f"{job_id}.mp4", line=1))
+    row = store.register(JobSpec.of(job_id, request, f"{job_id}.mp4", line=1))
     assert isinstance(row, JobRow)
     return row
 
