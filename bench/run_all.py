@@ -43,6 +43,7 @@ def main() -> None:
             "3" if full else "1",
         ],
         ["distant_db.py", "--jobs", "200" if full else "100"],
+        ["register.py", "--lines", "1000000" if full else "200000"],
     ]
     if shutil.which("strace") is not None:
         runs.append(["slow_disk.py", "--jobs", "1000" if full else "300"])

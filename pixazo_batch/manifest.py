@@ -1,10 +1,11 @@
 """Streams a JSONL manifest into ``JobSpec``s, reporting every bad line without stopping the rest.
 
-Lines are read one at a time (each judged by ``manifestline.py``, then checked against the
-earlier ones a batch at a time), so a manifest of any length runs in constant memory; duplicate
-ids and output paths are found through a throwaway on-disk index (``seenindex.py``) rather than
-in-memory sets. A run may pass what earlier runs read: a line found there byte for byte is not
-judged again (``docs/design.md``, "The manifest").
+Lines are read a batch at a time, each judged on its own (``manifestjob.py``; by worker
+processes for a large manifest, ``workpool.py``), then checked against the earlier ones, so a
+manifest of any length runs in constant memory; duplicate ids and output paths are found
+through a throwaway on-disk index (``seenindex.py``) rather than in-memory sets. A run may pass
+what earlier runs read: a line found there byte for byte is not judged again
+(``docs/design.md``, "The manifest").
 """
 
 from __future__ import annotations
@@ -13,46 +14,32 @@ import hashlib
 import itertools
 import math
 import re
+import secrets
 import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import BinaryIO, TypeVar, overload
+from typing import BinaryIO, NamedTuple, TypeVar, overload
 
 from pixazo_batch.images import ImageReader
-from pixazo_batch.manifestline import (
-    ManifestIssue,
-    ManifestLine,
-    careful_entry,
-    plain_entry,
-    safe_output,
+from pixazo_batch.manifestjob import (
+    MAX_LINE_BYTES,
+    KnownJob,
+    Unchecked,
+    judge_line,
+    line_job,
 )
-from pixazo_batch.models import (
-    GenerationRequest,
-    JobSpec,
-    JobState,
-    canonical_hash,
-    canonical_request,
-)
+from pixazo_batch.manifestline import ManifestIssue, ManifestLine
+from pixazo_batch.models import JobSpec, JobState
 from pixazo_batch.seenindex import BATCH, Claim, SeenIndex
+from pixazo_batch.workpool import in_order
 
-#: the longest manifest line read; a longer one is skipped (and reported) in constant memory
-MAX_LINE_BYTES = 1 << 20
 CHUNK = 1 << 16
 #: mixed into every line's digest: a version that reads a line into a different job must change
 #: it, or a line recorded by an older one would stand for a job it no longer makes
 LINE_DIGEST_KEY = b"pixazo-line-v1"
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class KnownJob:
-    """A line an earlier run read into the job ``id`` (now in ``state``), found again byte for
-    byte: valid, and recorded, as it was."""
-
-    id: str
-    state: JobState
-    line: int
+#: what ``read_manifest`` returns: its lines' verdicts, in order
+Lines = Generator[T, None, None]
 
 
 #: for those of the job ids given that earlier runs recorded from a line alone: that line's
@@ -74,20 +61,21 @@ def line_digest(raw: bytes) -> bytes:
 
 
 @overload
-def read_manifest(path: Path) -> Iterator[JobSpec | ManifestIssue]: ...
+def read_manifest(path: Path, *, workers: int = 0) -> Lines[JobSpec | ManifestIssue]: ...
 @overload
 def read_manifest(
-    path: Path, known: KnownLines
-) -> Iterator[JobSpec | KnownJob | ManifestIssue]: ...
+    path: Path, known: KnownLines, *, workers: int = 0
+) -> Lines[JobSpec | KnownJob | ManifestIssue]: ...
 def read_manifest(
-    path: Path, known: KnownLines | None = None
-) -> Iterator[JobSpec | KnownJob | ManifestIssue]:
+    path: Path, known: KnownLines | None = None, *, workers: int = 0
+) -> Lines[JobSpec | KnownJob | ManifestIssue]:
     """Every job of the manifest, in order, or an issue for each bad line; with ``known``, a
     line whose job it holds with that line's digest is a ``KnownJob`` (still checked against
     the other lines), and the jobs of the other lines carry their digest when the line alone
-    makes the job.
+    makes the job. ``workers`` processes judge the lines (``workpool.py``); 0: this one.
 
-    Blank lines and lines starting with ``#`` are skipped. Never raises for bad content.
+    Blank lines and lines starting with ``#`` are skipped. Never raises for bad content. Close
+    what it returns when not read to its end (its worker processes and scratch files go then).
 
     Raises:
         OSError: the file cannot be opened or read.
@@ -98,52 +86,123 @@ def read_manifest(
         open(path, "rb") as source,
     ):
         seen = SeenIndex(scratch)
-        images = ImageReader(path.parent)
-        first = 1
+        # Lines judged here share one reader; worker processes keep their own (``_reader``).
+        images = secrets.token_hex(8) if workers else ImageReader(path.parent)
         try:
-            while lines := list(itertools.islice(_lines(source), BATCH)):
-                read = _read_batch(lines, first, name, images, known)
-                first += len(lines)
-                yield from _checked(read, seen, name)
+            # A worker is sent several batches at once: each piece sent costs this process too.
+            pieces = _batches(source, name, known, images, BATCH * (4 if workers else 1))
+            for (first, named, recorded), judged in in_order(judge_batch, pieces, workers):
+                read = _merged(first, named, recorded, judged)
+                for at in range(0, len(read), BATCH):
+                    yield from _checked(read[at : at + BATCH], seen, name)
         finally:
             seen.close()
 
 
-def _read_batch(
-    lines: list[bytes | None],
-    first: int,
-    name: str,
-    images: ImageReader,
-    known: KnownLines | None,
-) -> list[Unchecked | ManifestIssue]:
-    """Consecutive lines numbered from ``first``, each judged on its own or found in ``known``."""
-    named: list[str | None] = [None] * len(lines)
-    digests: list[bytes | None] = [None] * len(lines)
-    recorded = {}
-    if known is not None:
-        digests = [None if raw is None else line_digest(raw) for raw in lines]
-        named = [None if raw is None else _named_id(raw) for raw in lines]
-        recorded = known([job_id for job_id in named if job_id is not None])
-    read: list[Unchecked | ManifestIssue] = []
-    for number, (raw, job_id, digest) in enumerate(
-        zip(lines, named, digests, strict=True), start=first
+class Batch(NamedTuple):
+    """Consecutive lines of a manifest, as they are judged (here or in a worker process)."""
+
+    name: str
+    #: the first line's number
+    first: int
+    lines: list[bytes | None]
+    #: the digest each line has when its job is known as it was (None: not known)
+    expected: list[bytes | None]
+    #: whether a job a line alone makes carries the line's digest
+    digests: bool
+    #: the pass's image reader, or in a worker process a token naming the pass (``_reader``)
+    images: ImageReader | str
+
+
+#: what stays here of a batch: its first line's number, the id each line names, the known ones
+BatchLocal = tuple[int, list[str | None], dict[str, tuple[bytes, str, JobState]]]
+#: a job as it crosses from a worker process, in a plain tuple (several times faster to send
+#: than its named ones): its claim's fields, then its request's JSON, hash and price, its
+#: inputs and its line's digest
+Flat = tuple[int, str, str, bool, str, str, int, dict[str, Path] | None, bytes | None]
+#: each line judged: None for a line known as it was, else its job (maybe flat) or its issues
+#: (none for a blank line)
+Judged = list[list[Unchecked | ManifestIssue] | Flat | None]
+
+
+def _batches(
+    source: BinaryIO, name: str, known: KnownLines | None, images: ImageReader | str, size: int
+) -> Iterator[tuple[BatchLocal, Batch]]:
+    """The manifest's lines ``size`` at a time, each with what ``known`` holds of its job."""
+    first = 1
+    while lines := list(itertools.islice(_lines(source), size)):
+        named: list[str | None] = [None] * len(lines)
+        recorded = {}
+        if known is not None:
+            named = [None if raw is None else _named_id(raw) for raw in lines]
+            ids = [job_id for job_id in named if job_id is not None]
+            for at in range(0, len(ids), BATCH):
+                recorded.update(known(ids[at : at + BATCH]))
+        expected = [None if job_id not in recorded else recorded[job_id][0] for job_id in named]
+        batch = Batch(name, first, lines, expected, known is not None, images)
+        yield (first, named, recorded), batch
+        first += len(lines)
+
+
+def judge_batch(batch: Batch) -> Judged:
+    """Each line of ``batch`` judged on its own, unless its digest is the one expected of it
+    (a job known as it was)."""
+    name, images = batch.name, batch.images
+    crossing = isinstance(images, str)
+    if isinstance(images, str):
+        images = _reader(Path(name).parent, images)
+    judged: Judged = []
+    for number, (raw, wanted) in enumerate(
+        zip(batch.lines, batch.expected, strict=True), start=batch.first
     ):
-        found = recorded.get(job_id) if job_id is not None else None
-        if job_id is not None and found is not None and found[0] == digest:
-            claim = Claim(number, job_id, found[1], True)
-            read.append(Unchecked(claim, KnownJob(job_id, found[2], number)))
+        digest = None if raw is None or not batch.digests else line_digest(raw)
+        if wanted is not None and digest == wanted:
+            judged.append(None)
             continue
-        judge = lambda entry, n, digest=digest: _job(entry, name, n, images, digest)  # noqa: E731
-        read.extend(judge_line(raw, name, number, judge))
+        judge = lambda entry, n, digest=digest: line_job(entry, name, n, images, digest)  # noqa: E731
+        verdict = judge_line(raw, name, number, judge)
+        if crossing and len(verdict) == 1 and isinstance(job := verdict[0], Unchecked):
+            claim, spec = job
+            assert isinstance(spec, JobSpec)  # a line is found known here, never there
+            judged.append((*claim, *spec[1:4], spec.inputs, spec.digest))
+            continue
+        judged.append(verdict)
+    return judged
+
+
+#: in a worker process, the image reader of the pass it works for: each image read once a pass
+_PASS_READER: dict[str, ImageReader] = {}
+
+
+def _reader(folder: Path, token: str) -> ImageReader:
+    reader = _PASS_READER.get(token)
+    if reader is None:
+        _PASS_READER.clear()
+        reader = _PASS_READER[token] = ImageReader(folder)
+    return reader
+
+
+def _merged(
+    first: int,
+    named: list[str | None],
+    recorded: dict[str, tuple[bytes, str, JobState]],
+    judged: Judged,
+) -> list[Unchecked | ManifestIssue]:
+    """A batch's lines in order: known jobs from ``recorded``, the others as judged."""
+    read: list[Unchecked | ManifestIssue] = []
+    for number, (job_id, verdict) in enumerate(zip(named, judged, strict=True), start=first):
+        if isinstance(verdict, list):
+            read.extend(verdict)
+            continue
+        if verdict is not None:
+            line, made_id, output, given, json_form, hashed, price, inputs, digest = verdict
+            spec = JobSpec(made_id, json_form, hashed, price, output, line, inputs, digest)
+            read.append(Unchecked(Claim(line, made_id, output, given), spec))
+            continue
+        assert job_id is not None  # only a line naming a known id is found known
+        _, output, state = recorded[job_id]
+        read.append(Unchecked(Claim(number, job_id, output, True), KnownJob(job_id, state, number)))
     return read
-
-
-@dataclass(frozen=True, slots=True)
-class Unchecked:
-    """A valid line's job, not yet checked against the other lines."""
-
-    claim: Claim
-    spec: JobSpec | KnownJob
 
 
 def read_lines(
@@ -163,23 +222,6 @@ def read_lines(
     """
     for number, raw in enumerate(_lines(source, size), start=first):
         yield from judge_line(raw, name, number, judge)
-
-
-def judge_line(
-    raw: bytes | None, name: str, number: int, judge: Callable[[ManifestLine, int], T]
-) -> list[T | ManifestIssue]:
-    """One line judged on its own (None: a line over ``MAX_LINE_BYTES``): what ``judge``
-    makes of its valid entry and number, its issues, or nothing for a blank or comment line."""
-    if raw is None:
-        return [
-            ManifestIssue(name, number, "(line)", f"longer than {MAX_LINE_BYTES} bytes; skipped")
-        ]
-    entry: ManifestLine | list[ManifestIssue] | None = plain_entry(raw)
-    if entry is None:
-        entry = careful_entry(name, number, raw)
-    if isinstance(entry, list):
-        return list(entry)
-    return [] if entry is None else [judge(entry, number)]
 
 
 def _checked(
@@ -212,91 +254,3 @@ def _lines(source: BinaryIO, size: int | None = None) -> Iterator[bytes | None]:
             left -= len(rest)
         left -= len(rest)
         yield None
-
-
-def _job(
-    entry: ManifestLine,
-    name: str,
-    number: int,
-    images: ImageReader,
-    digest: bytes | None = None,
-) -> Unchecked | ManifestIssue:
-    """The job a valid line describes (not yet checked against the lines before it), or why
-    it cannot run (an image file, an output path); it keeps the line's ``digest`` when the line
-    alone makes it: an image file's bytes may change under the same line."""
-    inputs: dict[str, Path] = {}
-    if entry.image_file is not None or entry.end_image_file is not None or entry.id is None:
-        digest = None
-    if entry.image_file is None and entry.end_image_file is None:
-        # The line holds the request's fields under the request's names, checked at least as
-        # strictly as a request checks them: its canonical JSON is written from them directly.
-        assert entry.image_url is not None  # one of image_url and image_file, not both
-        request_json = canonical_request(
-            prompt=entry.prompt,
-            image_url=entry.image_url,
-            end_image_url=entry.end_image_url,
-            aspect_ratio=entry.aspect_ratio,
-            loop=entry.loop,
-            resolution=entry.resolution,
-            duration=entry.duration,
-        )
-    else:
-        urls: dict[str, object] = {
-            "image_url": entry.image_url or "",
-            "end_image_url": entry.end_image_url,
-        }
-        pairs = (("image_file", "image_url"), ("end_image_file", "end_image_url"))
-        for field, url_field in pairs:
-            relative = getattr(entry, field)
-            if relative is None:
-                continue
-            try:
-                image = images.read(relative)
-            except ValueError as exc:
-                return ManifestIssue(name, number, field, str(exc))
-            urls[url_field] = image.placeholder
-            inputs[image.key] = image.path
-        urls.update(
-            prompt=entry.prompt,
-            aspect_ratio=entry.aspect_ratio,
-            loop=entry.loop,
-            resolution=entry.resolution,
-            duration=entry.duration,
-        )
-        request_json = GenerationRequest.model_validate(urls).canonical_json()
-    job_id = entry.id or f"job-{canonical_hash(request_json)[:16]}"
-    try:
-        output = _output(entry, job_id)
-    except ValueError as exc:
-        return ManifestIssue(name, number, "output", str(exc))
-    price = entry.duration.price_cents
-    spec = JobSpec(job_id, request_json, price, output, number, inputs, digest)
-    return Unchecked(Claim(number, job_id, output, entry.id is not None), spec)
-
-
-#: a valid line as ``validate`` needs it: its claim's fields, its resolution and its duration
-#: (a plain tuple: it crosses between processes several times faster than a named one)
-Brief = tuple[int, str, str, bool, str, str]
-
-
-def brief(
-    entry: ManifestLine, name: str, number: int, images: ImageReader
-) -> Brief | ManifestIssue:
-    """What ``validate`` needs of a valid line: ``_job``'s verdict, without building the job
-    when the line names its id and no image file (the request's checks cannot refuse what the
-    line's own let through)."""
-    kind = (entry.resolution.value, entry.duration.value)  # a request's are the line's
-    if entry.id is None or entry.image_file is not None or entry.end_image_file is not None:
-        job = _job(entry, name, number, images)
-        return job if isinstance(job, ManifestIssue) else (*job.claim, *kind)
-    try:
-        output = _output(entry, entry.id)
-    except ValueError as exc:
-        return ManifestIssue(name, number, "output", str(exc))
-    return (number, entry.id, output, True, *kind)
-
-
-def _output(entry: ManifestLine, job_id: str) -> str:
-    """The line's output path (``safe_output``'s ValueError when it is not one)."""
-    # An id (its pattern, or a hash) with ".mp4" is always a safe output: no check needed.
-    return f"{job_id}.mp4" if entry.output is None else safe_output(entry.output)

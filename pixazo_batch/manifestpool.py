@@ -5,48 +5,31 @@ Judging a line on its own (its JSON, its fields, its image file) is most of the 
 nothing from the other lines, so worker processes judge spans of a few MiB (cut at line ends)
 while this process checks each span's ids and outputs against the earlier lines, in order,
 through the same on-disk index as ``read_manifest``. A worker sends back each good line's
-claim and kind, never its job: a job record costs more to send than to build. At most two spans
-a worker are out at once, so memory stays flat whatever the manifest's length.
+claim and kind, never its job: a job record costs more to send than to build. A few spans a
+worker are out at once (``workpool.py``), so memory stays flat whatever the manifest's length.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import signal
+import json
 import tempfile
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import structlog
 
-from pixazo_batch.errors import PixazoBatchError
 from pixazo_batch.images import ImageReader
-from pixazo_batch.manifest import Brief, brief, read_lines, read_manifest
+from pixazo_batch.manifest import read_lines, read_manifest
+from pixazo_batch.manifestjob import Brief, brief
 from pixazo_batch.manifestline import ManifestIssue
 from pixazo_batch.models import JobSpec
 from pixazo_batch.seenindex import BATCH, Claim, SeenIndex
+from pixazo_batch.workpool import in_order, workers_for
 
 log = structlog.get_logger(__name__)
 
-#: a manifest at least this large is checked by worker processes (smaller ones are over
-#: before the workers would have started)
-PARALLEL_BYTES = 8 << 20
 #: bytes of manifest a worker judges at a time
 SPAN_BYTES = 1 << 20
-
-
-def worker_count() -> int:
-    """How many worker processes a large manifest gets: the cores this process may use (at
-    most 8); 0 (read it here) when there is only one."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return 0 if cores < 2 else min(cores, 8)
 
 
 def judge_lines(
@@ -58,11 +41,10 @@ def judge_lines(
 
     Raises:
         OSError: the file cannot be opened or read.
-        PixazoBatchError: a worker process died (killed, out of memory).
     """
     # Spans are read where they lie: a pipe (``validate <(...)``) is read once, as a run does.
     if keep is None and manifest.is_file():  # nothing is kept: any manifest fits in memory
-        workers = worker_count() if manifest.stat().st_size >= PARALLEL_BYTES else 0
+        workers = workers_for(manifest)
         if workers:
             log.debug("manifest_read_in_parallel", workers=workers)
         yield from judge_manifest(manifest, workers)
@@ -73,7 +55,8 @@ def judge_lines(
             continue
         if keep is not None:
             keep.append(item)
-        yield item.request.resolution.value, item.request.duration.value
+        request = json.loads(item.request_json)
+        yield request["resolution"], request["duration"]
 
 
 def judge_manifest(
@@ -85,53 +68,16 @@ def judge_manifest(
 
     Raises:
         OSError: the file cannot be opened or read.
-        PixazoBatchError: a worker process died (killed, out of memory).
     """
     name = str(path)
     with tempfile.TemporaryDirectory(prefix="pixazo-manifest-") as scratch:
         seen = SeenIndex(scratch)
         try:
-            for judged in _judged_spans(name, _spans(path, span_bytes), workers):
+            spans = ((None, (name, *span)) for span in _spans(path, span_bytes))
+            for _, judged in in_order(_judge_span, spans, workers):
                 yield from _checked(judged, seen, name)
         finally:
             seen.close()
-
-
-def _judged_spans(
-    name: str, spans: Iterator[tuple[int, int, int]], workers: int
-) -> Iterator[list[ManifestIssue | Brief]]:
-    """Each span's lines judged, in order."""
-    if not workers:
-        for span in spans:
-            yield _judge_span(name, *span)
-        return
-    pending: deque[Future[list[ManifestIssue | Brief]]] = deque()
-    with ProcessPoolExecutor(workers, mp_context=_context(), initializer=_quiet) as pool:
-        try:
-            for span in spans:
-                pending.append(pool.submit(_judge_span, name, *span))
-                if len(pending) >= 2 * workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        except BrokenProcessPool:
-            message = f"{name}: a process reading it stopped unexpectedly; run validate again"
-            raise PixazoBatchError(message) from None
-        finally:
-            for future in pending:
-                future.cancel()
-
-
-def _context() -> multiprocessing.context.BaseContext:
-    # A forked worker starts at once with every module loaded; elsewhere, the platform's way.
-    if "fork" in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context()
-
-
-def _quiet() -> None:
-    """A worker leaves Ctrl-C to the command, which stops it (and reports) itself."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _spans(path: Path, span_bytes: int) -> Iterator[tuple[int, int, int]]:
@@ -155,8 +101,10 @@ def _spans(path: Path, span_bytes: int) -> Iterator[tuple[int, int, int]]:
             yield start, offset, first
 
 
-def _judge_span(name: str, start: int, stop: int, first: int) -> list[ManifestIssue | Brief]:
-    """In a worker: every line of one span judged on its own."""
+def _judge_span(span: tuple[str, int, int, int]) -> list[ManifestIssue | Brief]:
+    """In a worker: every line of one span (the manifest, the span's first and last byte and
+    its first line's number) judged on its own."""
+    name, start, stop, first = span
     images = ImageReader(Path(name).parent)
     with open(name, "rb") as source:
         source.seek(start)

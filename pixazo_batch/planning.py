@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pixazo_batch.config import Settings
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.lifecycle import OFFERABLE, Action, Listed, next_step
-from pixazo_batch.manifest import KnownJob, read_manifest
+from pixazo_batch.manifest import read_manifest
+from pixazo_batch.manifestjob import KnownJob
 from pixazo_batch.manifestline import ManifestIssue
 from pixazo_batch.models import JobSpec
 from pixazo_batch.stores import open_store
+from pixazo_batch.workpool import workers_for
 
 
 @dataclass
@@ -58,10 +60,13 @@ def plan_run(
         store = None
         if settings.state_url is not None or settings.state_file.is_file():
             store = stack.enter_context(open_store(settings.state_location, lock=False))
-        items: Iterator[JobSpec | KnownJob | ManifestIssue] = (
-            read_manifest(settings.manifest, store.recorded_lines)
-            if store is not None and store.keeps_lines()
-            else read_manifest(settings.manifest)
+        workers = workers_for(settings.manifest)
+        items: Iterator[JobSpec | KnownJob | ManifestIssue] = stack.enter_context(
+            contextlib.closing(
+                read_manifest(settings.manifest, store.recorded_lines, workers=workers)
+                if store is not None and store.keeps_lines()
+                else read_manifest(settings.manifest, workers=workers)
+            )
         )
         for item in items:
             if isinstance(item, ManifestIssue):

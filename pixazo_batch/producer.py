@@ -17,6 +17,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import anyio
@@ -27,9 +28,11 @@ from pixazo_batch.errors import ManifestError
 from pixazo_batch.fleet import adopt_orphans, fleet_store, wait_for_silent_workers
 from pixazo_batch.jobrow import JobRow
 from pixazo_batch.lifecycle import OFFERABLE, Hinted, Interrupted, Listed, Resumed
-from pixazo_batch.manifest import KnownJob, read_manifest
+from pixazo_batch.manifest import read_manifest
+from pixazo_batch.manifestjob import KnownJob
 from pixazo_batch.manifestline import ManifestIssue
 from pixazo_batch.models import JobSpec, JobState
+from pixazo_batch.workpool import workers_for
 
 log = structlog.get_logger(__name__)
 
@@ -87,10 +90,28 @@ async def _register_manifest(
     """Validate and record every manifest line, offering each job as it goes. Returns the
     number of good lines."""
     settings = ctx.settings
-    jobs = known = 0
     started = time.monotonic()
+    workers = workers_for(settings.manifest, busy_here=True)
+    items = read_manifest(settings.manifest, ctx.store.recorded_lines, workers=workers)
+    with closing(items):
+        jobs, known = await _register_lines(ctx, enumerate(items), issues, on_issue)
+    seconds = round(time.monotonic() - started, 2)
+    fields = {"jobs": jobs, "known": known, "issues": len(issues), "workers": workers}
+    log.info("manifest_read", **fields, seconds=seconds)
+    return jobs
+
+
+async def _register_lines(
+    ctx: RunContext,
+    items: Iterator[tuple[int, JobSpec | KnownJob | ManifestIssue]],
+    issues: list[str],
+    on_issue: Callable[[ManifestIssue], None] | None,
+) -> tuple[int, int]:
+    """Record and offer the jobs of the lines read; returns (good lines, lines known)."""
+    settings = ctx.settings
+    jobs = known = 0
     waiting: list[JobSpec | KnownJob] = []  # recorded together: one lookup for those known
-    for number, item in enumerate(read_manifest(settings.manifest, ctx.store.recorded_lines)):
+    for number, item in items:
         if number % 256 == 0:
             await anyio.lowlevel.checkpoint()
         if isinstance(item, ManifestIssue):
@@ -110,9 +131,7 @@ async def _register_manifest(
         waiting = []
         _report(issue, issues, on_issue, strict=settings.strict)
     jobs += await _record(ctx, waiting, issues, on_issue)
-    seconds = round(time.monotonic() - started, 2)
-    log.info("manifest_read", jobs=jobs, known=known, issues=len(issues), seconds=seconds)
-    return jobs
+    return jobs, known
 
 
 async def _record(

@@ -18,8 +18,10 @@ import pytest
 from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
 
-from pixazo_batch.manifestpool import PARALLEL_BYTES, worker_count
+from pixazo_batch.manifest import line_digest
+from pixazo_batch.models import GenerationRequest
 from pixazo_batch.sim import Simulator
+from pixazo_batch.workpool import PARALLEL_BYTES, worker_count
 from tests.conftest import TEST_KEY, fast, job_line, simulator, write_manifest
 
 pytestmark = pytest.mark.anyio
@@ -87,6 +89,42 @@ def test_validate_reports_bad_lines_and_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"{manifest}:2: output: must stay inside the output folder" in result.stderr
     assert json.loads(result.stdout)["jobs"] == 1
+
+
+def test_a_run_reads_a_large_manifest_on_every_core_and_records_each_job_as_one_reader_does(
+    tmp_path: Path,
+) -> None:
+    lines: list[dict[str, Any] | str] = [job_line(n) for n in range(70_000)]
+    lines[1] = job_line(1, output="../up.mp4")
+    lines[40_000] = "{not json"
+    lines[69_998] = job_line(5, prompt="line 6's id again")
+    manifest = write_manifest(tmp_path / "m.jsonl", lines)
+    assert manifest.stat().st_size >= PARALLEL_BYTES
+    out = tmp_path / "out"
+    # Nothing may be spent: every job is recorded and none is sent.
+    args = ["run", str(manifest), "--out", str(out), "--sandbox", "--max-spend", "0"]
+    result = run_cli("--log-level", "info", *args)
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    (read,) = [event for event in events if event["event"] == "manifest_read"]
+    workers = worker_count(busy_here=True)  # a core is left to the run, which records
+    assert (read["workers"], read["jobs"], read["issues"]) == (workers, 69_997, 3)
+    problems = [event for event in events if event["event"] == "manifest_issue"]
+    assert [(problem["line"], problem["field"]) for problem in problems] == [
+        (2, "output"),
+        (40_001, "(line)"),
+        (69_999, "id"),
+    ]
+    with closing(sqlite3.connect(out / ".pixazo-batch.db")) as db:
+        rows = db.execute("SELECT id, request_hash, line_digest FROM jobs ORDER BY id").fetchall()
+        states = db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+    assert states == [("pending", 69_997)]
+    for job_id, request_hash, digest in rows[::9_999]:
+        number = int(job_id.removeprefix("job-"))
+        request = GenerationRequest.model_validate(
+            {key: value for key, value in job_line(number).items() if key != "id"}
+        )
+        assert request_hash == request.request_hash()
+        assert digest == line_digest(json.dumps(job_line(number)).encode())
 
 
 def test_validate_reads_a_manifest_from_a_pipe() -> None:

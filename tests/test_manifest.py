@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pixazo_batch.manifest import KnownJob, read_manifest
+from pixazo_batch.manifest import read_manifest
+from pixazo_batch.manifestjob import KnownJob
 from pixazo_batch.manifestline import ManifestIssue, safe_output
 from pixazo_batch.manifestpool import judge_manifest
 from pixazo_batch.models import GenerationRequest, JobSpec, JobState
@@ -234,11 +235,11 @@ def local_image(index: int, image_file: str) -> dict[str, object]:
     return line
 
 
-def test_workers_judge_a_manifest_line_for_line_as_one_reader_does(tmp_path: Path) -> None:
-    """Spans of 2 KiB cut near every kind of line (and through a line of over 1 MiB): the
-    workers' verdicts, numbered and checked in order here, are the single reader's."""
-    (tmp_path / "img").mkdir()
-    (tmp_path / "img" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+def awkward_manifest(folder: Path, count: int) -> Path:
+    """A manifest of ``count`` good lines with every kind of odd line first (and a line of over
+    1 MiB), then a line conflicting with an earlier one every 60 lines (5): 14 issues."""
+    (folder / "img").mkdir()
+    (folder / "img" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
     odd_lines = [
         b"\xef\xbb\xbf" + json.dumps(job_line(0)).encode(),  # a byte order mark, line 1 only
         b"# a comment",
@@ -264,18 +265,45 @@ def test_workers_judge_a_manifest_line_for_line_as_one_reader_does(tmp_path: Pat
         json.dumps(job_line(9, output="a/b.mp4/c.mp4")).encode(),
     ]
     lines = [*odd_lines]
-    for number in range(10, 340):
+    for number in range(10, 10 + count):
         lines.append(json.dumps(job_line(number, duration="9s" if number % 3 else "5s")).encode())
-        if number % 60 == 0:
+        if number % 60 == 0 and number // 60 <= len(conflicts):
             lines.append(conflicts[number // 60 - 1])
-    path = tmp_path / "m.jsonl"
+    path = folder / "m.jsonl"
     path.write_bytes(b"\n".join(lines))  # no newline after the last line
+    return path
+
+
+def test_workers_judge_a_manifest_line_for_line_as_one_reader_does(tmp_path: Path) -> None:
+    """Spans of 2 KiB cut near every kind of line (and through a line of over 1 MiB): the
+    workers' verdicts, numbered and checked in order here, are the single reader's."""
+    path = awkward_manifest(tmp_path, 330)
     expected = one_reader(path)
     assert sum(isinstance(item, str) for item in expected) == 14  # every odd line was judged
 
     for workers in (2, 0):  # 0: the spans are judged in this process
         judged = judge_manifest(path, workers, span_bytes=2048)
         assert [str(i) if isinstance(i, ManifestIssue) else i for i in judged] == expected
+
+
+def test_a_run_s_reading_by_workers_makes_the_jobs_and_issues_one_reader_makes(
+    tmp_path: Path,
+) -> None:
+    """Over several pieces a worker is sent, with lines an earlier run recorded in each: the
+    same jobs (request, digest, image inputs), known jobs and issues, in the same order."""
+    path = awkward_manifest(tmp_path, 6000)
+    with StateStore.open(tmp_path / "state.db") as store:
+        first = read_manifest(path, store.recorded_lines)
+        recorded = [item for item in first if isinstance(item, JobSpec) and item.line % 7]
+        # every line but one in seven, in every piece, recorded as a run would
+        for _ in store.register_many(recorded):
+            pass
+        alone = list(read_manifest(path, store.recorded_lines))
+        assert sum(isinstance(item, KnownJob) for item in alone) > 5000
+        assert sum(isinstance(item, ManifestIssue) for item in alone) == 14
+        assert any(isinstance(item, JobSpec) and item.inputs for item in alone)
+        assert list(read_manifest(path, store.recorded_lines, workers=2)) == alone
+    assert list(read_manifest(path, workers=2)) == list(read_manifest(path))
 
 
 def test_a_later_read_knows_the_lines_an_earlier_run_recorded_byte_for_byte(
