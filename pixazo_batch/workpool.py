@@ -22,6 +22,7 @@ import structlog
 
 if TYPE_CHECKING:
     import multiprocessing.context
+    import multiprocessing.process
     from concurrent.futures import Future
 
 log = structlog.get_logger(__name__)
@@ -79,7 +80,7 @@ def in_order(
 
     sent: deque[tuple[Local, Piece, Future[Result]]] = deque()
     unsent: list[tuple[Local, Piece]] = []
-    with ProcessPoolExecutor(workers, mp_context=_context(), initializer=_quiet) as pool:
+    with ProcessPoolExecutor(workers, mp_context=_context(), initializer=_start_worker) as pool:
         try:
             for local, piece in pieces:
                 unsent.append((local, piece))
@@ -118,6 +119,18 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context()
 
 
-def _quiet() -> None:
-    """A worker leaves Ctrl-C to the command, which stops it (and reports) itself."""
+def _start_worker() -> None:
+    """A worker leaves Ctrl-C to the command, which stops it (and reports) itself, and ends
+    when the command is gone, however it ended (a worker holds both ends of the pipe it takes
+    work from, so it would never learn from it: killed, the command would leave it behind)."""
+    import multiprocessing  # noqa: PLC0415
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    command = multiprocessing.parent_process()
+    if command is not None:
+        threading.Thread(target=_end_with, args=(command,), daemon=True).start()
+
+
+def _end_with(command: multiprocessing.process.BaseProcess) -> None:
+    command.join()  # returns once the command's end of the pipe between them is closed
+    os._exit(1)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import select
 import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +56,73 @@ def test_results_come_in_order_and_a_dead_worker_s_pieces_are_done_here(
 def test_without_workers_everything_is_done_here() -> None:
     results = list(in_order(doubled_or_killed, ((n, n) for n in range(20)), workers=0))
     assert results == [(n, (n * 2, False)) for n in range(20)]
+
+
+#: a command whose worker processes are busy when it is killed: it starts them, says so on its
+#: standard output, then waits for its standard input (with another thread running when asked,
+#: as a run's, so that its workers come from a fork server)
+KILLED_COMMAND = """
+import sys, threading
+from pixazo_batch.workpool import in_order
+from tests.test_workpool import own_pid
+if sys.argv[1] == "threaded":
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
+results = in_order(own_pid, ((n, n) for n in range(1000)), workers=2)
+next(results)
+print("started", flush=True)
+sys.stdin.read()
+"""
+
+
+def own_pid(piece: int) -> int:
+    """The process that did ``piece``."""
+    return os.getpid()
+
+
+@pytest.mark.parametrize("threaded", ["forked", "threaded"])
+def test_a_killed_command_leaves_no_process_behind(threaded: str) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", KILLED_COMMAND, threaded],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as command:
+        assert command.stdout is not None
+        assert command.stdout.readline() == "started\n"
+        below = descendants(command.pid)
+        assert len(below) >= 2  # its workers (and a fork server, a resource tracker)
+        watched = [os.pidfd_open(pid) for pid in below]
+        command.kill()
+    try:
+        for handle in watched:  # each becomes readable when its process has ended
+            readable, _, _ = select.select([handle], [], [], 20)
+            assert readable, f"processes left behind: {sorted(descendants_alive(below))}"
+    finally:
+        for handle in watched:
+            os.close(handle)
+        for pid in descendants_alive(below):  # what a regression would leave running
+            os.kill(pid, signal.SIGKILL)
+
+
+def descendants(root: int) -> set[int]:
+    """Every process below ``root``."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found: set[int] = set()
+    waiting = list(children.get(root, []))
+    while waiting:
+        pid = waiting.pop()
+        found.add(pid)
+        waiting.extend(children.get(pid, []))
+    return found
+
+
+def descendants_alive(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running."""
+    return {pid for pid in pids if Path(f"/proc/{pid}").exists()}
