@@ -11,7 +11,6 @@ what earlier runs read: a line found there byte for byte is not judged again
 from __future__ import annotations
 
 import hashlib
-import itertools
 import math
 import re
 import secrets
@@ -34,6 +33,9 @@ from pixazo_batch.seenindex import BATCH, Claim, SeenIndex
 from pixazo_batch.workpool import in_order
 
 CHUNK = 1 << 16
+#: the bytes of lines one batch holds at most (past its last line): lines of up to
+#: ``MAX_LINE_BYTES`` each, a few thousand to a batch, would otherwise hold gigabytes
+BATCH_BYTES = 1 << 20
 #: mixed into every line's digest: a version that reads a line into a different job must change
 #: it, or a line recorded by an older one would stand for a job it no longer makes
 LINE_DIGEST_KEY = b"pixazo-line-v1"
@@ -128,9 +130,11 @@ Judged = list[list[Unchecked | ManifestIssue] | Flat | None]
 def _batches(
     source: BinaryIO, name: str, known: KnownLines | None, images: ImageReader | str, size: int
 ) -> Iterator[tuple[BatchLocal, Batch]]:
-    """The manifest's lines ``size`` at a time, each with what ``known`` holds of its job."""
+    """The manifest's lines ``size`` at a time (fewer once they hold ``BATCH_BYTES``), each
+    with what ``known`` holds of its job."""
     first = 1
-    while lines := list(itertools.islice(_lines(source), size)):
+    every_line = _lines(source)
+    while lines := _taken(every_line, size):
         named: list[str | None] = [None] * len(lines)
         recorded = {}
         if known is not None:
@@ -142,6 +146,18 @@ def _batches(
         batch = Batch(name, first, lines, expected, known is not None, images)
         yield (first, named, recorded), batch
         first += len(lines)
+
+
+def _taken(lines: Iterator[bytes | None], count: int) -> list[bytes | None]:
+    """The next ``count`` of ``lines``, or fewer once they hold ``BATCH_BYTES``."""
+    taken: list[bytes | None] = []
+    held = 0
+    for raw in lines:
+        taken.append(raw)
+        held += 0 if raw is None else len(raw)
+        if len(taken) == count or held >= BATCH_BYTES:
+            break
+    return taken
 
 
 def judge_batch(batch: Batch) -> Judged:

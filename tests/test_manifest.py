@@ -235,9 +235,10 @@ def local_image(index: int, image_file: str) -> dict[str, object]:
     return line
 
 
-def awkward_manifest(folder: Path, count: int) -> Path:
+def awkward_manifest(folder: Path, count: int, *, long_lines: int = 0) -> Path:
     """A manifest of ``count`` good lines with every kind of odd line first (and a line of over
-    1 MiB), then a line conflicting with an earlier one every 60 lines (5): 14 issues."""
+    1 MiB), then a line conflicting with an earlier one every 60 lines (5): 14 issues; and
+    ``long_lines`` lines of 700 KB (a prompt too long) among the good ones."""
     (folder / "img").mkdir()
     (folder / "img" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
     odd_lines = [
@@ -269,6 +270,8 @@ def awkward_manifest(folder: Path, count: int) -> Path:
         lines.append(json.dumps(job_line(number, duration="9s" if number % 3 else "5s")).encode())
         if number % 60 == 0 and number // 60 <= len(conflicts):
             lines.append(conflicts[number // 60 - 1])
+        if number % 700 == 0 and number // 700 <= long_lines:
+            lines.append(json.dumps(job_line(number + 1_000_000, prompt="x" * 700_000)).encode())
     path = folder / "m.jsonl"
     path.write_bytes(b"\n".join(lines))  # no newline after the last line
     return path
@@ -291,7 +294,7 @@ def test_a_run_s_reading_by_workers_makes_the_jobs_and_issues_one_reader_makes(
 ) -> None:
     """Over several pieces a worker is sent, with lines an earlier run recorded in each: the
     same jobs (request, digest, image inputs), known jobs and issues, in the same order."""
-    path = awkward_manifest(tmp_path, 6000)
+    path = awkward_manifest(tmp_path, 6000, long_lines=4)  # batches cut by bytes, too
     with StateStore.open(tmp_path / "state.db") as store:
         first = read_manifest(path, store.recorded_lines)
         recorded = [item for item in first if isinstance(item, JobSpec) and item.line % 7]
@@ -300,7 +303,7 @@ def test_a_run_s_reading_by_workers_makes_the_jobs_and_issues_one_reader_makes(
             pass
         alone = list(read_manifest(path, store.recorded_lines))
         assert sum(isinstance(item, KnownJob) for item in alone) > 5000
-        assert sum(isinstance(item, ManifestIssue) for item in alone) == 14
+        assert sum(isinstance(item, ManifestIssue) for item in alone) == 14 + 4
         assert any(isinstance(item, JobSpec) and item.inputs for item in alone)
         assert list(read_manifest(path, store.recorded_lines, workers=2)) == alone
     assert list(read_manifest(path, workers=2)) == list(read_manifest(path))
