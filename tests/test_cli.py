@@ -102,8 +102,8 @@ def test_a_run_reads_a_large_manifest_on_every_core_and_records_each_job_as_one_
     assert manifest.stat().st_size >= PARALLEL_BYTES
     out = tmp_path / "out"
     # A dry run reads it as a run does, by the same workers, and records nothing.
-    dry = run_cli("run", str(manifest), "--out", str(out), "--dry-run", env=cli_env(
-        PIXAZO_API_KEY=TEST_KEY))  # fmt: skip
+    keyed = cli_env(PIXAZO_API_KEY=TEST_KEY)
+    dry = run_cli("run", str(manifest), "--out", str(out), "--dry-run", env=keyed)
     planned = json.loads(dry.stdout.splitlines()[-1])
     assert (planned["jobs"], planned["problems"]) == (69_997, 3)
     assert f"{manifest}:69999: id: duplicate id" in dry.stderr
