@@ -3,8 +3,8 @@
 
 Judging a line on its own is most of what reading a large manifest costs and needs nothing from
 the other lines, so it can run on every core while this process does what must be done in
-order. A worker process that dies (killed, out of memory) loses nothing: what it held is done
-here instead.
+order. A worker process that dies (killed, out of memory), or cannot be started, loses nothing:
+what it held is done here instead.
 """
 
 from __future__ import annotations
@@ -80,11 +80,21 @@ def in_order(
 
     sent: deque[tuple[Local, Piece, Future[Result]]] = deque()
     unsent: list[tuple[Local, Piece]] = []
-    with ProcessPoolExecutor(workers, mp_context=_context(), initializer=_start_worker) as pool:
+    try:
+        pool = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_start_worker)
+    except OSError as exc:  # not even the pool's own helpers could be started
+        log.warning("worker_process_lost", error=str(exc), action="all is read in this process")
+        for local, piece in pieces:
+            yield local, work(piece)
+        return
+    with pool:
         try:
             for local, piece in pieces:
                 unsent.append((local, piece))
-                sent.append((local, piece, pool.submit(work, piece)))
+                try:
+                    sent.append((local, piece, pool.submit(work, piece)))
+                except OSError as exc:  # no worker could be started (no process, no pipe)
+                    raise BrokenProcessPool(str(exc) or type(exc).__name__) from exc
                 unsent.clear()
                 if len(sent) > AHEAD * workers:
                     yield sent[0][0], sent[0][2].result()
@@ -92,8 +102,10 @@ def in_order(
             while sent:
                 yield sent[0][0], sent[0][2].result()
                 sent.popleft()
-        except BrokenProcessPool:
-            log.warning("worker_process_lost", action="the rest is read in this process")
+        except BrokenProcessPool as exc:
+            log.warning(
+                "worker_process_lost", error=str(exc), action="the rest is read in this process"
+            )
             undone = [(local, piece) for local, piece, _ in sent]
             sent.clear()
             for local, piece in itertools.chain(undone, unsent, pieces):

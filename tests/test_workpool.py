@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import select
@@ -126,3 +127,34 @@ def descendants(root: int) -> set[int]:
 def descendants_alive(pids: set[int]) -> set[int]:
     """Those of ``pids`` still running."""
     return {pid for pid in pids if Path(f"/proc/{pid}").exists()}
+
+
+#: a command whose workers cannot be started: the interpreter they would run is not there (with
+#: the pool's resource tracker started before, the pool is made and its workers fail to start)
+UNSTARTABLE_COMMAND = """
+import json, multiprocessing, sys, threading
+from multiprocessing import resource_tracker
+from pixazo_batch.workpool import in_order
+from tests.test_workpool import doubled_or_killed
+threading.Thread(target=threading.Event().wait, daemon=True).start()  # workers: a fork server
+if sys.argv[1] == "tracker-running":
+    resource_tracker.ensure_running()
+multiprocessing.set_executable("/nonexistent/python")
+print(json.dumps(list(in_order(doubled_or_killed, ((n, n) for n in range(20)), workers=2))))
+"""
+
+
+@pytest.mark.parametrize("helpers", ["none", "tracker-running"])
+def test_workers_that_cannot_start_leave_the_work_to_the_command(helpers: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", UNSTARTABLE_COMMAND, helpers],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    *logged, printed = done.stdout.splitlines()  # structlog's own set-up prints its lines
+    results = [(local, tuple(made)) for local, made in json.loads(printed)]
+    assert results == [(n, (n * 2, False)) for n in range(20)]  # every piece, all done here
+    assert any("worker_process_lost" in line for line in logged)
