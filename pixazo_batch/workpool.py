@@ -93,7 +93,8 @@ def in_order(
                 unsent.append((local, piece))
                 try:
                     sent.append((local, piece, pool.submit(work, piece)))
-                except OSError as exc:  # no worker could be started (no process, no pipe)
+                except (OSError, EOFError) as exc:  # no worker could be started (no process,
+                    # no pipe, a fork server gone before it answered)
                     raise BrokenProcessPool(str(exc) or type(exc).__name__) from exc
                 unsent.clear()
                 if len(sent) > AHEAD * workers:
