@@ -30,11 +30,12 @@ def doubled_or_killed(piece: int) -> tuple[int, bool]:
     return piece * 2, in_worker
 
 
-@pytest.mark.parametrize("threaded", [False, True], ids=["forked", "from-a-fork-server"])
+@pytest.mark.parametrize("threaded", [False, True], ids=["as-it-is", "with-a-thread"])
 def test_results_come_in_order_and_a_dead_worker_s_pieces_are_done_here(
     log_tap: LogTap, threaded: bool
 ) -> None:
-    # A process running other threads (a run's) has its workers started by a fork server.
+    # A process running other threads (a run's) has its workers started by a fork server; one
+    # without (validate) forks them.
     idle = threading.Event()
     other = threading.Thread(target=idle.wait) if threaded else None
     if other is not None:
@@ -80,7 +81,7 @@ def own_pid(piece: int) -> int:
     return os.getpid()
 
 
-@pytest.mark.parametrize("threaded", ["forked", "threaded"])
+@pytest.mark.parametrize("threaded", ["as-it-is", "threaded"])
 def test_a_killed_command_leaves_no_process_behind(threaded: str) -> None:
     with subprocess.Popen(
         [sys.executable, "-c", KILLED_COMMAND, threaded],
